@@ -1,0 +1,1 @@
+"""ml_collections configs; see experiment.get_config."""

@@ -1,0 +1,35 @@
+"""Data front-end config: features, augmentation, batching."""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.sample_rate = 16000
+    c.num_mel_bins = 80
+    c.frame_length_ms = 25.0
+    c.frame_step_ms = 10.0
+    c.fft_length = 512
+    c.lower_edge_hz = 20.0
+    c.upper_edge_hz = 7600.0
+    c.log_floor = 1e-6
+    # Augmentation (train only).
+    c.specaugment = True
+    c.freq_masks = 2
+    c.freq_mask_width = 27
+    c.time_masks = 4
+    c.time_mask_max_ratio = 0.05
+    c.speed_perturb = False
+    c.speed_factors = (0.9, 1.0, 1.1)
+    c.noise = False
+    c.noise_dir = ""  # a user's noise corpus (e.g. MUSAN); generated noise when empty
+    c.noise_snr_db = (10.0, 30.0)
+    c.reverb = False
+    # Batching.
+    c.max_frames_per_batch = 12000  # feature frames (sum over the batch, padded), by length buckets
+    c.batch_size = 16  # upper bound on utterances per batch
+    c.bucket_boundaries_s = (2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0, 20.0)
+    c.max_duration_s = 35.0
+    c.shuffle_buffer = 2000
+    c.seed = 0
+    c.feature_cache_dir = ""  # cache decoded features here when set
+    return c

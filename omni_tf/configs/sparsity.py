@@ -1,0 +1,17 @@
+"""Supernet config: sparsity set, schedule, sampler."""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.levels = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9)
+    c.block = "1x1"  # "1x1" unstructured, "1x4" (float TFLite), "1x16" (int8 TFLite); along the input dim
+    c.begin_step = 1000
+    c.end_step = 6000
+    c.frequency = 100
+    c.power = 3
+    c.sampler = "sandwich"  # sandwich | uniform | per_layer
+    c.subnets_per_step = 1  # random subnets on top of densest+sparsest for sandwich
+    c.distill_weight = 0.0
+    c.target_sparsity = 0.7  # mode=pruned: the individually-pruned baseline's level
+    return c

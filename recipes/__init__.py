@@ -1,0 +1,1 @@
+"""Recipes: thin absl scripts over the omni_tf library."""

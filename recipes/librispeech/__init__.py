@@ -1,0 +1,1 @@
+"""LibriSpeech-layout recipes: prepare, train_spm, train, evaluate, search, export, transcribe."""

@@ -1,0 +1,1 @@
+"""Synthetic-corpus recipes (the README main job)."""
