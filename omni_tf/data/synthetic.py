@@ -1,0 +1,339 @@
+"""Synthetic English speech corpus in LibriSpeech layout, spoken by espeak-ng.
+
+Layout written under ``out_dir`` (splits ``train``, ``dev``, ``test``)::
+
+    <split>/<speaker>/<chapter>/<speaker>-<chapter>-<utt:04d>.flac     16 kHz mono 16-bit FLAC
+    <split>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt          "<speaker>-<chapter>-<utt> UPPER WORDS"
+    SPEAKERS.TXT                                                        id | sex | split | minutes | voice+variant
+    corpus.json                                                         spec, counts, hours (written last)
+
+A speaker is an espeak-ng English voice plus a voice variant (``en-gb-scotland+klatt3``): 8 voices x ~95
+variants = ~760 speakers, with a stable numeric id ``1000 * (voice_index + 1) + variant_index``. Speakers are
+split disjointly: a ``dev_fraction`` share of the shuffled speakers (at least one) is dev-only, as many again
+test-only, the rest train-only. Sentences (``text_source``) are split disjointly the same way, and a dev/test
+sentence only uses words that occur in training sentences. Speed (words per minute), pitch and gain are drawn
+per utterance. Everything is planned up front from ``seed``; the worker count does not change any file.
+
+Speed: 1000 utterances (~2.8 h of audio? no: ~0.8 h) take ~XX s with 2 workers (see ``make_corpus``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import multiprocessing
+import os
+import random
+import re
+import shutil
+import struct
+import subprocess
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import scipy.signal
+import soundfile as sf
+
+from omni_tf.data import text_source
+
+CORPUS_VERSION = 1
+SAMPLE_RATE = 16000
+ESPEAK_RATE = 22050
+SPLITS = ("train", "dev", "test")
+VOICES = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029",
+          "en-us-nyc")
+# Variant files of espeak-ng 1.51 (voices/!v), fixed so speaker ids are stable. Left out: whispers (no voicing),
+# "fast" (a speed test preset that ignores -s) and "Mr serious" (a space in its name).
+VARIANTS = (
+    "Alex", "Alicia", "Andrea", "Andy", "Annie", "AnxiousAndy", "Demonic", "Denis", "Diogo", "Gene", "Gene2",
+    "Henrique", "Hugo", "Jacky", "Lee", "Marco", "Mario", "Michael", "Mike", "Nguyen", "RicishayMax",
+    "RicishayMax2", "RicishayMax3", "Storm", "Tweaky", "UniRobot", "adam", "anika", "anikaRobot", "announcer",
+    "antonio", "aunty", "belinda", "benjamin", "boris", "caleb", "croak", "david", "ed", "edward", "edward2",
+    "f1", "f2", "f3", "f4", "f5", "grandma", "grandpa", "gustave", "iven", "iven2", "iven3", "iven4", "john",
+    "kaukovalta", "klatt", "klatt2", "klatt3", "klatt4", "klatt5", "klatt6", "linda", "m1", "m2", "m3", "m4",
+    "m5", "m6", "m7", "m8", "marcelo", "max", "michel", "miguel", "norbert", "pablo", "paul", "pedro", "quincy",
+    "rob", "robert", "robosoft", "robosoft2", "robosoft3", "robosoft4", "robosoft5", "robosoft6", "robosoft7",
+    "robosoft8", "sandro", "shelby", "steph", "steph2", "steph3", "travis", "victor", "zac",
+)
+UTTS_PER_CHAPTER = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class CorpusSpec:
+    """Everything that determines a corpus's content (``num_workers`` and ``out_dir`` do not)."""
+
+    num_utterances: int = 1000  # total over splits; ignored when hours > 0
+    hours: float = 0.0  # > 0: plan about this many hours (estimated from words and speed) instead
+    seed: int = 0
+    dev_fraction: float = 0.05
+    test_fraction: float = 0.05
+    min_speed: int = 120  # words per minute
+    max_speed: int = 220
+    min_pitch: int = 20  # espeak-ng -p, 0..99
+    max_pitch: int = 80
+    min_gain_db: float = -12.0  # peak level relative to 0.9 full scale
+    max_gain_db: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.hours <= 0 and self.num_utterances < 1:
+            raise ValueError("CorpusSpec needs num_utterances >= 1 or hours > 0")
+        if not (0 <= self.dev_fraction < 1 and 0 <= self.test_fraction < 1
+                and self.dev_fraction + self.test_fraction < 1):
+            raise ValueError(f"bad split fractions dev={self.dev_fraction} test={self.test_fraction}")
+        for lo, hi in ((self.min_speed, self.max_speed), (self.min_pitch, self.max_pitch),
+                       (self.min_gain_db, self.max_gain_db)):
+            if lo > hi:
+                raise ValueError(f"CorpusSpec range {lo} > {hi}")
+        if not (80 <= self.min_speed and self.max_speed <= 450 and 0 <= self.min_pitch and self.max_pitch <= 99):
+            raise ValueError("speed must be in [80, 450] wpm and pitch in [0, 99]")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class Speaker:
+    id: int
+    voice: str
+    variant: str
+    sex: str  # "M" / "F" (from the variant file; "M" when it says nothing)
+
+    @property
+    def name(self) -> str:
+        return f"{self.voice}+{self.variant}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Utterance:
+    id: str  # <speaker>-<chapter>-<utt:04d>
+    split: str
+    speaker: Speaker
+    chapter: int
+    text: str  # normalized upper case
+    speed: int
+    pitch: int
+    gain_db: float
+
+    @property
+    def relpath(self) -> str:
+        return os.path.join(self.split, str(self.speaker.id), str(self.chapter), self.id + ".flac")
+
+
+def espeak_data_dir() -> str:
+    """The espeak-ng data directory (from ``espeak-ng --version``); clear error if espeak-ng is missing."""
+    try:
+        out = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise RuntimeError(f"espeak-ng is not usable ({e}); install it: apt-get install -y espeak-ng") from e
+    match = re.search(r"Data at:\s*(\S+)", out)
+    if not match:
+        raise RuntimeError(f"cannot find the data directory in `espeak-ng --version` output: {out!r}")
+    return match.group(1)
+
+
+@functools.lru_cache(maxsize=1)
+def all_speakers() -> tuple[Speaker, ...]:
+    """Every voice+variant combination whose variant file exists in the installed espeak-ng."""
+    variant_dir = os.path.join(espeak_data_dir(), "voices", "!v")
+    speakers = []
+    for vi, voice in enumerate(VOICES):
+        for ki, variant in enumerate(VARIANTS):
+            path = os.path.join(variant_dir, variant)
+            if not os.path.isfile(path):
+                continue
+            with open(path, encoding="utf-8", errors="replace") as f:
+                female = re.search(r"^\s*gender\s+female", f.read(), re.MULTILINE | re.IGNORECASE)
+            speakers.append(Speaker(1000 * (vi + 1) + ki, voice, variant, "F" if female else "M"))
+    if not speakers:
+        raise RuntimeError(f"no espeak-ng variants found in {variant_dir}")
+    return tuple(speakers)
+
+
+def split_speakers(speakers: Sequence[Speaker], spec: CorpusSpec) -> dict[str, list[Speaker]]:
+    """Disjoint speaker sets per split; dev/test get max(1, fraction * count) speakers when their fraction > 0."""
+    order = sorted(speakers, key=lambda s: s.id)
+    random.Random(spec.seed * 7919 + 1).shuffle(order)
+    n_dev = max(1, round(spec.dev_fraction * len(order))) if spec.dev_fraction > 0 else 0
+    n_test = max(1, round(spec.test_fraction * len(order))) if spec.test_fraction > 0 else 0
+    if n_dev + n_test >= len(order):
+        raise ValueError(f"{len(order)} speakers cannot give disjoint train/dev/test sets")
+    return {"dev": order[:n_dev], "test": order[n_dev:n_dev + n_test], "train": order[n_dev + n_test:]}
+
+
+def _estimated_seconds(words: int, speed: float) -> float:
+    return words * 60.0 / speed + 0.5
+
+
+def split_counts(spec: CorpusSpec, mean_words: float) -> dict[str, int]:
+    """Utterances per split; with ``hours`` the total is estimated from mean words and mean speed."""
+    total = spec.num_utterances
+    if spec.hours > 0:
+        mean_s = _estimated_seconds(mean_words, (spec.min_speed + spec.max_speed) / 2)
+        total = max(1, math.ceil(spec.hours * 3600 / mean_s))
+    dev = round(total * spec.dev_fraction)
+    test = round(total * spec.test_fraction)
+    return {"train": total - dev - test, "dev": dev, "test": test}
+
+
+def _cycle(items: Sequence, rng: random.Random):
+    """Yields items forever, reshuffled each pass (every item once before any repeats)."""
+    while True:
+        order = list(items)
+        rng.shuffle(order)
+        yield from order
+
+
+def plan_corpus(spec: CorpusSpec, sentences: Sequence[str] | None = None,
+                speakers: Sequence[Speaker] | None = None) -> list[Utterance]:
+    """The full, deterministic list of utterances for ``spec`` (nothing is synthesized)."""
+    sentences = text_source.load_sentences() if sentences is None else sentences
+    speakers = all_speakers() if speakers is None else speakers
+    fractions = {"dev": spec.dev_fraction, "test": spec.test_fraction}
+    pools = text_source.split_disjoint(sentences, {k: v for k, v in fractions.items() if v > 0}, spec.seed)
+    spk = split_speakers(speakers, spec)
+    mean_words = float(np.mean([len(s.split()) for s in sentences]))
+    plan = []
+    for si, split in enumerate(SPLITS):
+        count = split_counts(spec, mean_words)[split]
+        if count == 0:
+            continue
+        rng = random.Random(spec.seed * 1000003 + si)
+        texts, voices = _cycle(pools[split], rng), _cycle(spk[split], rng)
+        per_speaker: dict[int, int] = {}
+        for _ in range(count):
+            speaker = next(voices)
+            k = per_speaker.get(speaker.id, 0)
+            per_speaker[speaker.id] = k + 1
+            chapter = 1 + k // UTTS_PER_CHAPTER
+            plan.append(Utterance(
+                id=f"{speaker.id}-{chapter}-{k % UTTS_PER_CHAPTER:04d}", split=split, speaker=speaker,
+                chapter=chapter, text=next(texts), speed=rng.randint(spec.min_speed, spec.max_speed),
+                pitch=rng.randint(spec.min_pitch, spec.max_pitch),
+                gain_db=round(rng.uniform(spec.min_gain_db, spec.max_gain_db), 2)))
+    return plan
+
+
+def _parse_wav(data: bytes) -> tuple[np.ndarray, int]:
+    """espeak-ng --stdout WAV (streamed: the size fields are bogus) -> (int16 samples, rate)."""
+    if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        raise RuntimeError(f"espeak-ng did not return WAV data ({len(data)} bytes)")
+    pos, rate = 12, None
+    while pos + 8 <= len(data):
+        tag, size = data[pos:pos + 4], struct.unpack("<I", data[pos + 4:pos + 8])[0]
+        if tag == b"fmt ":
+            channels, rate, bits = (struct.unpack("<H", data[pos + 10:pos + 12])[0],
+                                    struct.unpack("<I", data[pos + 12:pos + 16])[0],
+                                    struct.unpack("<H", data[pos + 22:pos + 24])[0])
+            if channels != 1 or bits != 16:
+                raise RuntimeError(f"espeak-ng WAV has {channels} channels, {bits} bits; expected mono 16-bit")
+        elif tag == b"data":
+            body = data[pos + 8:]
+            return np.frombuffer(body[:len(body) // 2 * 2], dtype="<i2"), rate or ESPEAK_RATE
+        pos += 8 + size
+    raise RuntimeError("espeak-ng WAV has no data chunk")
+
+
+def synthesize(utt: Utterance) -> np.ndarray:
+    """Speaks ``utt`` -> float32 [N] at 16 kHz, peak at 0.9 * gain."""
+    cmd = ["espeak-ng", "-v", utt.speaker.name, "-s", str(utt.speed), "-p", str(utt.pitch), "--stdout",
+           utt.text.lower()]
+    proc = subprocess.run(cmd, capture_output=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.decode(errors='replace')}")
+    pcm, rate = _parse_wav(proc.stdout)
+    if pcm.size == 0:
+        raise RuntimeError(f"espeak-ng produced no audio for {utt.id} ({utt.speaker.name})")
+    g = math.gcd(SAMPLE_RATE, rate)
+    audio = scipy.signal.resample_poly(pcm.astype(np.float64), SAMPLE_RATE // g, rate // g)
+    peak = float(np.max(np.abs(audio))) or 1.0
+    return (audio * (0.9 * 10 ** (utt.gain_db / 20) / peak)).astype(np.float32)
+
+
+def _render(args: tuple[Utterance, str]) -> tuple[str, int]:
+    utt, out_dir = args
+    path = os.path.join(out_dir, utt.relpath)
+    audio = synthesize(utt)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    sf.write(path, audio, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+    return utt.id, int(audio.shape[0])
+
+
+def _write_transcripts(out_dir: str, plan: Sequence[Utterance]) -> None:
+    chapters: dict[str, list[Utterance]] = {}
+    for utt in plan:
+        chapters.setdefault(os.path.dirname(utt.relpath), []).append(utt)
+    for rel, utts in chapters.items():
+        name = f"{utts[0].speaker.id}-{utts[0].chapter}.trans.txt"
+        with open(os.path.join(out_dir, rel, name), "w", encoding="utf-8") as f:
+            f.writelines(f"{u.id} {u.text}\n" for u in sorted(utts, key=lambda u: u.id))
+
+
+def _write_speakers(out_dir: str, plan: Sequence[Utterance], samples: dict[str, int]) -> None:
+    minutes: dict[tuple[int, str], float] = {}
+    speakers = {}
+    for utt in plan:
+        key = (utt.speaker.id, utt.split)
+        minutes[key] = minutes.get(key, 0.0) + samples[utt.id] / SAMPLE_RATE / 60
+        speakers[key] = utt.speaker
+    with open(os.path.join(out_dir, "SPEAKERS.TXT"), "w", encoding="utf-8") as f:
+        f.write("; ID   |SEX| SUBSET | MINUTES | NAME (espeak-ng voice+variant)\n")
+        for (sid, split), spk in sorted(speakers.items()):
+            f.write(f"{sid:<6} | {spk.sex} | {split:<6} | {minutes[(sid, split)]:7.2f} | {spk.name}\n")
+
+
+def corpus_matches(out_dir: str, spec: CorpusSpec) -> bool:
+    """True if ``out_dir`` holds a finished corpus made from an equal spec (and its FLAC counts agree)."""
+    try:
+        with open(os.path.join(out_dir, "corpus.json"), encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        return False
+    if meta.get("version") != CORPUS_VERSION or meta.get("spec") != spec.to_dict():
+        return False
+    for split, count in meta.get("counts", {}).items():
+        found = sum(len([n for n in files if n.endswith(".flac")])
+                    for _, _, files in os.walk(os.path.join(out_dir, split)))
+        if found != count:
+            return False
+    return True
+
+
+def make_corpus(out_dir: str, spec: CorpusSpec, num_workers: int = 2, overwrite: bool = False,
+                log=print) -> dict:
+    """Writes the corpus for ``spec`` into ``out_dir`` (reused as is if ``corpus_matches``); returns corpus.json.
+
+    An existing different corpus there is an error unless ``overwrite`` (then its split dirs are replaced).
+    """
+    if corpus_matches(out_dir, spec):
+        log(f"reusing the corpus in {out_dir} (same spec)")
+        with open(os.path.join(out_dir, "corpus.json"), encoding="utf-8") as f:
+            return json.load(f)
+    existing = [n for n in (*SPLITS, "corpus.json", "SPEAKERS.TXT") if os.path.exists(os.path.join(out_dir, n))]
+    if existing and not overwrite:
+        raise FileExistsError(f"{out_dir} already holds {existing} from another spec; pass overwrite=True")
+    for name in existing:
+        path = os.path.join(out_dir, name)
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    start = time.time()
+    plan = plan_corpus(spec)
+    log(f"synthesizing {len(plan)} utterances with {num_workers} workers into {out_dir}")
+    os.makedirs(out_dir, exist_ok=True)
+    jobs = [(u, out_dir) for u in plan]
+    if num_workers > 1:
+        with multiprocessing.get_context("fork").Pool(num_workers) as pool:
+            samples = dict(pool.imap(_render, jobs, chunksize=8))
+    else:
+        samples = dict(map(_render, jobs))
+    _write_transcripts(out_dir, plan)
+    _write_speakers(out_dir, plan, samples)
+    counts = {s: sum(u.split == s for u in plan) for s in SPLITS}
+    hours = {s: round(sum(samples[u.id] for u in plan if u.split == s) / SAMPLE_RATE / 3600, 4) for s in SPLITS}
+    meta = {"version": CORPUS_VERSION, "spec": spec.to_dict(), "counts": counts, "hours": hours,
+            "speakers": {s: len({u.speaker.id for u in plan if u.split == s}) for s in SPLITS},
+            "seconds": round(time.time() - start, 1)}
+    with open(os.path.join(out_dir, "corpus.json"), "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=2)
+    log(f"done in {meta['seconds']} s: counts {counts}, hours {hours}")
+    return meta
