@@ -1,0 +1,77 @@
+"""Tests for omni_tf.data.audio: decode, probe (full/header), checks."""
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from omni_tf.data import audio
+
+
+def _write(path, n=8000, rate=16000, channels=1, seed=0):
+    x = np.random.default_rng(seed).uniform(-0.5, 0.5, (n, channels)).astype(np.float32)
+    sf.write(str(path), x if channels > 1 else x[:, 0], rate, format="FLAC", subtype="PCM_16")
+    return x
+
+
+def test_decode_round_trip_pcm16(tmp_path):
+    x = _write(tmp_path / "a.flac")
+    y = audio.decode(str(tmp_path / "a.flac"), 16000)
+    assert y.dtype == np.float32 and y.shape == (8000,)
+    np.testing.assert_allclose(y, x[:, 0], atol=1 / 32768 + 1e-7)
+
+
+@pytest.mark.parametrize("check", ["full", "header"])
+def test_probe_good_file(tmp_path, check):
+    _write(tmp_path / "a.flac", n=12345)
+    info = audio.probe(str(tmp_path / "a.flac"), check)
+    assert info == audio.AudioInfo(12345, 16000, 1)
+    assert info.duration_s == pytest.approx(12345 / 16000)
+
+
+@pytest.mark.parametrize("check", ["full", "header"])
+def test_probe_truncated_flac_is_corrupt(tmp_path, check):
+    _write(tmp_path / "a.flac", n=48000)
+    data = (tmp_path / "a.flac").read_bytes()
+    (tmp_path / "t.flac").write_bytes(data[: len(data) // 2])
+    with pytest.raises(audio.AudioError) as e:
+        audio.probe(str(tmp_path / "t.flac"), check)
+    assert e.value.kind == audio.CORRUPT and e.value.path.endswith("t.flac")
+
+
+def test_probe_garbage_and_empty(tmp_path):
+    (tmp_path / "g.flac").write_bytes(np.random.default_rng(0).bytes(2000))
+    (tmp_path / "e.flac").write_bytes(b"")
+    with pytest.raises(audio.AudioError) as e:
+        audio.probe(str(tmp_path / "g.flac"))
+    assert e.value.kind == audio.CORRUPT
+    with pytest.raises(audio.AudioError) as e:
+        audio.probe(str(tmp_path / "e.flac"))
+    assert e.value.kind == audio.EMPTY_FILE
+    with pytest.raises(audio.AudioError) as e:
+        audio.decode(str(tmp_path / "g.flac"))
+    assert e.value.kind == audio.CORRUPT
+
+
+def test_check_info_kinds():
+    audio.check_info("x", audio.AudioInfo(4000, 16000, 1), 16000, 3600)
+    cases = [(audio.AudioInfo(4000, 8000, 1), audio.SAMPLE_RATE),
+             (audio.AudioInfo(4000, 16000, 2), audio.CHANNELS),
+             (audio.AudioInfo(3599, 16000, 1), audio.TOO_SHORT)]
+    for info, kind in cases:
+        with pytest.raises(audio.AudioError) as e:
+            audio.check_info("x.flac", info, 16000, 3600)
+        assert e.value.kind == kind and "x.flac" in str(e.value)
+
+
+def test_decode_rejects_stereo_and_rate(tmp_path):
+    _write(tmp_path / "s.flac", channels=2)
+    _write(tmp_path / "r.flac", rate=8000)
+    with pytest.raises(audio.AudioError, match="channels"):
+        audio.decode(str(tmp_path / "s.flac"))
+    with pytest.raises(audio.AudioError, match="8000 Hz"):
+        audio.decode(str(tmp_path / "r.flac"), 16000)
+
+
+def test_min_samples_for():
+    assert audio.min_samples_for(0.225, 16000) == 3600
+    assert audio.min_samples_for(0.0001, 16000) == 2

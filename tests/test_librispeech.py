@@ -1,0 +1,160 @@
+"""Tests for omni_tf.data.librispeech: each bad-input kind reported with its file; manifests."""
+import json
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from omni_tf.data import librispeech as ls
+
+
+def _flac(path, n=8000, rate=16000, channels=1):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    x = np.random.default_rng(len(str(path))).uniform(-0.3, 0.3, (n, channels)).astype(np.float32)
+    sf.write(str(path), x if channels > 1 else x[:, 0], rate, format="FLAC")
+
+
+def _chapter(split_dir, spk, ch, lines, audio_ids, **flac_kw):
+    d = os.path.join(split_dir, spk, ch)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, f"{spk}-{ch}.trans.txt"), "w") as f:
+        f.write("".join(line + "\n" for line in lines))
+    for u in audio_ids:
+        _flac(os.path.join(d, f"{u}.flac"), **flac_kw)
+    return d
+
+
+@pytest.fixture()
+def corpus(tmp_path):
+    """A split with 2 good utterances and one bad input of every kind."""
+    split = str(tmp_path / "train")
+    d = _chapter(split, "1", "10", [
+        "1-10-0000 HELLO WORLD", "1-10-0001 IT'S  FINE", "1-10-0002 ", "1-10-0003 hello",
+        "1-10-0004 NO AUDIO",
+        "1-10-0005 CORRUPT", "1-10-0006 EMPTY", "1-10-0007 WRONG RATE", "1-10-0008 STEREO", "1-10-0009 SHORT",
+        "1-10-0000 DUPLICATE LINE", "9-9-0001 WRONG PREFIX",
+    ], ["1-10-0000", "1-10-0001", "1-10-0002", "1-10-0003", "1-10-0010"])
+    with open(os.path.join(d, "1-10-0005.flac"), "wb") as f:
+        f.write(np.random.default_rng(0).bytes(3000))
+    open(os.path.join(d, "1-10-0006.flac"), "wb").close()
+    _flac(os.path.join(d, "1-10-0007.flac"), rate=8000)
+    _flac(os.path.join(d, "1-10-0008.flac"), channels=2)
+    _flac(os.path.join(d, "1-10-0009.flac"), n=3599)  # 1 sample below 0.225 s
+    _flac(os.path.join(d, "2-20-0000.flac"))  # name does not match its directory
+    open(os.path.join(d, "notes.txt"), "w").close()
+    return split
+
+
+def test_scan_reports_every_kind(corpus):
+    scan = ls.scan_split(corpus, num_workers=2)
+    assert [r["id"] for r in scan.rows] == ["1-10-0000", "1-10-0001"]
+    r0 = scan.rows[0]
+    assert r0["text"] == "HELLO WORLD" and r0["num_samples"] == 8000 and r0["sample_rate"] == 16000
+    assert r0["duration_s"] == 0.5 and r0["speaker"] == "1" and os.path.isabs(r0["path"])
+    assert scan.rows[1]["text"] == "IT'S FINE"  # whitespace collapsed
+    by_kind = {}
+    for p in scan.problems:
+        by_kind.setdefault(p.kind, []).append(os.path.basename(p.path))
+    assert by_kind == {
+        "empty_transcript": ["1-10.trans.txt:3"],
+        "bad_characters": ["1-10.trans.txt:4"],
+        "missing_audio": ["1-10-0004.flac"],
+        "corrupt": ["1-10-0005.flac"],
+        "empty_file": ["1-10-0006.flac"],
+        "sample_rate": ["1-10-0007.flac"],
+        "channels": ["1-10-0008.flac"],
+        "too_short": ["1-10-0009.flac"],
+        "missing_transcript": ["1-10-0010.flac"],
+        "duplicate_id": ["1-10.trans.txt:11"],
+        "bad_name": ["1-10.trans.txt:12", "2-20-0000.flac"],
+        "unexpected_file": ["notes.txt"],
+    }
+    assert scan.counts()["bad_name"] == 2 and scan.counts()["unreadable_dir"] == 0
+
+
+def test_header_check_also_detects_corrupt(corpus):
+    scan = ls.scan_split(corpus, check="header", num_workers=1)
+    assert scan.counts()["corrupt"] == 1 and len(scan.rows) == 2
+
+
+def test_min_duration_flag(corpus):
+    scan = ls.scan_split(corpus, min_duration_s=0.6)
+    assert scan.rows == [] and scan.counts()["too_short"] == 3
+
+
+def test_unreadable_dir_by_injected_oserror(corpus, monkeypatch):
+    # Tests run as root, which can list chmod-000 directories, so the OSError is injected at the listing seam.
+    os.makedirs(os.path.join(corpus, "3", "30"))
+    real = ls._scandir
+    bad = os.path.join(corpus, "3", "30")
+
+    def scandir(path):
+        if os.path.abspath(path) == bad:
+            raise PermissionError(13, "Permission denied", path)
+        return real(path)
+
+    monkeypatch.setattr(ls, "_scandir", scandir)
+    scan = ls.scan_split(corpus)
+    [p] = [p for p in scan.problems if p.kind == "unreadable_dir"]
+    assert p.path == bad and "Permission denied" in p.reason
+    assert len(scan.rows) == 2
+
+
+def test_unreadable_split_dir_really_chmod(tmp_path):
+    d = tmp_path / "dev"
+    d.mkdir()
+    os.chmod(d, 0)
+    try:
+        if os.geteuid() == 0:
+            pytest.skip("root can list chmod-000 directories; covered by the injected-OSError test")
+        scan = ls.scan_split(str(d))
+        assert scan.counts()["unreadable_dir"] == 1
+    finally:
+        os.chmod(d, 0o755)
+
+
+def test_duplicate_id_across_transcript_files(tmp_path):
+    d = _chapter(str(tmp_path / "dev"), "1", "10", ["1-10-0000 A"], ["1-10-0000"])
+    with open(os.path.join(d, "extra.trans.txt"), "w") as f:
+        f.write("1-10-0000 B\n")
+    scan = ls.scan_split(str(tmp_path / "dev"))
+    assert [r["text"] for r in scan.rows] == ["A"]
+    got = [(os.path.basename(p.path), p.kind) for p in scan.problems]
+    assert got == [("extra.trans.txt", "duplicate_id")]
+
+
+def test_manifest_and_report_round_trip(corpus, tmp_path):
+    scan = ls.scan_split(corpus)
+    out = str(tmp_path / "out")
+    os.makedirs(out)
+    ls.write_manifest(scan.rows, os.path.join(out, "train.tsv"))
+    with open(os.path.join(out, "train.tsv")) as f:
+        assert f.readline().rstrip("\n").split("\t") == list(ls.MANIFEST_COLUMNS)
+    assert ls.read_manifest(os.path.join(out, "train.tsv")) == scan.rows
+    jpath, tpath = ls.write_report(scan, out)
+    assert jpath.endswith("train.report.json") and tpath.endswith("train.report.txt")
+    with open(jpath) as f:
+        rep = json.load(f)
+    assert rep["usable"] == 2 and rep["bad"] == len(scan.problems) == sum(rep["counts"].values())
+    assert set(rep["counts"]) == set(ls.ALL_KINDS)
+    with open(tpath) as f:
+        txt = f.read()
+    assert "corrupt: 1" in txt and "1-10-0005.flac" in txt
+
+
+def test_read_manifest_rejects_wrong_header(tmp_path):
+    (tmp_path / "m.tsv").write_text("id\tpath\n")
+    with pytest.raises(ValueError, match="m.tsv"):
+        ls.read_manifest(str(tmp_path / "m.tsv"))
+
+
+def test_find_splits(tmp_path, corpus):
+    _chapter(str(tmp_path / "dev-clean"), "5", "50", ["5-50-0000 A"], ["5-50-0000"])
+    (tmp_path / "not_a_split").mkdir()
+    (tmp_path / "README.TXT").write_text("x")
+    assert ls.find_splits(str(tmp_path)) == ["dev-clean", "train"]
+
+
+def test_default_min_duration():
+    assert ls.default_min_duration_s() == pytest.approx(0.225)
