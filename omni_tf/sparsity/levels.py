@@ -25,6 +25,7 @@ import tensorflow as tf
 DEFAULT_LEVELS: tuple[float, ...] = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9)
 _MAX_LEVELS = 127  # survival is int8
 _NORMS = ("l2", "l1")
+_MICRO = 1_000_000  # sparsities are resolved to 1e-6
 
 
 def validate_levels(levels: Sequence[float]) -> tuple[float, ...]:
@@ -79,11 +80,11 @@ def num_units(shape: Sequence[int], block: int) -> int:
 def keep_counts(n_units: int, sparsities: Sequence[float]) -> np.ndarray:
     """Units kept per level: ``floor(U * (1 - s_k) + 0.5)`` (round half up), int64 [K].
 
-    ``s_k`` is first rounded to 6 decimals in float64, so float32 and float64 inputs give the same count
-    (``survival_levels`` does the same).
+    Exact integer arithmetic on ``s_k`` rounded to 6 decimals, so float32 and float64 inputs give the same
+    count (``survival_levels`` computes the same).
     """
-    s = np.round(np.asarray(sparsities, dtype=np.float64) * 1e6) / 1e6
-    return np.floor(n_units * (1.0 - s) + 0.5).astype(np.int64)
+    micro = np.round(np.asarray(sparsities, dtype=np.float64) * _MICRO).astype(np.int64)
+    return (n_units * (_MICRO - micro) + _MICRO // 2) // _MICRO
 
 
 def unit_scores(kernel: tf.Tensor, block: int, norm: str = "l2") -> tf.Tensor:
@@ -122,8 +123,8 @@ def survival_levels(
     # top_k returns equal values lower-index first: a deterministic tie break.
     _, order = tf.math.top_k(tf.reshape(scores, [-1]), k=n, sorted=True)
     rank = tf.math.invert_permutation(order)  # [U]: 0 = best unit
-    s = tf.round(tf.cast(tf.convert_to_tensor(sparsities), tf.float64) * 1e6) / 1e6  # as keep_counts
-    keep = tf.cast(tf.floor(n * (1.0 - s) + 0.5), tf.int32)  # [K]
+    micro = tf.cast(tf.round(tf.cast(tf.convert_to_tensor(sparsities), tf.float64) * _MICRO), tf.int64)
+    keep = tf.cast((n * (_MICRO - micro) + _MICRO // 2) // _MICRO, tf.int32)  # [K], as keep_counts
     survives = tf.cast(rank[:, None] < keep[None, :], tf.int32)  # [U, K]
     survival = tf.reduce_sum(survives, axis=1) - 1  # [U], nested: keep is non-increasing
     survival = tf.reshape(survival, scores.shape)  # [NB, O]
