@@ -1,0 +1,111 @@
+"""Word and character error rates (jiwer), corpus-level and per utterance.
+
+Corpus WER is total word errors (substitutions + deletions + insertions) over total reference words, not the
+mean of per-utterance rates. Text is compared after light normalisation (lower case, collapsed whitespace).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import jiwer
+
+
+@dataclass(frozen=True)
+class ErrorCounts:
+    """Edit counts of hypotheses against references at one unit (words or characters)."""
+
+    substitutions: int
+    deletions: int
+    insertions: int
+    reference_units: int
+
+    @property
+    def errors(self) -> int:
+        return self.substitutions + self.deletions + self.insertions
+
+    @property
+    def rate(self) -> float:
+        """Errors over reference units; 0 for an empty reference with no hypothesis, else inf if none."""
+        if self.reference_units == 0:
+            return 0.0 if self.errors == 0 else float("inf")
+        return self.errors / self.reference_units
+
+
+def normalize(text: str) -> str:
+    """Lower case, whitespace collapsed to single spaces, ends stripped."""
+    return " ".join(text.lower().split())
+
+
+def _check(references: Sequence[str], hypotheses: Sequence[str]) -> None:
+    if len(references) != len(hypotheses):
+        raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
+
+
+def _words(text: str) -> list[str]:
+    return normalize(text).split()
+
+
+def _chars(text: str) -> list[str]:
+    return list(normalize(text))
+
+
+def _counts(ref_units: list[str], hyp_units: list[str]) -> ErrorCounts:
+    if not ref_units:
+        return ErrorCounts(0, 0, len(hyp_units), 0)
+    if not hyp_units:
+        return ErrorCounts(0, len(ref_units), 0, len(ref_units))
+    # jiwer aligns whitespace-separated tokens; units are joined with a separator they cannot contain.
+    out = jiwer.process_words(" ".join(ref_units), " ".join(hyp_units))
+    return ErrorCounts(out.substitutions, out.deletions, out.insertions, len(ref_units))
+
+
+def _encode_chars(units: list[str]) -> list[str]:
+    return ["<sp>" if c == " " else c for c in units]
+
+
+def utterance_counts(reference: str, hypothesis: str, unit: str = "word") -> ErrorCounts:
+    """Edit counts for one utterance; ``unit`` is "word" or "char" (spaces count as characters)."""
+    if unit == "word":
+        return _counts(_words(reference), _words(hypothesis))
+    if unit == "char":
+        return _counts(_encode_chars(_chars(reference)), _encode_chars(_chars(hypothesis)))
+    raise ValueError(f"unit must be 'word' or 'char', got {unit!r}")
+
+
+def corpus_counts(references: Sequence[str], hypotheses: Sequence[str], unit: str = "word") -> ErrorCounts:
+    """Summed edit counts over a corpus."""
+    _check(references, hypotheses)
+    s = d = i = n = 0
+    for ref, hyp in zip(references, hypotheses, strict=True):
+        c = utterance_counts(ref, hyp, unit)
+        s, d, i, n = s + c.substitutions, d + c.deletions, i + c.insertions, n + c.reference_units
+    return ErrorCounts(s, d, i, n)
+
+
+def wer(references: Sequence[str], hypotheses: Sequence[str]) -> float:
+    """Corpus word error rate: total word errors / total reference words."""
+    return corpus_counts(references, hypotheses, "word").rate
+
+
+def cer(references: Sequence[str], hypotheses: Sequence[str]) -> float:
+    """Corpus character error rate: total character errors / total reference characters."""
+    return corpus_counts(references, hypotheses, "char").rate
+
+
+def per_utterance(
+    ids: Sequence[str], references: Sequence[str], hypotheses: Sequence[str]
+) -> list[dict]:
+    """One row per utterance: id, ref, hyp, word errors, ref words, wer, char errors, ref chars, cer."""
+    _check(references, hypotheses)
+    if len(ids) != len(references):
+        raise ValueError(f"{len(ids)} ids but {len(references)} references")
+    rows = []
+    for uid, ref, hyp in zip(ids, references, hypotheses, strict=True):
+        w, c = utterance_counts(ref, hyp, "word"), utterance_counts(ref, hyp, "char")
+        rows.append({
+            "id": uid, "ref": ref, "hyp": hyp,
+            "word_errors": w.errors, "ref_words": w.reference_units, "wer": w.rate,
+            "char_errors": c.errors, "ref_chars": c.reference_units, "cer": c.rate,
+        })
+    return rows
