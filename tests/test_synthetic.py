@@ -1,0 +1,244 @@
+"""Synthetic corpus: text normalization, sentence/speaker splits, and a tiny corpus on disk."""
+import collections
+import os
+import re
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from omni_tf.data import synthetic, text_source
+
+pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
+
+TINY = synthetic.CorpusSpec(num_utterances=12, seed=3, dev_fraction=0.25, test_fraction=0.25)
+
+
+# --- normalization ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n, words", [
+    (0, "ZERO"), (7, "SEVEN"), (13, "THIRTEEN"), (20, "TWENTY"), (42, "FORTY TWO"), (100, "ONE HUNDRED"),
+    (105, "ONE HUNDRED FIVE"), (1984, "ONE THOUSAND NINE HUNDRED EIGHTY FOUR"),
+    (2000000, "TWO MILLION"), (1010, "ONE THOUSAND TEN"),
+])
+def test_number_to_words(n, words):
+    assert text_source.number_to_words(n) == words
+
+
+def test_number_to_words_range():
+    with pytest.raises(ValueError, match="number_to_words"):
+        text_source.number_to_words(-1)
+
+
+@pytest.mark.parametrize("n, words", [(1, "FIRST"), (2, "SECOND"), (3, "THIRD"), (12, "TWELFTH"),
+                                      (20, "TWENTIETH"), (22, "TWENTY SECOND"), (100, "ONE HUNDREDTH")])
+def test_ordinal_to_words(n, words):
+    assert text_source.ordinal_to_words(n) == words
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Don't panic!", "DON'T PANIC"),
+    ("'Hello,' she said.", "HELLO SHE SAID"),
+    ("It's 3 o'clock.", "IT'S THREE O'CLOCK"),
+    ("Rock & roll, 50% of the time.", "ROCK AND ROLL FIFTY PERCENT OF THE TIME"),
+    ("He came 1st of 1,000 men", "HE CAME FIRST OF ONE THOUSAND MEN"),
+    ("Pi is 3.14", "PI IS THREE POINT ONE FOUR"),
+    ("Agent 007 -- licensed", "AGENT ZERO ZERO SEVEN LICENSED"),
+    ("well-known   \"quotes\"", "WELL KNOWN QUOTES"),
+    ("the dogs' bones", "THE DOGS BONES"),
+    ("x = 1", None), ("a 3D movie", None), ("costs $5", None), ("see http://x/y", None), ("...", None),
+])
+def test_normalize_sentence(text, expected):
+    assert text_source.normalize_sentence(text) == expected
+
+
+def test_split_into_sentences():
+    assert text_source.split_into_sentences("One two. \"Three?\" Four! Mr Smith") == [
+        "One two.", "\"Three?", "Four!", "Mr Smith"]
+
+
+def test_fortune_file_parsing(tmp_path):
+    path = tmp_path / "cookies"
+    path.write_text("A bird in the hand. Is worth two\nin the bush!\n\t\t-- Proverb\n%\nx = y; z\n%\n"
+                    "Short one.\n%\nA bird in the hand.\n", encoding="utf-8")
+    assert text_source.sentences_from_fortune_files([str(path)]) == [
+        "A BIRD IN THE HAND", "IS WORTH TWO IN THE BUSH"]  # "SHORT ONE": 2 words; duplicate; code cookie
+
+
+def test_embedded_sentences_are_normalized_and_unique():
+    sentences = text_source.load_sentences()
+    assert len(sentences) >= 4000
+    assert len(set(sentences)) == len(sentences)
+    for s in sentences:
+        assert text_source.normalize_sentence(s) == s
+        assert text_source.MIN_WORDS <= len(s.split()) <= text_source.MAX_WORDS
+    assert len({w for s in sentences for w in s.split()}) <= 3000
+
+
+def test_filter_common_vocabulary():
+    sentences = ["A B C", "A B D", "A B C E", "A C"]
+    assert text_source.filter_common_vocabulary(sentences, 3) == ["A B C", "A C"]
+
+
+def test_split_disjoint_sentences_and_vocabulary():
+    sentences = text_source.load_sentences()
+    pools = text_source.split_disjoint(sentences, {"dev": 0.05, "test": 0.05}, seed=1)
+    sets = {k: set(v) for k, v in pools.items()}
+    assert not sets["train"] & sets["dev"] and not sets["train"] & sets["test"] and not sets["dev"] & sets["test"]
+    assert sum(map(len, sets.values())) == len(sentences)
+    assert abs(len(sets["dev"]) - 0.05 * len(sentences)) <= 1
+    train_words = collections.Counter(w for s in pools["train"] for w in s.split())
+    for s in pools["dev"] + pools["test"]:
+        assert all(train_words[w] >= 2 for w in s.split()), s
+    assert pools == text_source.split_disjoint(list(reversed(sentences)), {"dev": 0.05, "test": 0.05}, seed=1)
+
+
+# --- speakers and planning ----------------------------------------------------------------------------------
+
+def test_speakers_and_split():
+    speakers = synthetic.all_speakers()
+    assert len(speakers) >= 8 * 50
+    assert len({s.id for s in speakers}) == len(speakers)
+    assert {s.voice for s in speakers} == set(synthetic.VOICES)
+    by_id = {s.id: s for s in speakers}
+    assert by_id[1000 + synthetic.VARIANTS.index("f1")].name == "en-us+f1"
+    assert by_id[1000 + synthetic.VARIANTS.index("f1")].sex == "F"
+    split = synthetic.split_speakers(speakers, synthetic.CorpusSpec(dev_fraction=0.05, test_fraction=0.05))
+    ids = {k: {s.id for s in v} for k, v in split.items()}
+    assert not ids["train"] & ids["dev"] and not ids["train"] & ids["test"] and not ids["dev"] & ids["test"]
+    assert len(ids["dev"]) == round(0.05 * len(speakers)) and sum(map(len, ids.values())) == len(speakers)
+
+
+def test_plan_counts_and_hours():
+    plan = synthetic.plan_corpus(synthetic.CorpusSpec(num_utterances=200, seed=0))
+    assert collections.Counter(u.split for u in plan) == {"train": 180, "dev": 10, "test": 10}
+    assert len({u.id for u in plan}) == 200
+    assert all(120 <= u.speed <= 220 and 20 <= u.pitch <= 80 for u in plan)
+    by_hours = synthetic.plan_corpus(synthetic.CorpusSpec(hours=0.5, seed=0))
+    est = sum(len(u.text.split()) * 60 / u.speed + 0.5 for u in by_hours) / 3600
+    assert 0.4 < est < 0.6
+
+
+def test_spec_validation():
+    with pytest.raises(ValueError, match="fractions"):
+        synthetic.CorpusSpec(dev_fraction=0.6, test_fraction=0.5)
+    with pytest.raises(ValueError, match="range"):
+        synthetic.CorpusSpec(min_speed=200, max_speed=150)
+    with pytest.raises(ValueError, match="num_utterances"):
+        synthetic.CorpusSpec(num_utterances=0)
+
+
+def test_parse_wav_rejects_non_wav():
+    with pytest.raises(RuntimeError, match="WAV"):
+        synthetic._parse_wav(b"not a wav file at all")
+
+
+# --- a tiny corpus on disk ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("synth") / "a")
+    synthetic.make_corpus(out, TINY, num_workers=2, log=lambda *_: None)
+    return out
+
+
+def _flacs(root):
+    return sorted(os.path.relpath(os.path.join(d, n), root) for d, _, files in os.walk(root)
+                  for n in files if n.endswith(".flac"))
+
+
+def _transcripts(root):
+    lines = {}
+    for d, _, files in os.walk(root):
+        for n in files:
+            if n.endswith(".trans.txt"):
+                speaker, chapter = n[: -len(".trans.txt")].split("-")
+                assert d.endswith(os.path.join(speaker, chapter))
+                with open(os.path.join(d, n), encoding="utf-8") as f:
+                    for line in f:
+                        uid, text = line.rstrip("\n").split(" ", 1)
+                        lines[uid] = (os.path.relpath(d, root).split(os.sep)[0], text)
+    return lines
+
+
+def test_layout_is_librispeech(corpus):
+    flacs = _flacs(corpus)
+    assert len(flacs) == 12
+    for rel in flacs:
+        split, speaker, chapter, name = rel.split(os.sep)
+        assert split in synthetic.SPLITS
+        assert re.fullmatch(rf"{speaker}-{chapter}-\d{{4}}\.flac", name) and speaker.isdigit() and chapter.isdigit()
+    ids = {os.path.basename(r)[: -len(".flac")] for r in flacs}
+    assert set(_transcripts(corpus)) == ids
+    assert sorted(os.listdir(corpus)) == ["SPEAKERS.TXT", "corpus.json", "dev", "test", "train"]
+
+
+def test_transcripts_upper_case_alphabet(corpus):
+    for _, text in _transcripts(corpus).values():
+        assert re.fullmatch(r"[A-Z']+( [A-Z']+)*", text), text
+        assert 3 <= len(text.split()) <= 20
+
+
+def test_audio_is_16k_mono(corpus):
+    for rel in _flacs(corpus):
+        info = sf.info(os.path.join(corpus, rel))
+        assert (info.samplerate, info.channels, info.format, info.subtype) == (16000, 1, "FLAC", "PCM_16")
+        audio, _ = sf.read(os.path.join(corpus, rel), dtype="float32")
+        assert 0.3 < len(audio) / 16000 < 15 and 0.05 < np.max(np.abs(audio)) <= 0.91
+
+
+def test_speakers_and_sentences_disjoint(corpus):
+    by_split = collections.defaultdict(set)
+    texts = collections.defaultdict(set)
+    for rel in _flacs(corpus):
+        by_split[rel.split(os.sep)[0]].add(rel.split(os.sep)[1])
+    for split, text in _transcripts(corpus).values():
+        texts[split].add(text)
+    assert set(by_split) == set(synthetic.SPLITS)
+    for a, b in (("train", "dev"), ("train", "test"), ("dev", "test")):
+        assert not by_split[a] & by_split[b] and not texts[a] & texts[b]
+    with open(os.path.join(corpus, "SPEAKERS.TXT"), encoding="utf-8") as f:
+        rows = [line.split("|") for line in f if not line.startswith(";")]
+    assert {(r[0].strip(), r[2].strip()) for r in rows} == {(s, k) for k, v in by_split.items() for s in v}
+
+
+def test_deterministic_for_seed_and_worker_count(corpus, tmp_path):
+    again = str(tmp_path / "b")
+    synthetic.make_corpus(again, TINY, num_workers=1, log=lambda *_: None)
+    assert _flacs(again) == _flacs(corpus)
+    assert _transcripts(again) == _transcripts(corpus)
+    for rel in _flacs(corpus):
+        a, _ = sf.read(os.path.join(corpus, rel), dtype="int16")
+        b, _ = sf.read(os.path.join(again, rel), dtype="int16")
+        np.testing.assert_array_equal(a, b)
+        with open(os.path.join(corpus, rel), "rb") as fa, open(os.path.join(again, rel), "rb") as fb:
+            assert fa.read() == fb.read(), rel
+
+
+def test_other_seed_differs():
+    plan_a = synthetic.plan_corpus(TINY)
+    plan_b = synthetic.plan_corpus(synthetic.CorpusSpec(**{**TINY.to_dict(), "seed": 4}))
+    assert [(u.text, u.speaker, u.speed) for u in plan_a] != [(u.text, u.speaker, u.speed) for u in plan_b]
+
+
+def test_corpus_matches_and_reuse(corpus):
+    assert synthetic.corpus_matches(corpus, TINY)
+    other = synthetic.CorpusSpec(**{**TINY.to_dict(), "seed": 4})
+    assert not synthetic.corpus_matches(corpus, other)
+    path = os.path.join(corpus, _flacs(corpus)[0])
+    mtime = os.path.getmtime(path)
+    synthetic.make_corpus(corpus, TINY, log=lambda *_: None)  # reused, nothing rewritten
+    assert os.path.getmtime(path) == mtime
+    with pytest.raises(FileExistsError, match="overwrite"):
+        synthetic.make_corpus(corpus, other, log=lambda *_: None)
+
+
+def test_corpus_matches_detects_missing_audio(tmp_path):
+    out = str(tmp_path / "c")
+    spec = synthetic.CorpusSpec(num_utterances=3, seed=1, dev_fraction=0.0, test_fraction=0.0)
+    synthetic.make_corpus(out, spec, num_workers=1, log=lambda *_: None)
+    assert synthetic.corpus_matches(out, spec)
+    os.remove(os.path.join(out, _flacs(out)[0]))
+    assert not synthetic.corpus_matches(out, spec)
+    assert synthetic.corpus_matches(str(tmp_path / "missing"), spec) is False
