@@ -1,0 +1,202 @@
+"""StreamingInferenceModule -> TFLite flatbuffer per quantization mode, builtin ops only.
+
+Modes (``QUANT_MODES``):
+- ``float32``: no optimization.
+- ``float16``: fp16 weights (dequantized at load / by XNNPACK), float compute.
+- ``dynamic_int8``: int8 weights, per-tensor/per-channel dynamic-range activations (hybrid kernels).
+- ``int8``: full integer quantization with a representative dataset: tuples
+  ``(signature_key, {input: value})`` drawn from the real streaming loop over dev features, so caches and
+  predictor states are representative (``parity.collect_representative``). Float inputs/outputs are kept at
+  the interface; ops without an int8 kernel stay float (``TFLITE_BUILTINS`` next to ``TFLITE_BUILTINS_INT8``).
+
+Every file is checked by ``check_builtin_only`` (flatbuffer operator codes; a CUSTOM code, e.g. a Flex op,
+fails the export). ``EXPERIMENTAL_SPARSITY`` is tried for every mode with ``sparse="auto"`` and kept only when
+the file is smaller and still loads and runs in LiteRT with default delegates (else it is dropped, recorded
+in ``ConversionResult.notes``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+from ai_edge_litert import schema_py_generated as schema
+
+import omni_tf  # noqa: F401
+
+QUANT_MODES = ("float32", "float16", "dynamic_int8", "int8")
+SIGNATURES = ("encode", "predict", "join")
+_OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+
+
+class NonBuiltinOpError(ValueError):
+    """The flatbuffer uses custom/Flex ops (not loadable by a stock LiteRT runtime)."""
+
+
+@dataclasses.dataclass
+class ConversionResult:
+    content: bytes
+    mode: str
+    sparse_encoded: bool
+    op_counts: dict[str, int]
+    dense_bytes: int
+    sparse_bytes: int | None
+    interpreter_options: dict[str, Any]
+    notes: list[str]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Flatbuffer inspection
+
+
+def read_model(content: bytes) -> schema.ModelT:
+    return schema.ModelT.InitFromPackedBuf(bytearray(content), 0)
+
+
+def op_counts(content: bytes) -> dict[str, int]:
+    """{op name: count} over all subgraphs; custom ops appear as ``CUSTOM:<code>``."""
+    model = read_model(content)
+    names = []
+    for code in model.operatorCodes or []:
+        builtin = max(int(code.builtinCode), int(code.deprecatedBuiltinCode))
+        if builtin == schema.BuiltinOperator.CUSTOM:
+            custom = code.customCode.decode() if isinstance(code.customCode, bytes) else str(code.customCode)
+            names.append(f"CUSTOM:{custom}")
+        else:
+            names.append(_OP_NAMES.get(builtin, f"BUILTIN_{builtin}"))
+    counts: dict[str, int] = {}
+    for sub in model.subgraphs or []:
+        for op in sub.operators or []:
+            counts[names[op.opcodeIndex]] = counts.get(names[op.opcodeIndex], 0) + 1
+    return counts
+
+
+def check_builtin_only(content: bytes, label: str = "model") -> dict[str, int]:
+    """Op counts if every operator is a TFLite builtin; raises NonBuiltinOpError naming the offenders."""
+    counts = op_counts(content)
+    bad = sorted(k for k in counts if k.startswith("CUSTOM:"))
+    if bad:
+        raise NonBuiltinOpError(f"{label}: non-builtin ops {bad} (Flex/custom ops are not allowed)")
+    return counts
+
+
+def constant_buffers(content: bytes) -> dict[str, tuple[np.ndarray, tuple[int, ...], bool]]:
+    """{tensor name: (raw buffer as float32/int8/... array, tensor shape, is_sparse)} for constant tensors."""
+    model = read_model(content)
+    dtypes = {schema.TensorType.FLOAT32: np.float32, schema.TensorType.FLOAT16: np.float16,
+              schema.TensorType.INT8: np.int8, schema.TensorType.INT32: np.int32}
+    out = {}
+    for sub in model.subgraphs or []:
+        for t in sub.tensors or []:
+            buf = model.buffers[t.buffer] if t.buffer < len(model.buffers) else None
+            data = None if buf is None else buf.data
+            if data is None and buf is not None and buf.offset > 1:
+                data = np.frombuffer(content, np.uint8, count=int(buf.size), offset=int(buf.offset))
+            if data is None or t.type not in dtypes:
+                continue
+            name = t.name.decode() if isinstance(t.name, bytes) else str(t.name)
+            arr = np.frombuffer(np.asarray(data, np.uint8).tobytes(), dtypes[t.type])
+            out[name] = (arr, tuple(int(d) for d in (t.shape if t.shape is not None else [])),
+                         t.sparsity is not None)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Conversion
+
+
+def _converter(module, saved_dir: str) -> tf.lite.TFLiteConverter:
+    tf.saved_model.save(module, saved_dir, signatures=module.signatures())
+    conv = tf.lite.TFLiteConverter.from_saved_model(saved_dir, signature_keys=list(SIGNATURES))
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    conv.allow_custom_ops = False
+    return conv
+
+
+def _configure(conv: tf.lite.TFLiteConverter, mode: str, sparse: bool,
+               representative: Callable[[], Iterable[tuple[str, dict[str, np.ndarray]]]] | None) -> None:
+    opts = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY] if sparse else []
+    if mode == "float16":
+        opts.append(tf.lite.Optimize.DEFAULT)
+        conv.target_spec.supported_types = [tf.float16]
+    elif mode == "dynamic_int8":
+        opts.append(tf.lite.Optimize.DEFAULT)
+    elif mode == "int8":
+        if representative is None:
+            raise ValueError("mode int8 needs a representative dataset (signature_key, inputs) generator")
+        opts.append(tf.lite.Optimize.DEFAULT)
+        conv.representative_dataset = representative
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+    elif mode != "float32":
+        raise ValueError(f"unknown quantization mode {mode!r}; choose one of {QUANT_MODES}")
+    conv.optimizations = opts
+
+
+def convert_module(module, mode: str, representative=None, sparse: str = "auto",
+                   workdir: str | None = None) -> ConversionResult:
+    """Converts the three signatures; ``sparse`` in {"auto", "never", "always"}.
+
+    "auto" keeps the sparse-encoded file only when it is smaller and loads + runs with default delegates;
+    "always" keeps it if it loads at all (recording ``use_default_delegates: False`` when needed).
+    """
+    if sparse not in ("auto", "never", "always"):
+        raise ValueError(f"sparse must be auto|never|always, got {sparse!r}")
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        saved = os.path.join(tmp, "saved_model")
+        conv = _converter(module, saved)
+        _configure(conv, mode, False, representative)
+        dense = conv.convert()
+        check_builtin_only(dense, f"{mode} dense")
+        sparse_content = None
+        if sparse != "never":
+            conv = tf.lite.TFLiteConverter.from_saved_model(saved, signature_keys=list(SIGNATURES))
+            conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+            _configure(conv, mode, True, representative)
+            sparse_content = conv.convert()
+            check_builtin_only(sparse_content, f"{mode} sparse")
+    options: dict[str, Any] = {"use_default_delegates": True}
+    chosen, is_sparse = dense, False
+    if sparse_content is not None:
+        smaller = len(sparse_content) < len(dense)
+        runs_default = smoke_run(sparse_content, default_delegates=True)
+        runs_plain = runs_default or smoke_run(sparse_content, default_delegates=False)
+        if sparse == "always" and runs_plain or (smaller and runs_default):
+            chosen, is_sparse = sparse_content, True
+            if not runs_default:
+                options["use_default_delegates"] = False
+                notes.append("sparse file needs default delegates (XNNPACK) off")
+        else:
+            notes.append(f"sparse encoding not used: {len(sparse_content)} B vs dense {len(dense)} B, "
+                         f"loads with default delegates: {runs_default}")
+    return ConversionResult(chosen, mode, is_sparse, check_builtin_only(chosen, mode), len(dense),
+                            None if sparse_content is None else len(sparse_content), options, notes)
+
+
+def make_interpreter(content: bytes, num_threads: int = 1, default_delegates: bool = True):
+    """A LiteRT Interpreter over ``content`` (tensors allocated)."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType  # noqa: PLC0415
+
+    resolver = (OpResolverType.AUTO if default_delegates
+                else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interp = Interpreter(model_content=content, num_threads=num_threads,
+                         experimental_op_resolver_type=resolver)
+    interp.allocate_tensors()
+    return interp
+
+
+def smoke_run(content: bytes, default_delegates: bool = True) -> bool:
+    """True if every signature loads and runs on zeros (token 0) in LiteRT."""
+    try:
+        interp = make_interpreter(content, default_delegates=default_delegates)
+        for key in interp.get_signature_list():
+            runner = interp.get_signature_runner(key)
+            feeds = {name: np.zeros(d["shape"], d["dtype"]) for name, d in runner.get_input_details().items()}
+            runner(**feeds)
+        return True
+    except (RuntimeError, ValueError) as err:  # noqa: F841 - LiteRT reports failures as these
+        return False
