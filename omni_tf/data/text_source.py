@@ -1,19 +1,20 @@
 """English sentences for the synthetic corpus: normalization and the embedded sentence list.
 
-Source choice: Debian's ``fortunes`` package (``/usr/share/games/fortunes``; fortune-mod data, DFSG-free) is real
-English prose (quotations, proverbs, jokes, literature) with ~12k distinct sentences of 3-20 words, far more than
-``fortunes-min`` (~2k). Project Gutenberg is not reachable here and no PyPI package ships comparable prose. A
-small model trained ~20 minutes cannot learn a 13k-word vocabulary, so sentences are kept only if every word is
-among the ``max_vocab`` most frequent words of the pool (3000 -> ~4.5k sentences, ~2.7k distinct words, ~9 words
-per sentence): real sentences, common words.
+Source choice: Debian's ``fortunes`` package (``/usr/share/games/fortunes``; fortune-mod data, DFSG-free) is
+real English prose (quotations, proverbs, jokes, literature) with ~12k distinct sentences of 3-20 words, far
+more than ``fortunes-min`` (~2k). Project Gutenberg is not reachable here and no PyPI package ships comparable
+prose. A small model trained ~20 minutes cannot learn a 13k-word vocabulary, so a sentence is kept only if
+every word is among the ``max_vocab`` most frequent words of the pool (3000 -> 5222 sentences, 2760
+distinct words, ~9 words per sentence): real sentences, common words.
 
 The filtered list is embedded as ``resources/sentences.txt.gz`` so corpus generation needs neither the Debian
 package nor network (and a package update cannot change a seed's corpus). Rebuild it (with ``fortunes``
 installed: ``apt-get install -y fortunes``) by ``python -m omni_tf.data.text_source``.
 
-Normalization (``normalize_sentence``): digits spelled out (``number_to_words``), ``&`` -> AND, ``%`` -> PERCENT,
-other punctuation removed, upper case, word-internal apostrophes kept (``DON'T``, ``O'CLOCK``), quote-like
-apostrophes at word edges dropped; returns None for text it cannot read aloud faithfully (e.g. ``3D``, ``x=1``).
+Normalization (``normalize_sentence``): digits spelled out (``number_to_words``), ``&`` -> AND, ``%`` ->
+PERCENT, other punctuation removed, upper case, word-internal apostrophes kept (``DON'T``, ``O'CLOCK``),
+quote-like apostrophes at word edges dropped (so ``DOGS'`` -> ``DOGS``); None for text it cannot read aloud
+faithfully (``3D``, ``x=1``, ``$5``).
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ _ORDINAL_EXCEPTIONS = {"ONE": "FIRST", "TWO": "SECOND", "THREE": "THIRD", "FIVE"
 
 
 def number_to_words(n: int) -> str:
-    """Cardinal in upper-case words: 0 -> ZERO, 1984 -> ONE THOUSAND NINE HUNDRED EIGHTY FOUR; n in [0, 1e12)."""
+    """Cardinal in upper-case words, n in [0, 1e12): 1984 -> ONE THOUSAND NINE HUNDRED EIGHTY FOUR."""
     if not 0 <= n < 10**12:
         raise ValueError(f"number_to_words supports 0 <= n < 10**12, got {n}")
     if n < 20:
@@ -137,7 +138,7 @@ def sentences_from_fortune_files(paths: Iterable[str]) -> list[str]:
 
 
 def filter_common_vocabulary(sentences: Sequence[str], max_vocab: int) -> list[str]:
-    """Keeps sentences whose words are all among the ``max_vocab`` most frequent words (ties by first seen)."""
+    """Keeps sentences whose words are all among the ``max_vocab`` most frequent (ties: first seen)."""
     counts = collections.Counter(w for s in sentences for w in s.split())
     common = {w for w, _ in counts.most_common(max_vocab)}
     return [s for s in sentences if all(w in common for w in s.split())]
@@ -163,7 +164,7 @@ def load_sentences(path: str = RESOURCE) -> list[str]:
 
 def split_disjoint(sentences: Sequence[str], fractions: dict[str, float], seed: int,
                    min_train_count: int = 2) -> dict[str, list[str]]:
-    """Splits distinct sentences into disjoint pools: ``fractions`` (e.g. {"dev": .05, "test": .05}) + "train".
+    """Splits distinct sentences into disjoint pools: ``fractions`` ({"dev": .05, "test": .05}) + "train".
 
     A sentence goes to a held-out pool only if each of its words still occurs in >= ``min_train_count`` train
     sentences afterwards, so dev/test sentences are new but (almost) never contain a word unseen in training.

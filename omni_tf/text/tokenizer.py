@@ -68,10 +68,10 @@ class Tokenizer:
     @classmethod
     def train(cls, texts: Iterable[str], model_prefix: str, vocab_size: int, model_type: str = "unigram",
               hard_vocab_limit: bool = True) -> Tokenizer:
-        """Trains on ``texts`` (upper-cased), writes ``<model_prefix>.model`` / ``.vocab``, returns the tokenizer.
+        """Trains on ``texts`` (upper-cased), writes ``<model_prefix>.model`` / ``.vocab``; returns the model.
 
-        ``vocab_size`` counts <blk> and <unk>. With ``hard_vocab_limit=False`` SentencePiece may stop below it;
-        with True a vocabulary the data cannot fill raises ValueError saying the largest size it allows.
+        ``vocab_size`` counts <blk> and <unk>. With ``hard_vocab_limit=False`` SentencePiece may stop below
+        it; with True a vocabulary the data cannot fill raises ValueError saying the largest size it allows.
         """
         if model_type not in MODEL_TYPES:
             raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}")
@@ -81,17 +81,17 @@ class Tokenizer:
             raise ValueError(f"no non-empty texts to train the tokenizer {model_prefix}")
         chars = {c for t in lines for c in t if c != " "}
         if vocab_size < len(chars) + 2:
-            raise ValueError(f"vocab_size={vocab_size} is smaller than the {len(chars)} distinct characters + "
-                             "<blk> + <unk>; full character coverage needs more")
+            raise ValueError(f"vocab_size={vocab_size} < {len(chars)} distinct characters + <blk> + <unk>; "
+                             "full character coverage needs more")
         if os.path.dirname(model_prefix):
             os.makedirs(os.path.dirname(model_prefix), exist_ok=True)
         model = io.BytesIO()
         try:
             spm.SentencePieceTrainer.train(
-                sentence_iterator=iter(lines), model_writer=model, vocab_size=vocab_size, model_type=model_type,
-                character_coverage=1.0, pad_id=BLANK_ID, pad_piece=BLANK_PIECE, unk_id=UNK_ID, bos_id=-1,
-                eos_id=-1, hard_vocab_limit=hard_vocab_limit, input_sentence_size=2_000_000,
-                shuffle_input_sentence=True, num_threads=1, minloglevel=2)
+                sentence_iterator=iter(lines), model_writer=model, vocab_size=vocab_size,
+                model_type=model_type, character_coverage=1.0, pad_id=BLANK_ID, pad_piece=BLANK_PIECE,
+                unk_id=UNK_ID, bos_id=-1, eos_id=-1, hard_vocab_limit=hard_vocab_limit,
+                input_sentence_size=2_000_000, shuffle_input_sentence=True, num_threads=1, minloglevel=2)
         except RuntimeError as e:
             match = re.search(r"<= (\d+)", str(e))
             hint = f" (at most {match.group(1)} for this data)" if match else ""

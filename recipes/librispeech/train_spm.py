@@ -1,4 +1,4 @@
-"""Trains the SentencePiece tokenizer on a manifest's transcripts (blank=0, unk=1; see omni_tf/text/tokenizer.py).
+"""Trains the SentencePiece tokenizer on a manifest's transcripts (blank=0, unk=1; omni_tf/text/tokenizer.py).
 
 Usage:
   python -m recipes.librispeech.train_spm --manifest=DIR/train.tsv --vocab_size=256 --model_type=unigram \
@@ -21,7 +21,7 @@ flags.mark_flags_as_required(["manifest", "out_prefix"])
 
 def train_from_manifest(manifest: str, out_prefix: str, vocab_size: int, model_type: str = "unigram",
                         hard_vocab_limit: bool = True) -> Tokenizer:
-    """Trains on the ``text`` column of ``manifest``; raises ValueError naming the file when it has no rows."""
+    """Trains on the ``text`` column of ``manifest``; ValueError naming the file when it has no rows."""
     texts = [row["text"] for row in read_manifest(manifest)]
     if not texts:
         raise ValueError(f"{manifest}: no rows to train a tokenizer on")

@@ -2,10 +2,11 @@
 
 Usage:
   python -m recipes.synthetic.make_corpus --out_dir=/tmp/synth --num_utterances=1000 --seed=0
-  python -m recipes.synthetic.make_corpus --out_dir=/tmp/synth --hours=2 --dev_fraction=0.05 --test_fraction=0.05
+  python -m recipes.synthetic.make_corpus --out_dir=/tmp/synth --hours=2 --dev_fraction=0.05 \
+      --test_fraction=0.05 --num_workers=2
 
-Re-running with the same flags reuses the corpus (``corpus.json`` records them); different flags on an existing
-corpus need ``--overwrite``.
+Re-running with the same flags reuses the corpus (``corpus.json`` records them); different flags on an
+existing corpus need ``--overwrite``.
 """
 from absl import app, flags
 
