@@ -17,10 +17,15 @@ def _reference_survival(kernel: np.ndarray, sparsities, block: int) -> np.ndarra
     padded[:in_dim] = kernel
     scores = np.sqrt((padded.reshape(nb, block, out_dim) ** 2).sum(axis=1)).reshape(-1)
     order = sorted(range(scores.size), key=lambda i: (-scores[i], i))
-    rank = np.empty(scores.size, np.int64)
-    rank[order] = np.arange(scores.size)
-    keep = lv.keep_counts(scores.size, sparsities)
-    surv = np.array([sum(r < k for k in keep) - 1 for r in rank]).reshape(nb, out_dim)
+    sizes = np.repeat([block] * (nb - 1) + [in_dim - block * (nb - 1)], out_dim)
+    surv = np.full(scores.size, -1)
+    for k, s in enumerate(sparsities):
+        before = 0
+        for i in order:  # keep a unit iff its midpoint (in weights) is within the target
+            if before + sizes[i] / 2 <= in_dim * out_dim * (1 - s) + 1e-9:
+                surv[i] = k
+            before += sizes[i]
+    surv = surv.reshape(nb, out_dim)
     return np.repeat(surv, block, axis=0)[:in_dim]
 
 
@@ -81,13 +86,15 @@ def test_ties_are_deterministic_and_counts_exact():
     np.testing.assert_array_equal(surv, lv.survival_levels(kernel, LEVELS, 1).numpy())
 
 
-def test_partial_last_block_counts_in_units():
+def test_partial_last_block_within_half_a_block():
     rng = np.random.default_rng(3)
     kernel = rng.normal(size=(10, 7)).astype(np.float32)  # blocks of 4: 4, 4, 2
+    kernel[8:] *= 10.0  # make the partial blocks the strongest units
     surv = lv.survival_levels(kernel, LEVELS, 4).numpy()
-    blocks_kept = [(surv[[0, 4, 8]] >= k).sum() for k in range(len(LEVELS))]
-    np.testing.assert_array_equal(blocks_kept, lv.keep_counts(21, LEVELS))
+    for k, s in enumerate(LEVELS):
+        assert abs((surv >= k).sum() - 70 * (1 - s)) <= 2.0 + 1e-9
     np.testing.assert_array_equal(surv[8], surv[9])  # the partial block moves as one
+    assert np.all(surv[8] >= 4)  # 14 weights ranked first, within the 21 kept at s=0.7
 
 
 def test_current_ramping_targets_and_nonzero_first_level():

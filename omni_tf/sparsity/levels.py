@@ -10,10 +10,14 @@ When ``I % b != 0`` the last unit of each column is a partial block of ``I % b``
 norm of its real weights (it competes like any other unit; it simply tends to score lower).
 
 One descending ranking of the ``U`` scores (ties: lower flat index ``nb * O + o`` ranks first) serves
-every level: level ``k`` keeps the ``keep_k = floor(U * (1 - s_k) + 0.5)`` best units. Because the ranking
-is shared and ``keep_k`` is non-increasing in ``k``, the kept set of a sparser level is a subset of every
-denser level's. The survival tensor stores, per weight, the highest ``k`` with ``rank < keep_k`` (``-1`` if
-even level 0 drops it, possible only when ``s_0 > 0``); the mask at level ``k`` is ``survival >= k``.
+every level. With ``C_j`` the number of weights in the units ranked before unit ``j`` and ``n_j`` its size,
+level ``k`` keeps unit ``j`` iff its midpoint lies within the target, ``2 C_j + n_j <= 2 I O (1 - s_k)``
+(exact integer arithmetic, ``s_k`` resolved to 1e-6). With whole blocks (``I % b == 0``) that keeps exactly
+``keep_k = floor(U (1 - s_k) + 0.5)`` units; with a partial last block the kept weight count is within
+``b / 2`` of ``I O (1 - s_k)``. Because the ranking is shared and the target is non-increasing in ``k``, the
+kept set of a sparser level is a subset of every denser level's. The survival tensor stores, per weight,
+the highest ``k`` at which it is kept (``-1`` if even level 0 drops it, possible only when ``s_0 > 0``);
+the mask at level ``k`` is ``survival >= k``.
 """
 from __future__ import annotations
 
@@ -78,7 +82,7 @@ def num_units(shape: Sequence[int], block: int) -> int:
 
 
 def keep_counts(n_units: int, sparsities: Sequence[float]) -> np.ndarray:
-    """Units kept per level: ``floor(U * (1 - s_k) + 0.5)`` (round half up), int64 [K].
+    """Units kept per level when all units are whole blocks: ``floor(U * (1 - s_k) + 0.5)``, int64 [K].
 
     Exact integer arithmetic on ``s_k`` rounded to 6 decimals, so float32 and float64 inputs give the same
     count (``survival_levels`` computes the same).
@@ -119,14 +123,21 @@ def survival_levels(
     """
     kernel = tf.convert_to_tensor(kernel, tf.float32)
     scores = unit_scores(kernel, block, norm)  # [NB, O]
-    n = int(scores.shape[0]) * int(scores.shape[1])
+    n_blocks, out_dim = int(scores.shape[0]), int(scores.shape[1])
+    in_dim = int(kernel.shape[0])
+    n = n_blocks * out_dim
     # top_k returns equal values lower-index first: a deterministic tie break.
     _, order = tf.math.top_k(tf.reshape(scores, [-1]), k=n, sorted=True)
     rank = tf.math.invert_permutation(order)  # [U]: 0 = best unit
+    row_sizes = [block] * (n_blocks - 1) + [in_dim - block * (n_blocks - 1)]
+    sizes = tf.constant(np.repeat(np.asarray(row_sizes, np.int64), out_dim))  # [U], flat order
+    ranked_sizes = tf.gather(sizes, order)
+    midpoint2 = 2 * tf.cumsum(ranked_sizes, exclusive=True) + ranked_sizes  # [U] by rank
+    midpoint2 = tf.gather(midpoint2, rank)  # [U] by unit
     micro = tf.cast(tf.round(tf.cast(tf.convert_to_tensor(sparsities), tf.float64) * _MICRO), tf.int64)
-    keep = tf.cast((n * (_MICRO - micro) + _MICRO // 2) // _MICRO, tf.int32)  # [K], as keep_counts
-    survives = tf.cast(rank[:, None] < keep[None, :], tf.int32)  # [U, K]
-    survival = tf.reduce_sum(survives, axis=1) - 1  # [U], nested: keep is non-increasing
+    limit = 2 * in_dim * out_dim * (_MICRO - micro)  # [K]
+    survives = tf.cast(midpoint2[:, None] * _MICRO <= limit[None, :], tf.int32)  # [U, K]
+    survival = tf.reduce_sum(survives, axis=1) - 1  # [U], nested: limit is non-increasing
     survival = tf.reshape(survival, scores.shape)  # [NB, O]
     if block > 1:
         survival = tf.repeat(survival, block, axis=0)[: int(kernel.shape[0])]

@@ -1,0 +1,150 @@
+"""SupernetMasks: the survival tensors of all prunable kernels and the writes of their masks.
+
+Dimension key: ``N`` number of prunable kernels, ``K`` number of levels, ``[I, O]`` one kernel.
+
+The model exposes ``prunable_kernels()`` and ``kernel_masks()`` (same order and names, masks float32 of the
+kernel's shape, ``x @ (kernel * mask)`` in the layer). This module needs nothing else from it: it keeps one
+int8 survival variable per kernel (see ``levels.survival_levels``), re-ranks on demand, and assigns
+``mask = survival >= k`` for a requested level per kernel. Every method that writes is tf.function-safe
+with tensor arguments (level vectors ``int32 [N]``, sparsities ``float32 [K]``), so a trainer can sample a
+subnet per step without retracing.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from omni_tf.sparsity import levels as lv
+
+
+class _Untracked:
+    """Holds references without tf.Module / checkpoint tracking."""
+
+    def __init__(self, kernels: list[tf.Variable], masks: list[tf.Variable]):
+        self.kernels = kernels
+        self.masks = masks
+
+
+class SupernetMasks(tf.Module):
+    """Survival levels + mask writes for every prunable kernel of ``model``.
+
+    Args:
+      model: object with ``prunable_kernels()`` and ``kernel_masks()`` -> ``[(name, tf.Variable)]``.
+      levels: the sparsity set ``S`` (validated, strictly increasing).
+      block: ranking unit along the kernel input dim (``1``, ``4``, ``"1x16"`` ...).
+      norm: block score, ``"l2"`` or ``"l1"``.
+
+    Tracked state (``tf.train.Checkpoint(masks=this)``): ``survival[name]`` int8 ``[I, O]`` and
+    ``current_sparsities`` float32 ``[K]`` (the targets of the last re-ranking). Before the first
+    ``update_rankings`` every weight survives every level (all subnets dense).
+    """
+
+    def __init__(self, model: Any, levels: Sequence[float] = lv.DEFAULT_LEVELS, block: int | str = 1,
+                 norm: str = "l2", name: str = "supernet_masks"):
+        super().__init__(name=name)
+        self.levels = lv.validate_levels(levels)
+        self.block = lv.parse_block(block)
+        if norm not in ("l2", "l1"):
+            raise ValueError(f"SupernetMasks: norm must be 'l2' or 'l1', got {norm!r}")
+        self.norm = norm
+        kernels = list(model.prunable_kernels())
+        masks = list(model.kernel_masks())
+        if not kernels:
+            raise ValueError("SupernetMasks: model.prunable_kernels() is empty")
+        kernel_names = [n for n, _ in kernels]
+        if kernel_names != [n for n, _ in masks]:
+            raise ValueError("SupernetMasks: prunable_kernels() and kernel_masks() names/order differ")
+        if len(set(kernel_names)) != len(kernel_names):
+            raise ValueError("SupernetMasks: duplicate kernel names")
+        for (name_, k), (_, m) in zip(kernels, masks, strict=True):
+            if k.shape.rank != 2 or k.shape != m.shape:
+                raise ValueError(f"SupernetMasks: {name_}: kernel {k.shape} / mask {m.shape}: need equal 2-D")
+        self.names: tuple[str, ...] = tuple(kernel_names)
+        # The model's variables sit in a plain object so tf.Module does not track them as ours.
+        self._model_vars = _Untracked([k for _, k in kernels], [m for _, m in masks])
+        top = len(self.levels) - 1
+        self.survival = {
+            n: tf.Variable(tf.fill(k.shape, tf.constant(top, tf.int8)), trainable=False,
+                           name=f"survival_{i}", aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+            for i, (n, k) in enumerate(kernels)
+        }
+        self.current_sparsities = tf.Variable(tf.zeros([len(self.levels)], tf.float32), trainable=False,
+                                              name="current_sparsities",
+                                              aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+
+    @property
+    def num_kernels(self) -> int:
+        return len(self.names)
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.levels)
+
+    def kernel_shapes(self) -> dict[str, tuple[int, int]]:
+        kernels = self._model_vars.kernels
+        return {n: tuple(int(d) for d in k.shape) for n, k in zip(self.names, kernels, strict=True)}
+
+    # -- ranking ----------------------------------------------------------------------------------------
+    def update_rankings(self, current_sparsities: Sequence[float] | tf.Tensor | None = None) -> None:
+        """Re-ranks every kernel by its current magnitudes against ``current_sparsities [K]`` (default: the
+        final levels). Masks are not touched; call ``apply*`` afterwards."""
+        if current_sparsities is None:
+            current_sparsities = self.levels
+        s = tf.cast(tf.convert_to_tensor(current_sparsities), tf.float32)
+        s.shape.assert_is_compatible_with([self.num_levels])
+        for n, k in zip(self.names, self._model_vars.kernels, strict=True):
+            self.survival[n].assign(lv.survival_levels(k, s, self.block, self.norm))
+        self.current_sparsities.assign(s)
+
+    # -- masks ------------------------------------------------------------------------------------------
+    def level_vector(self, config: Mapping[str, int] | Sequence[int] | np.ndarray | tf.Tensor) -> tf.Tensor:
+        """``{name: level}`` (all names) or a ``[N]`` sequence/tensor -> int32 tensor ``[N]``."""
+        if isinstance(config, Mapping):
+            return tf.constant(lv.config_to_vector(config, self.names, self.num_levels))
+        vec = tf.cast(tf.convert_to_tensor(config), tf.int32)
+        vec.shape.assert_is_compatible_with([self.num_kernels])
+        return vec
+
+    def apply_levels(self, level_vector: tf.Tensor) -> None:
+        """Writes ``mask_i = survival_i >= level_vector[i]`` for all kernels; ``level_vector`` int ``[N]``."""
+        vec = self.level_vector(level_vector)
+        for i, (n, m) in enumerate(zip(self.names, self._model_vars.masks, strict=True)):
+            m.assign(lv.mask_at(self.survival[n], vec[i]))
+
+    def apply(self, config: Mapping[str, int] | Sequence[int] | tf.Tensor) -> None:
+        """Applies a sparsity config (``{name: level_index}``) or a level vector ``[N]``."""
+        self.apply_levels(self.level_vector(config))
+
+    def apply_uniform(self, k: int | tf.Tensor) -> None:
+        """Level ``k`` for every kernel."""
+        self.apply_levels(tf.fill([self.num_kernels], tf.cast(k, tf.int32)))
+
+    def apply_dense(self) -> None:
+        """All masks to ones (dense even if ``s_0 > 0``)."""
+        for m in self._model_vars.masks:
+            m.assign(tf.ones_like(m))
+
+    # -- reading ----------------------------------------------------------------------------------------
+    def sparsity_report(self) -> dict[str, float]:
+        """Fraction of zeros of every current mask (eager)."""
+        masks = self._model_vars.masks
+        return {n: float(1.0 - tf.reduce_mean(m).numpy()) for n, m in zip(self.names, masks, strict=True)}
+
+    def survival_arrays(self) -> dict[str, np.ndarray]:
+        """``{name: int8 [I, O]}`` numpy copies of the survival levels."""
+        return {n: self.survival[n].numpy() for n in self.names}
+
+    def masked_kernel_values(self, config: Mapping[str, int] | Sequence[int]) -> dict[str, np.ndarray]:
+        """``{name: kernel * mask_at(level)}`` float32 numpy, for baking zeros into an export. Pure: the
+        model's masks are not changed."""
+        vec = lv.config_to_vector(config, self.names, self.num_levels) if isinstance(config, Mapping) \
+            else np.asarray(config, np.int32).reshape(-1)
+        if len(vec) != self.num_kernels:
+            raise ValueError(f"masked_kernel_values: {len(vec)} levels for {self.num_kernels} kernels")
+        return {
+            n: (k * lv.mask_at(self.survival[n], int(v))).numpy()
+            for n, k, v in zip(self.names, self._model_vars.kernels, vec, strict=True)
+        }
