@@ -14,7 +14,8 @@ def _base_fields() -> ml_collections.ConfigDict:
     c.num_layers = 6
     c.num_heads = 4
     c.ff_dim = 576
-    c.conv_kernel = 15  # causal depthwise conv per block; 0 disables it
+    c.conv_kernel = 15  # causal depthwise conv per block; 0 disables it (then attention has no position info)
+    c.conv_pointwise = True  # full conv module (pointwise+GLU+depthwise+LN+pointwise); False: depthwise only
     c.dropout = 0.1
     c.chunk_ms = 160
     c.lookahead_ms = 40
@@ -36,7 +37,7 @@ def tiny() -> ml_collections.ConfigDict:
 def small() -> ml_collections.ConfigDict:
     """~10M params."""
     c = _base_fields()
-    c.d_model, c.num_layers, c.num_heads, c.ff_dim = 256, 10, 4, 1024
+    c.d_model, c.num_layers, c.num_heads, c.ff_dim = 256, 8, 4, 1024
     c.vocab_size, c.pred_hidden, c.joint_dim, c.pred_embed_dim = 512, 512, 512, 256
     return c
 
@@ -44,7 +45,7 @@ def small() -> ml_collections.ConfigDict:
 def base() -> ml_collections.ConfigDict:
     """~30M params."""
     c = _base_fields()
-    c.d_model, c.num_layers, c.num_heads, c.ff_dim = 384, 16, 6, 1536
+    c.d_model, c.num_layers, c.num_heads, c.ff_dim = 384, 12, 6, 1536
     c.vocab_size, c.pred_hidden, c.joint_dim, c.pred_embed_dim, c.pred_layers = 1024, 640, 640, 512, 1
     return c
 
@@ -55,6 +56,7 @@ def paper() -> ml_collections.ConfigDict:
     c.d_model, c.num_layers, c.num_heads, c.ff_dim = 512, 20, 8, 2048
     c.vocab_size, c.pred_hidden, c.joint_dim, c.pred_embed_dim, c.pred_layers = 4096, 640, 640, 512, 2
     c.left_chunks = 8
+    c.conv_pointwise = False  # depthwise-only conv keeps the Emformer budget
     return c
 
 

@@ -1,0 +1,130 @@
+"""Chunked multi-head self-attention (strictly chunk-causal).
+
+Dimension key: B batch, T time (encoder frames), C chunk size (encoder frames), L left_chunks, D model dim,
+H heads, K = D / H.
+
+A query in chunk ``c`` sees every key of chunk ``c`` (both directions inside the chunk) and of chunks
+``c-L .. c-1``; never a later chunk. Training (``call``) runs the whole utterance with an additive mask;
+streaming (``stream``) runs one chunk with a fixed-shape cache of the previous ``L*C`` projected keys/values
+and a validity vector (0 for cache slots before the utterance start). Both paths share the projections.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+import tf_keras as keras
+
+import omni_tf  # noqa: F401
+from omni_tf.layers.masked_dense import MaskedDense
+
+NEG_INF = -1e9
+
+
+def chunk_mask(num_frames: tf.Tensor, chunk_size: int, left_chunks: int) -> tf.Tensor:
+    """``[T, T]`` float mask, 1 where query i may attend key j (same chunk or up to L chunks back)."""
+    chunk = tf.range(num_frames) // chunk_size
+    diff = chunk[:, None] - chunk[None, :]
+    return tf.cast((diff >= 0) & (diff <= left_chunks), tf.float32)
+
+
+def split_heads(x: tf.Tensor, num_heads: int) -> tf.Tensor:
+    """``[B, T, D] -> [B, H, T, D/H]``."""
+    b, t = tf.shape(x)[0], tf.shape(x)[1]
+    return tf.transpose(tf.reshape(x, [b, t, num_heads, x.shape[-1] // num_heads]), [0, 2, 1, 3])
+
+
+def merge_heads(x: tf.Tensor) -> tf.Tensor:
+    """``[B, H, T, K] -> [B, T, H*K]``."""
+    x = tf.transpose(x, [0, 2, 1, 3])
+    return tf.reshape(x, [tf.shape(x)[0], tf.shape(x)[1], x.shape[2] * x.shape[3]])
+
+
+class ChunkedMultiHeadAttention(keras.layers.Layer):
+    """Multi-head self-attention restricted to the own chunk and ``left_chunks`` previous chunks.
+
+    Shapes: ``call(x [B,T,D]) -> [B,T,D]``; ``stream(x [B,C,D], state) -> ([B,C,D], state)`` with state
+    ``{"key": [B, L*C, D], "value": [B, L*C, D], "valid": [B, L*C]}``.
+    """
+
+    def __init__(
+        self, d_model: int, num_heads: int, chunk_size: int, left_chunks: int, dropout: float = 0.0, **kwargs
+    ):
+        super().__init__(**kwargs)
+        if d_model % num_heads:
+            raise ValueError(f"d_model={d_model} is not divisible by num_heads={num_heads}")
+        if chunk_size < 1 or left_chunks < 0:
+            raise ValueError(f"bad chunk_size={chunk_size} / left_chunks={left_chunks}")
+        self.d_model, self.num_heads = int(d_model), int(num_heads)
+        self.chunk_size, self.left_chunks = int(chunk_size), int(left_chunks)
+        self.dropout = float(dropout)
+        self.query = MaskedDense(d_model, name="query")
+        self.key = MaskedDense(d_model, name="key")
+        self.value = MaskedDense(d_model, name="value")
+        self.out = MaskedDense(d_model, name="output")
+        self.attn_drop = keras.layers.Dropout(self.dropout)
+
+    def build(self, input_shape):
+        for dense in (self.query, self.key, self.value, self.out):
+            dense.build((None, None, self.d_model))
+        super().build(input_shape)
+
+    @property
+    def cache_size(self) -> int:
+        return self.left_chunks * self.chunk_size
+
+    def _attend(
+        self, q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, allowed: tf.Tensor, training: bool
+    ) -> tf.Tensor:
+        """q [B,Tq,D], k/v [B,Tk,D], allowed broadcastable to [B,1,Tq,Tk] (1 = visible) -> [B,Tq,D]."""
+        scale = (self.d_model // self.num_heads) ** -0.5
+        qh, kh, vh = (split_heads(t, self.num_heads) for t in (q * scale, k, v))
+        scores = tf.matmul(qh, kh, transpose_b=True) + (1.0 - allowed) * NEG_INF
+        probs = self.attn_drop(tf.nn.softmax(scores, axis=-1), training=training)
+        return self.out(merge_heads(tf.matmul(probs, vh)))
+
+    def call(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
+        allowed = chunk_mask(tf.shape(x)[1], self.chunk_size, self.left_chunks)[None, None]
+        return self._attend(self.query(x), self.key(x), self.value(x), allowed, training)
+
+    def initial_state(self, batch: int) -> dict[str, tf.Tensor]:
+        return {
+            "key": tf.zeros([batch, self.cache_size, self.d_model]),
+            "value": tf.zeros([batch, self.cache_size, self.d_model]),
+            "valid": tf.zeros([batch, self.cache_size]),
+        }
+
+    def stream(self, x: tf.Tensor, state: dict[str, tf.Tensor]) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+        """One chunk ``x [B, C, D]`` (C == chunk_size) with the left-context cache."""
+        keys = tf.concat([state["key"], self.key(x)], axis=1)
+        values = tf.concat([state["value"], self.value(x)], axis=1)
+        valid = tf.concat([state["valid"], tf.ones_like(x[:, :, 0])], axis=1)
+        y = self._attend(self.query(x), keys, values, valid[:, None, None, :], training=False)
+        n = self.cache_size
+        new_state = {
+            "key": keys[:, -n:] if n else state["key"],
+            "value": values[:, -n:] if n else state["value"],
+            "valid": valid[:, -n:] if n else state["valid"],
+        }
+        return y, new_state
+
+    def named_kernels(self, prefix: str) -> list[tuple[str, MaskedDense]]:
+        return [
+            (f"{prefix}/{n}", d)
+            for n, d in (
+                ("query", self.query),
+                ("key", self.key),
+                ("value", self.value),
+                ("output", self.out),
+            )
+        ]
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(
+            d_model=self.d_model,
+            num_heads=self.num_heads,
+            chunk_size=self.chunk_size,
+            left_chunks=self.left_chunks,
+            dropout=self.dropout,
+        )
+        return config

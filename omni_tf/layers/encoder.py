@@ -1,0 +1,150 @@
+"""Streaming transformer encoder: stacking subsampling (with lookahead) + chunk-causal blocks + final LN.
+
+Dimension key: B batch, T feature frames, T' encoder frames, D model dim, f subsampling factor (4),
+CF = chunk_frames = f * chunk_enc feature frames per chunk, LA = lookahead_frames, N = num_layers.
+
+Padding rule (the reason streaming equals training exactly): features past ``lengths`` are zeroed and the
+utterance is zero-padded to ``n*CF + LA`` frames with ``n = ceil(T / CF)``. Encoder frame t stacks feature
+frames ``[f*t, f*t + f + LA)``; attention never looks into later chunks, so chunk c depends only on feature
+frames ``< (c+1)*CF + LA``. A streaming caller that feeds the same zero-padded signal window by window
+(``encode_chunk``) reproduces every frame. Frames past a sequence's own length inside its last chunk are
+visible to its valid frames in both paths (zeros in both), never a different value.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+import tf_keras as keras
+
+import omni_tf  # noqa: F401
+from omni_tf.layers.subsampling import StackingSubsampling
+from omni_tf.layers.transformer import TransformerBlock
+
+
+class StreamingEncoder(keras.layers.Layer):
+    """``call(features [B,T,F], lengths [B]) -> (enc [B, n*chunk_enc, D], enc_lengths [B])``;
+    ``stream(features [B, CF+LA, F], state) -> (enc [B, chunk_enc, D], state)``.
+
+    State keys: ``block_{i}/key``, ``block_{i}/value`` ``[B, L*chunk_enc, D]``, ``block_{i}/valid``
+    ``[B, L*chunk_enc]`` and (with conv) ``block_{i}/conv`` ``[B, conv_kernel-1, D]``.
+    """
+
+    def __init__(
+        self,
+        num_mel_bins: int,
+        d_model: int,
+        num_layers: int,
+        num_heads: int,
+        ff_dim: int,
+        chunk_enc: int,
+        left_chunks: int,
+        lookahead_frames: int,
+        subsampling_factor: int = 4,
+        conv_kernel: int = 15,
+        dropout: float = 0.1,
+        conv_pointwise: bool = True,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_mel_bins, self.d_model, self.num_layers = int(num_mel_bins), int(d_model), int(num_layers)
+        self.num_heads, self.ff_dim, self.chunk_enc = int(num_heads), int(ff_dim), int(chunk_enc)
+        self.left_chunks, self.lookahead_frames = int(left_chunks), int(lookahead_frames)
+        self.conv_pointwise = bool(conv_pointwise)
+        self.subsampling_factor, self.conv_kernel, self.dropout = (
+            int(subsampling_factor),
+            int(conv_kernel),
+            float(dropout),
+        )
+        self.subsampling = StackingSubsampling(
+            d_model, subsampling_factor, lookahead_frames, dropout, name="subsampling"
+        )
+        self.blocks = [
+            TransformerBlock(
+                d_model,
+                num_heads,
+                ff_dim,
+                chunk_enc,
+                left_chunks,
+                conv_kernel=conv_kernel,
+                conv_pointwise=conv_pointwise,
+                dropout=dropout,
+                name=f"block_{i}",
+            )
+            for i in range(num_layers)
+        ]
+        self.final_norm = keras.layers.LayerNormalization(epsilon=1e-5, name="final_norm")
+
+    @property
+    def chunk_frames(self) -> int:
+        return self.chunk_enc * self.subsampling_factor
+
+    def build(self, input_shape=None):
+        self.subsampling.build((None, None, self.num_mel_bins))
+        for block in self.blocks:
+            block.build((None, None, self.d_model))
+        self.final_norm.build((None, None, self.d_model))
+        super().build(input_shape)
+
+    def pad_features(self, features: tf.Tensor, lengths: tf.Tensor) -> tf.Tensor:
+        """Zeroes frames past ``lengths`` and zero-pads ``[B,T,F]`` to ``[B, n*CF + LA, F]``."""
+        t = tf.shape(features)[1]
+        valid = tf.sequence_mask(lengths, t, dtype=features.dtype)
+        n = tf.maximum((t + self.chunk_frames - 1) // self.chunk_frames, 1)
+        extra = n * self.chunk_frames + self.lookahead_frames - t
+        return tf.pad(features * valid[:, :, None], [[0, 0], [0, extra], [0, 0]])
+
+    def call(self, features: tf.Tensor, lengths: tf.Tensor, training: bool = False):
+        lengths = tf.cast(lengths, tf.int32)
+        x = self.subsampling(self.pad_features(features, lengths), training=training)
+        for block in self.blocks:
+            x = block(x, training=training)
+        f = self.subsampling_factor
+        return self.final_norm(x), (lengths + f - 1) // f
+
+    def initial_state(self, batch: int) -> dict[str, tf.Tensor]:
+        state = {}
+        for i, block in enumerate(self.blocks):
+            state.update({f"block_{i}/{k}": v for k, v in block.initial_state(batch).items()})
+        return state
+
+    def stream(
+        self, features: tf.Tensor, state: dict[str, tf.Tensor]
+    ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+        expected = self.chunk_frames + self.lookahead_frames
+        if features.shape[1] is not None and features.shape[1] != expected:
+            raise ValueError(
+                f"encode_chunk expects {expected} feature frames (chunk {self.chunk_frames} + "
+                f"lookahead {self.lookahead_frames}), got {features.shape[1]}"
+            )
+        x = self.subsampling(features, training=False)
+        new_state = {}
+        for i, block in enumerate(self.blocks):
+            prefix = f"block_{i}/"
+            block_state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            x, block_state = block.stream(x, block_state)
+            new_state.update({prefix + k: v for k, v in block_state.items()})
+        return self.final_norm(x), new_state
+
+    def named_kernels(self, prefix: str) -> list:
+        kernels = self.subsampling.named_kernels(f"{prefix}/subsampling")
+        for i, block in enumerate(self.blocks):
+            kernels += block.named_kernels(f"{prefix}/block_{i}")
+        return kernels
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(
+            num_mel_bins=self.num_mel_bins,
+            d_model=self.d_model,
+            num_layers=self.num_layers,
+            num_heads=self.num_heads,
+            ff_dim=self.ff_dim,
+            chunk_enc=self.chunk_enc,
+            left_chunks=self.left_chunks,
+            lookahead_frames=self.lookahead_frames,
+            subsampling_factor=self.subsampling_factor,
+            conv_kernel=self.conv_kernel,
+            dropout=self.dropout,
+            conv_pointwise=self.conv_pointwise,
+        )
+        return config
