@@ -14,4 +14,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.subnets_per_step = 1  # random subnets on top of densest+sparsest for sandwich
     c.distill_weight = 0.0
     c.target_sparsity = 0.7  # mode=pruned: the individually-pruned baseline's level
+    c.norm = "l2"  # block score for blocks > 1: l2 | l1
+    c.dense_warmup = True  # omni: train only the dense model before begin_step
+    c.random_kind = "per_layer"  # sandwich's random subnets: per_layer | uniform
+    # evolutionary search (search.py)
+    c.search_metric = "int8_sparse_bytes"  # size.py metric the budgets are in
+    c.search_population = 32
+    c.search_generations = 20
+    c.search_mutation_prob = 0.1
+    c.search_seed = 0
     return c
