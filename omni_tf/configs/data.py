@@ -23,7 +23,12 @@ def get_config() -> ml_collections.ConfigDict:
     c.noise = False
     c.noise_dir = ""  # a user's noise corpus (e.g. MUSAN); generated noise when empty
     c.noise_snr_db = (10.0, 30.0)
+    c.noise_prob = 0.5  # fraction of training utterances that get noise when noise=True
+    c.noise_exponent = (0.0, 2.0)  # generated noise: power ~ 1/f**exponent (0 white, 1 pink, 2 brown)
     c.reverb = False
+    c.reverb_prob = 0.5
+    c.reverb_rt60_s = (0.2, 0.8)  # synthetic RIR decay time (60 dB)
+    c.reverb_drr_db = (0.0, 10.0)  # direct-to-reverberant energy ratio
     # Batching.
     c.max_frames_per_batch = 12000  # feature frames (sum over the batch, padded), by length buckets
     c.batch_size = 16  # upper bound on utterances per batch
