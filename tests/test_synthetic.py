@@ -1,5 +1,6 @@
 """Synthetic corpus: text normalization, sentence/speaker splits, and a tiny corpus on disk."""
 import collections
+import hashlib
 import os
 import re
 import shutil
@@ -109,6 +110,16 @@ def test_speakers_and_split():
     ids = {k: {s.id for s in v} for k, v in split.items()}
     assert not ids["train"] & ids["dev"] and not ids["train"] & ids["test"] and not ids["dev"] & ids["test"]
     assert len(ids["dev"]) == round(0.05 * len(speakers)) and sum(map(len, ids.values())) == len(speakers)
+
+
+def test_speakers_sound_different():
+    """Every en-us variant, and each voice with two variants, gives distinct audio for the same utterance."""
+    speakers = [s for s in synthetic.all_speakers() if s.voice == "en-us" or s.variant in ("m3", "f2")]
+    digests = collections.defaultdict(list)
+    for speaker in speakers:
+        utt = synthetic.Utterance("x", "train", speaker, 1, "THE QUICK BROWN FOX", 170, 50, 0.0)
+        digests[hashlib.md5(synthetic.synthesize(utt).tobytes()).hexdigest()].append(speaker.name)
+    assert len(digests) == len(speakers), [v for v in digests.values() if len(v) > 1]
 
 
 def test_plan_counts_and_hours():
