@@ -136,7 +136,8 @@ def _verdict(report: Mapping[str, Any]) -> tuple[bool, str]:
     if "wer_tflite" in report:
         limit = report["wer_keras"] * (1 + MAX_WER_REL_INCREASE)
         ok = report["wer_tflite"] <= limit + 1e-12
-        return ok, f"WER tflite {report['wer_tflite']:.4f} <= {limit:.4f} (keras {report['wer_keras']:.4f} +3% rel)"
+        return ok, (f"WER tflite {report['wer_tflite']:.4f} <= {limit:.4f} "
+                    f"(keras {report['wer_keras']:.4f} +3% rel)")
     ter = report["token_error_rate_vs_keras"]
     return ter <= MAX_WER_REL_INCREASE, f"token error rate vs keras {ter:.4f} <= {MAX_WER_REL_INCREASE}"
 
@@ -146,4 +147,5 @@ def check_parity(report: Mapping[str, Any], label: str = "tier") -> None:
     if not report["passed"]:
         diffs = ", ".join(f"{k}={v:.3g}" for k, v in report["max_abs_diff"].items())
         raise ParityError(f"{label} ({report['mode']}) fails parity: {report['criterion']} is false; "
-                          f"identical {report['identical_tokens']}/{report['utterances']}; max abs diff {diffs}")
+                          f"identical {report['identical_tokens']}/{report['utterances']}; "
+                          f"max abs diff {diffs}")
