@@ -1,0 +1,159 @@
+"""Subnet samplers: which level every kernel uses in each forward pass of a training step.
+
+Dimension key: ``M`` subnets per step (static per sampler), ``N`` prunable kernels, ``K`` levels.
+
+A sampler is called with the global step and returns int32 ``[M, N]`` level indices (row ``m`` is one
+subnet, to apply with ``SupernetMasks.apply_levels(row)``). Randomness is stateless:
+``tf.random.stateless_uniform(seed=[seed, step])``, so the draw at a step depends only on ``(seed, step)``
+and a resumed run replays exactly. Names (``make_sampler``):
+
+- ``sandwich``: densest (all level 0), sparsest (all level ``K-1``) and ``num_random`` random subnets
+  (``random_kind`` ``per_layer`` or ``uniform``); the trainer accumulates gradients over the rows.
+- ``uniform``: ``num_random`` subnets, each one random level for all kernels.
+- ``per_layer``: ``num_random`` subnets, each kernel draws its own level (the omni search space).
+- ``fixed``: one subnet, ``level`` everywhere (mode ``pruned``, the individually-pruned baseline).
+- ``dense``: one subnet, level 0 everywhere (mode ``dense``; dense only if ``s_0 == 0``, else use
+  ``SupernetMasks.apply_dense``).
+
+In-place distillation (Yu & Huang 2019): the densest subnet learns from the labels and serves as the teacher;
+every other subnet adds ``distill_weight * KL(teacher || student)``. ``distill_weights(levels, w)`` returns
+the per-row weight, 0 for rows that are the dense subnet itself.
+"""
+from __future__ import annotations
+
+import tensorflow as tf
+
+from omni_tf.sparsity import levels as lv
+
+SAMPLERS = ("sandwich", "uniform", "per_layer", "fixed", "dense")
+RANDOM_KINDS = ("per_layer", "uniform")
+
+
+class Sampler:
+    """Base: ``__call__(step) -> int32 [num_subnets, num_kernels]``."""
+
+    def __init__(self, num_kernels: int, num_levels: int, seed: int = 0):
+        if num_kernels <= 0 or num_levels <= 0:
+            raise ValueError(f"sampler needs num_kernels, num_levels > 0, got {num_kernels}, {num_levels}")
+        self.num_kernels = int(num_kernels)
+        self.num_levels = int(num_levels)
+        self.seed = int(seed)
+
+    @property
+    def num_subnets(self) -> int:
+        raise NotImplementedError
+
+    def __call__(self, step: int | tf.Tensor) -> tf.Tensor:
+        raise NotImplementedError
+
+    def _random(self, step: int | tf.Tensor, count: int, kind: str, salt: int = 0) -> tf.Tensor:
+        """``count`` random subnets int32 ``[count, N]`` from the stateless seed ``(seed + salt, step)``."""
+        seed = tf.stack([tf.constant(self.seed + salt, tf.int64), tf.cast(step, tf.int64)])
+        width = self.num_kernels if kind == "per_layer" else 1
+        draw = tf.random.stateless_uniform([count, width], seed=seed, minval=0, maxval=self.num_levels,
+                                           dtype=tf.int32)
+        return tf.broadcast_to(draw, [count, self.num_kernels])
+
+    def _constant_row(self, level: int) -> tf.Tensor:
+        return tf.fill([1, self.num_kernels], tf.constant(level, tf.int32))
+
+
+class SandwichSampler(Sampler):
+    """Rows: densest, sparsest, then ``num_random`` random subnets of ``random_kind``."""
+
+    def __init__(self, num_kernels: int, num_levels: int, seed: int = 0, num_random: int = 1,
+                 random_kind: str = "per_layer"):
+        super().__init__(num_kernels, num_levels, seed)
+        if num_random < 0:
+            raise ValueError(f"sandwich num_random must be >= 0, got {num_random}")
+        if random_kind not in RANDOM_KINDS:
+            raise ValueError(f"random_kind must be one of {RANDOM_KINDS}, got {random_kind!r}")
+        self.num_random = int(num_random)
+        self.random_kind = random_kind
+
+    @property
+    def num_subnets(self) -> int:
+        return 2 + self.num_random
+
+    def __call__(self, step: int | tf.Tensor) -> tf.Tensor:
+        rows = [self._constant_row(0), self._constant_row(self.num_levels - 1)]
+        if self.num_random:
+            rows.append(self._random(step, self.num_random, self.random_kind))
+        return tf.concat(rows, axis=0)
+
+
+class RandomSampler(Sampler):
+    """``num_subnets`` random subnets per step, ``kind`` ``uniform`` or ``per_layer``."""
+
+    def __init__(self, num_kernels: int, num_levels: int, seed: int = 0, num_subnets: int = 1,
+                 kind: str = "uniform"):
+        super().__init__(num_kernels, num_levels, seed)
+        if num_subnets < 1:
+            raise ValueError(f"{kind} sampler needs num_subnets >= 1, got {num_subnets}")
+        if kind not in RANDOM_KINDS:
+            raise ValueError(f"kind must be one of {RANDOM_KINDS}, got {kind!r}")
+        self._num_subnets = int(num_subnets)
+        self.kind = kind
+
+    @property
+    def num_subnets(self) -> int:
+        return self._num_subnets
+
+    def __call__(self, step: int | tf.Tensor) -> tf.Tensor:
+        return self._random(step, self._num_subnets, self.kind)
+
+
+class FixedSampler(Sampler):
+    """One subnet with ``level`` for every kernel, every step."""
+
+    def __init__(self, num_kernels: int, num_levels: int, level: int = 0, seed: int = 0):
+        super().__init__(num_kernels, num_levels, seed)
+        if not 0 <= level < num_levels:
+            raise ValueError(f"fixed sampler level {level} outside [0, {num_levels})")
+        self.level = int(level)
+
+    @property
+    def num_subnets(self) -> int:
+        return 1
+
+    def __call__(self, step: int | tf.Tensor) -> tf.Tensor:
+        del step
+        return self._constant_row(self.level)
+
+
+def make_sampler(name: str, num_kernels: int, num_levels: int, seed: int = 0, subnets_per_step: int = 1,
+                 target_level: int = 0, random_kind: str = "per_layer") -> Sampler:
+    """Sampler by name (see module docstring). ``subnets_per_step`` is the number of random subnets
+    (on top of densest + sparsest for ``sandwich``); ``target_level`` is the ``fixed`` level."""
+    if name == "sandwich":
+        return SandwichSampler(num_kernels, num_levels, seed, subnets_per_step, random_kind)
+    if name in ("uniform", "per_layer"):
+        return RandomSampler(num_kernels, num_levels, seed, subnets_per_step, name)
+    if name == "fixed":
+        return FixedSampler(num_kernels, num_levels, target_level, seed)
+    if name == "dense":
+        return FixedSampler(num_kernels, num_levels, 0, seed)
+    raise ValueError(f"unknown sampler {name!r}; choose one of {SAMPLERS}")
+
+
+def distill_weights(level_matrix: tf.Tensor, distill_weight: float | tf.Tensor) -> tf.Tensor:
+    """Per-subnet weight of the KL-to-dense term, float32 ``[M]``: ``distill_weight`` for every row of
+    ``level_matrix [M, N]`` with some level > 0, 0 for the all-level-0 (teacher) rows."""
+    sparse_row = tf.reduce_any(tf.convert_to_tensor(level_matrix) > 0, axis=1)
+    return tf.cast(sparse_row, tf.float32) * tf.cast(distill_weight, tf.float32)
+
+
+def sampler_for_mode(mode: str, sparsity_config, num_kernels: int, seed: int = 0) -> Sampler:
+    """The training mode's sampler: ``dense`` -> dense, ``pruned`` -> fixed at ``target_sparsity``'s level,
+    ``omni`` -> ``sparsity_config.sampler``."""
+    levels = lv.validate_levels(sparsity_config.levels)
+    if mode == "dense":
+        return make_sampler("dense", num_kernels, len(levels), seed)
+    if mode == "pruned":
+        target = lv.level_index(levels, sparsity_config.target_sparsity)
+        return make_sampler("fixed", num_kernels, len(levels), seed, target_level=target)
+    if mode == "omni":
+        kind = sparsity_config.get("random_kind", "per_layer")
+        return make_sampler(sparsity_config.sampler, num_kernels, len(levels), seed,
+                            sparsity_config.subnets_per_step, random_kind=kind)
+    raise ValueError(f"unknown training mode {mode!r}; choose dense, pruned or omni")

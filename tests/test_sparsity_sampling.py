@@ -1,0 +1,78 @@
+"""Tests for omni_tf.sparsity.sampling: shapes, ranges, (seed, step) determinism, distillation."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from omni_tf.configs import sparsity as sparsity_config
+from omni_tf.sparsity import sampling
+
+N, K = 12, 7
+
+
+def test_sandwich_rows():
+    s = sampling.make_sampler("sandwich", N, K, seed=3, subnets_per_step=2)
+    out = s(5).numpy()
+    assert out.shape == (4, N) == (s.num_subnets, N) and out.dtype == np.int32
+    assert np.all(out[0] == 0) and np.all(out[1] == K - 1)
+    assert np.all((out >= 0) & (out < K))
+    uniform = sampling.make_sampler("sandwich", N, K, seed=3, subnets_per_step=3, random_kind="uniform")
+    rows = uniform(8).numpy()[2:]
+    assert np.all(rows == rows[:, :1])
+
+
+def test_reproducible_from_seed_and_step():
+    a = sampling.make_sampler("per_layer", N, K, seed=1, subnets_per_step=2)
+    b = sampling.make_sampler("per_layer", N, K, seed=1, subnets_per_step=2)
+    np.testing.assert_array_equal(a(100).numpy(), b(100).numpy())  # a "resumed" sampler replays
+    assert not np.array_equal(a(100).numpy(), a(101).numpy())
+    c = sampling.make_sampler("per_layer", N, K, seed=2, subnets_per_step=2)
+    assert not np.array_equal(a(100).numpy(), c(100).numpy())
+
+
+def test_per_layer_and_uniform_cover_all_levels():
+    per_layer = sampling.make_sampler("per_layer", N, K, seed=0)
+    draws = np.concatenate([per_layer(t).numpy() for t in range(60)])
+    assert draws.shape == (60, N)
+    counts = np.bincount(draws.ravel(), minlength=K)
+    assert len(counts) == K and counts.min() > 0.5 * draws.size / K  # roughly uniform
+    assert np.mean([len(set(r)) > 1 for r in draws]) > 0.9  # kernels draw independently
+    uniform = sampling.make_sampler("uniform", N, K, seed=0, subnets_per_step=3)
+    rows = np.concatenate([uniform(t).numpy() for t in range(40)])
+    assert np.all(rows == rows[:, :1])
+    assert set(rows[:, 0]) == set(range(K))
+
+
+def test_fixed_and_dense():
+    fixed = sampling.make_sampler("fixed", N, K, target_level=4)
+    np.testing.assert_array_equal(fixed(9).numpy(), np.full((1, N), 4))
+    np.testing.assert_array_equal(sampling.make_sampler("dense", N, K)(0).numpy(), np.zeros((1, N)))
+    with pytest.raises(ValueError):
+        sampling.make_sampler("fixed", N, K, target_level=K)
+
+
+def test_tensor_step_in_tf_function_no_retrace():
+    s = sampling.make_sampler("sandwich", N, K, seed=7, subnets_per_step=1)
+    fn = tf.function(lambda step: s(step))
+    for t in range(3):
+        np.testing.assert_array_equal(fn(tf.constant(t, tf.int64)).numpy(), s(t).numpy())
+    assert fn.experimental_get_tracing_count() == 1
+
+
+def test_distill_weights():
+    levels = tf.constant([[0, 0, 0], [6, 6, 6], [0, 2, 0]])
+    np.testing.assert_allclose(sampling.distill_weights(levels, 0.5).numpy(), [0.0, 0.5, 0.5])
+    np.testing.assert_allclose(sampling.distill_weights(levels, 0.0).numpy(), [0.0, 0.0, 0.0])
+
+
+def test_sampler_for_mode_and_errors():
+    c = sparsity_config.get_config()
+    assert sampling.sampler_for_mode("omni", c, N).num_subnets == 2 + c.subnets_per_step
+    pruned = sampling.sampler_for_mode("pruned", c, N)(0).numpy()
+    assert np.all(pruned == list(c.levels).index(c.target_sparsity))
+    assert np.all(sampling.sampler_for_mode("dense", c, N)(0).numpy() == 0)
+    with pytest.raises(ValueError, match="unknown sampler"):
+        sampling.make_sampler("random", N, K)
+    with pytest.raises(ValueError, match="training mode"):
+        sampling.sampler_for_mode("sparse", c, N)
+    with pytest.raises(ValueError):
+        sampling.make_sampler("uniform", N, K, subnets_per_step=0)
