@@ -1,0 +1,56 @@
+# The two commands (README): `make demo` and `make test`. Each first installs whatever is missing
+# (scripts/setup.sh: Debian packages, then the venv at .venv from requirements.txt) and is a fast no-op
+# when everything is there.
+#
+#   make demo [ARGS="--max_minutes=5"]   synthetic corpus -> omni-sparsity training -> TFLite tiers, in runs/demo
+#   make test                            ruff, then pytest on tests/, then `bazel test` (BAZEL_TARGETS)
+#   make lint                            ruff check only
+#   make bazel-test                      `bazel test` only
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+# Debian packages. espeak-ng speaks the synthetic corpus; flac and sox are the audio command-line tools the
+# recipes and tests use for LibriSpeech-style FLAC. bazel-bootstrap (Bazel 4.2.3) only for `make test`.
+APT_PACKAGES := espeak-ng flac sox
+APT_TEST_PACKAGES := bazel-bootstrap
+
+LINT_DIRS := omni_tf recipes tflite_export tests benchmarks scripts
+# What `make test` runs under Bazel after pytest (README "Tests"). `bazel test //...` runs every target.
+BAZEL_TARGETS ?= //...
+BAZEL_FLAGS ?=
+DEMO_OUT ?= runs/demo
+ARGS ?=
+
+.PHONY: help setup setup-test demo test lint pytest bazel-test
+
+help:
+	@sed -n '2,10p' Makefile | sed 's/^# \{0,1\}//'
+
+setup:
+	@PYTHON="$(PYTHON)" scripts/setup.sh $(APT_PACKAGES)
+
+setup-test:
+	@PYTHON="$(PYTHON)" scripts/setup.sh $(APT_PACKAGES) $(APT_TEST_PACKAGES)
+
+demo: setup
+	$(PY) -m recipes.synthetic.run_demo --out=$(DEMO_OUT) $(ARGS)
+
+# Lint first so a style error fails fast; then the whole pytest suite; then Bazel.
+test: setup-test
+	@$(MAKE) --no-print-directory lint pytest bazel-test SKIP_SETUP=1
+
+lint: $(if $(SKIP_SETUP),,setup)
+	$(VENV)/bin/ruff check $(LINT_DIRS)
+
+# -p no:cacheprovider and no bytecode: the tree may be read-only. No -n: two cores.
+pytest: $(if $(SKIP_SETUP),,setup)
+	PYTHONDONTWRITEBYTECODE=1 $(PY) -m pytest -q -p no:cacheprovider tests
+
+bazel-test: $(if $(SKIP_SETUP),,setup-test)
+	bazel test $(BAZEL_FLAGS) $(BAZEL_TARGETS)
