@@ -132,6 +132,12 @@ def bake_masks(model, masks: Mapping[str, np.ndarray]) -> None:
         mask_var.assign(np.ones_like(mask))
 
 
+def _block_size(block: int | str) -> int:
+    from omni_tf.sparsity.levels import parse_block  # noqa: PLC0415
+
+    return parse_block(block)
+
+
 def _ensure_built(model) -> None:
     """Runs one streaming step so every variable exists (lazy Keras builds)."""
     if model.built and model.weights:
@@ -253,11 +259,14 @@ class StreamingInferenceModule(tf.Module):
                 "predictor_state": [s.as_json() for s in self.predictor_state]}
 
 
-def load_checkpoint(model_config, ckpt_path: str):
-    """``build_model(model_config)`` restored from a checkpoint dir or prefix; returns (model, survival|None).
+def load_checkpoint(model_config, ckpt_path: str, levels: tuple[float, ...] | None = None,
+                    block: int | str = 1):
+    """``build_model(model_config)`` restored from a training checkpoint (dir or prefix).
 
-    Uses ``omni_tf.training.checkpoint`` when it provides ``restore_model``; otherwise a plain
-    ``tf.train.Checkpoint(model=model)`` restore (expect_partial: optimizer slots are ignored).
+    The training checkpoint (``omni_tf.training.checkpoint``) is ``tf.train.Checkpoint(model=...,
+    masks=SupernetMasks, optimizer=..., counters=...)``. With ``levels`` the survival levels are restored too
+    (returned as ``{kernel_name: int8 [in, out]}``); a checkpoint without masks (mode dense) gives None.
+    Returns (model, survival | None).
     """
     from omni_tf.model import build_model  # noqa: PLC0415
 
@@ -266,31 +275,48 @@ def load_checkpoint(model_config, ckpt_path: str):
     prefix = tf.train.latest_checkpoint(ckpt_path) if tf.io.gfile.isdir(ckpt_path) else ckpt_path
     if not prefix:
         raise FileNotFoundError(f"{ckpt_path}: no checkpoint found")
+    objects = {"model": model}
+    masks = None
+    if levels is not None:
+        from omni_tf.sparsity.masking import SupernetMasks  # noqa: PLC0415
+
+        masks = SupernetMasks(model, levels, block)
+        objects["masks"] = masks
+    status = tf.train.Checkpoint(**objects).restore(prefix).expect_partial()
     try:
-        from omni_tf.training import checkpoint as ckpt_lib  # noqa: PLC0415
-    except ImportError:
-        ckpt_lib = None
-    if ckpt_lib is not None and hasattr(ckpt_lib, "restore_model"):
-        restored = ckpt_lib.restore_model(model, prefix)
-        survival = restored.get("survival") if isinstance(restored, Mapping) else None
-        return model, survival
-    tf.train.Checkpoint(model=model).restore(prefix).expect_partial()
-    return model, None
+        status.assert_existing_objects_matched()
+    except AssertionError as e:
+        if masks is None:
+            raise ValueError(f"checkpoint {prefix} does not match this model config: {e}") from e
+        tf.train.Checkpoint(model=model).restore(prefix).expect_partial().assert_existing_objects_matched()
+        masks = None  # a dense checkpoint: no survival levels saved
+    names = {n for n, _ in model.prunable_kernels()}
+    reader = tf.train.load_checkpoint(prefix)
+    has_masks = any(k.startswith("masks/") for k in reader.get_variable_to_shape_map())
+    survival = masks.survival_arrays() if masks is not None and has_masks else None
+    if survival is not None and set(survival) != names:
+        raise ValueError(f"checkpoint {prefix}: survival levels do not cover the model's kernels")
+    return model, survival
 
 
 def build_inference_module(model_or_ckpt, model_config, tier: TierSpec = None,
                            levels: tuple[float, ...] | None = None,
-                           survival: Mapping[str, np.ndarray] | None = None, block: int = 1,
+                           survival: Mapping[str, np.ndarray] | None = None, block: int | str = 1,
                            clone: bool = True) -> StreamingInferenceModule:
-    """Tier module from a Transducer or checkpoint path; ``tier`` as in ``kernel_masks_for_tier``."""
+    """Tier module from a Transducer or checkpoint path; ``tier`` as in ``kernel_masks_for_tier``.
+
+    ``survival`` may also be a ``SupernetMasks`` (its ``survival_arrays()`` are used).
+    """
+    if survival is not None and hasattr(survival, "survival_arrays"):
+        survival = survival.survival_arrays()
     if isinstance(model_or_ckpt, str):
-        model, restored_survival = load_checkpoint(model_config, model_or_ckpt)
+        model, restored_survival = load_checkpoint(model_config, model_or_ckpt, levels, block)
         survival = survival if survival is not None else restored_survival
         clone = False  # freshly built, ours to modify
     else:
         model = model_or_ckpt
         _ensure_built(model)
-    masks = kernel_masks_for_tier(model, tier, levels=levels, survival=survival, block=block)
+    masks = kernel_masks_for_tier(model, tier, levels=levels, survival=survival, block=_block_size(block))
     if clone:
         model = clone_with_masks(model, model_config, masks)
     else:

@@ -108,10 +108,9 @@ def run_parity(module, content: bytes, mode: str, features_list: Sequence[np.nda
     layout = module.describe()
     recorded: list[tuple[str, dict[str, np.ndarray]]] = []
     keras_hyps, lite_hyps = [], []
+    rec = LiteRTRecognizer(content, layout, default_delegates=default_delegates)
     for i, feats in enumerate(features_list):
-        keep = i < diff_utterances
-        rec = LiteRTRecognizer(content, layout, default_delegates=default_delegates,
-                               record=(lambda n, f: recorded.append((n, f))) if keep else None)
+        rec.record = (lambda n, f: recorded.append((n, f))) if i < diff_utterances else None
         lite_hyps.append(rec.transcribe_features(feats))
         keras_hyps.append(keras_tokens(module, feats))
     same = sum(k == t for k, t in zip(keras_hyps, lite_hyps, strict=True))

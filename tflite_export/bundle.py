@@ -1,0 +1,350 @@
+"""One tier on disk: ``<out>/<tier>/{model.tflite, spm.model, manifest.json, android_benchmark.sh}``.
+
+``export_tier`` is the library entry (the demo and ``recipes/librispeech/export.py`` call it): tier module ->
+TFLite (``convert.py``) -> parity against Keras (``parity.py``; a failing tier raises ``ParityError`` and
+nothing is written) -> local LiteRT latency -> files + manifest. ``write_report`` / ``pareto_plot`` summarize
+several tiers; ``parse_benchmark_output`` reads pasted ``benchmark_model`` output (from the Android script).
+
+Manifest keys (``MANIFEST_KEYS``): tier, quantization, sparse_encoded, sparsity (level config summary and
+per-kernel sparsity), params, nonzero_params, bytes_on_disk, frontend (sample rate, window/hop ms, mel bins,
+fft, mel edges, log floor, CMVN mean/std), chunk_ms, lookahead_ms, vocab_size, wer (keras, tflite, parity
+numbers), latency (local LiteRT, 1 thread), interpreter_options, signatures (layout for the recognizer),
+files.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from tflite_export import convert as convert_lib
+from tflite_export import inference_model as im
+from tflite_export import parity as parity_lib
+from tflite_export.recognizer import LiteRTRecognizer
+
+MANIFEST_KEYS = ("tier", "quantization", "sparse_encoded", "sparsity", "params", "nonzero_params",
+                 "bytes_on_disk", "frontend", "chunk_ms", "lookahead_ms", "vocab_size", "wer", "latency",
+                 "interpreter_options", "signatures", "files", "ops")
+FRAME_MS = 10.0
+DEVICE_DIR = "/data/local/tmp/omni_tf"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Local latency (LiteRT on this CPU)
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def measure_latency(content: bytes, layout: Mapping[str, Any], features_list: Sequence[np.ndarray],
+                    num_threads: int = 1, runs: int = 50, default_delegates: bool = True) -> dict[str, Any]:
+    """Per-signature median ms (``runs`` calls on recorded real inputs) and streaming RTF / ms per chunk.
+
+    RTF = wall time of full streaming recognition (encode + greedy predict/join) / audio duration, with the
+    audio duration taken as ``T * 10 ms`` of the features. ``rss_delta_mb``: resident memory added by
+    creating the interpreter and running it.
+    """
+    rss0 = _rss_mb()
+    recorded: dict[str, list[dict]] = {"encode": [], "predict": [], "join": []}
+    rec = LiteRTRecognizer(content, layout, num_threads=num_threads, default_delegates=default_delegates,
+                           record=lambda n, f: recorded[n].append(f))
+    rec.transcribe_features(features_list[0])  # warm-up + inputs to time
+    rec.record = None
+    total_s, audio_s, chunks = 0.0, 0.0, 0
+    for feats in features_list:
+        t0 = time.perf_counter()
+        rec.transcribe_features(feats)
+        total_s += time.perf_counter() - t0
+        audio_s += feats.shape[0] * FRAME_MS / 1000.0
+        chunks += max(-(-feats.shape[0] // layout["chunk_frames"]), 1)
+    medians = {}
+    for name, feeds in recorded.items():
+        runner = rec.interpreter.get_signature_runner(name)
+        times = []
+        for i in range(runs):
+            f = feeds[i % len(feeds)]
+            t0 = time.perf_counter()
+            runner(**f)
+            times.append(time.perf_counter() - t0)
+        medians[name] = float(np.median(times) * 1e3)
+    return {"num_threads": num_threads, "median_ms": medians, "rtf": total_s / max(audio_s, 1e-9),
+            "ms_per_chunk_streaming": total_s * 1e3 / max(chunks, 1), "audio_s": audio_s,
+            "rss_delta_mb": round(_rss_mb() - rss0, 2)}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Android benchmark script and its output
+
+
+def android_benchmark_script(tier: str, layout: Mapping[str, Any], num_runs: int = 200,
+                             threads: Sequence[int] = (1, 4)) -> str:
+    """adb push + one ``benchmark_model`` command per signature and thread count."""
+    remote = f"{DEVICE_DIR}/{tier}/model.tflite"
+    vocab = int(layout["vocab_size"])
+    lines = ["#!/bin/sh", "# Usage: BENCHMARK_MODEL=/data/local/tmp/benchmark_model sh android_benchmark.sh",
+             "# (benchmark_model: the TFLite/LiteRT Android benchmark binary, pushed once by you).", "set -e",
+             'BM="${BENCHMARK_MODEL:-/data/local/tmp/benchmark_model}"',
+             f"adb shell mkdir -p {DEVICE_DIR}/{tier}",
+             f'adb push "$(dirname "$0")/model.tflite" {remote}']
+    for sig in ("encode", "predict", "join"):
+        for n in threads:
+            args = [f"--graph={remote}", f"--signature_to_run_for={sig}", f"--num_threads={n}",
+                    "--use_xnnpack=true", f"--num_runs={num_runs}", "--warmup_runs=20",
+                    "--report_peak_memory_footprint=true"]
+            if sig == "predict":
+                args.append(f"--input_layer_value_range=token,1,{vocab - 1}")
+            lines.append('adb shell "$BM" ' + " ".join(args))
+    return "\n".join(lines) + "\n"
+
+
+def parse_benchmark_script(text: str) -> list[dict[str, str]]:
+    """The ``benchmark_model`` commands of a script as {flag: value} dicts (for checks and tests)."""
+    cmds = []
+    for line in text.splitlines():
+        if not line.startswith("adb shell") or "--graph=" not in line:
+            continue
+        flags = {}
+        for tok in shlex.split(line)[3:]:
+            key, _, value = tok.partition("=")
+            flags[key.lstrip("-")] = value
+        cmds.append(flags)
+    return cmds
+
+
+_STAT = re.compile(r"(count|first|curr|min|max|avg|std|median|p50)=([0-9.e+-]+)")
+
+
+def parse_benchmark_output(text: str) -> dict[str, float | None]:
+    """Pasted ``benchmark_model`` output -> avg/median latency (ms), init ms, memory (MB).
+
+    Reads ``Inference timings in us: ... Inference (avg): X``, the last ``count=... avg=... [median=...]``
+    line (the timed runs), ``Memory footprint delta ... overall=M`` and ``Overall peak memory footprint (MB)
+    via periodic monitoring: P``. Missing items are None.
+    """
+    out: dict[str, float | None] = {"avg_ms": None, "median_ms": None, "init_ms": None,
+                                    "memory_overall_mb": None, "peak_memory_mb": None}
+    stats = [dict(_STAT.findall(line)) for line in text.splitlines() if "count=" in line and "avg=" in line]
+    if stats:
+        last = stats[-1]
+        out["avg_ms"] = float(last["avg"]) / 1e3
+        med = last.get("median", last.get("p50"))
+        out["median_ms"] = float(med) / 1e3 if med is not None else None
+    m = re.search(r"Inference \(avg\):\s*([0-9.e+]+)", text)
+    if m:
+        out["avg_ms"] = float(m.group(1)) / 1e3
+    m = re.search(r"Init:\s*([0-9.e+]+)", text)
+    if m:
+        out["init_ms"] = float(m.group(1)) / 1e3
+    m = re.search(r"Memory footprint delta.*?overall=([0-9.]+)", text)
+    if m:
+        out["memory_overall_mb"] = float(m.group(1))
+    m = re.search(r"peak memory footprint \(MB\)[^:]*:\s*([0-9.]+)", text, re.IGNORECASE)
+    if m:
+        out["peak_memory_mb"] = float(m.group(1))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Export
+
+
+def frontend_params(data_config, cmvn: tuple[np.ndarray, np.ndarray] | None) -> dict[str, Any]:
+    keys = ("sample_rate", "num_mel_bins", "frame_length_ms", "frame_step_ms", "fft_length", "lower_edge_hz",
+            "upper_edge_hz", "log_floor")
+    params = {k: data_config[k] for k in keys if k in data_config} if data_config is not None else {}
+    if cmvn is not None:
+        params["cmvn_mean"] = [float(v) for v in cmvn[0]]
+        params["cmvn_std"] = [float(v) for v in cmvn[1]]
+    return params
+
+
+def _tier_summary(tier: im.TierSpec, levels: Sequence[float] | None) -> dict[str, Any]:
+    if tier is None:
+        return {"kind": "as_trained_masks"}
+    if isinstance(tier, Mapping):
+        counts: dict[int, int] = {}
+        for v in tier.values():
+            counts[int(v)] = counts.get(int(v), 0) + 1
+        return {"kind": "per_kernel", "config": {k: int(v) for k, v in tier.items()},
+                "level_histogram": {str(k): c for k, c in sorted(counts.items())}}
+    out: dict[str, Any] = {"kind": "uniform", "level_index": int(tier)}
+    if levels is not None:
+        out["level_sparsity"] = float(levels[int(tier)])
+    return out
+
+
+def export_tier(model_or_ckpt, model_config, tier_name: str, tier: im.TierSpec, out_dir: str,
+                quantization: str, dev_features: Sequence[np.ndarray], *, data_config=None,
+                cmvn: tuple[np.ndarray, np.ndarray] | None = None, tokenizer=None,
+                references: Sequence[str] | None = None, levels: Sequence[float] | None = None,
+                survival=None, block: int | str = 1, sparse: str = "auto", calib_utterances: int = 20,
+                calib_per_signature: int = 300, latency_runs: int = 50,
+                enforce_parity: bool = True) -> dict[str, Any]:
+    """Builds, converts, checks and writes one tier; returns its manifest (also ``manifest.json``).
+
+    Args:
+      model_or_ckpt: an in-memory Transducer (not modified) or a checkpoint dir/prefix.
+      model_config: the model preset used to build it.
+      tier: None (the masks currently applied), a uniform level index, or {kernel_name: level_index}.
+      quantization: one of ``convert.QUANT_MODES``.
+      dev_features: CMVN-normalized features [T, 80] per dev utterance (parity, calibration, latency).
+      tokenizer / references: for WER (Keras vs TFLite); ``tokenizer.model_path`` is copied as spm.model.
+      calib_utterances / calib_per_signature: int8 calibration = the streaming loop over the first
+        ``calib_utterances`` dev utterances, at most ``calib_per_signature`` samples per signature.
+    Raises:
+      ParityError (nothing written) when TFLite disagrees with Keras beyond the thresholds in parity.py.
+    """
+    module = im.build_inference_module(model_or_ckpt, model_config, tier, levels=levels, survival=survival,
+                                       block=block)
+    layout = module.describe()
+    rep = None
+    if quantization == "int8":
+        samples = parity_lib.collect_representative(module, dev_features[:calib_utterances],
+                                                    calib_per_signature)
+        rep = parity_lib.representative_fn(samples)
+    result = convert_lib.convert_module(module, quantization, rep, sparse=sparse)
+    use_default = bool(result.interpreter_options.get("use_default_delegates", True))
+    decode = tokenizer.decode if tokenizer is not None else None
+    report = parity_lib.run_parity(module, result.content, quantization, dev_features,
+                                   references if decode else None, decode, use_default)
+    if enforce_parity:
+        parity_lib.check_parity(report, tier_name)
+    latency = measure_latency(result.content, layout, dev_features[:4], 1, latency_runs, use_default)
+    tier_dir = os.path.join(out_dir, tier_name)
+    os.makedirs(tier_dir, exist_ok=True)
+    with open(os.path.join(tier_dir, "model.tflite"), "wb") as f:
+        f.write(result.content)
+    files = {"model": "model.tflite", "manifest": "manifest.json",
+             "android_benchmark": "android_benchmark.sh"}
+    if tokenizer is not None and getattr(tokenizer, "model_path", None):
+        shutil.copyfile(tokenizer.model_path, os.path.join(tier_dir, "spm.model"))
+        files["spm"] = "spm.model"
+    with open(os.path.join(tier_dir, "android_benchmark.sh"), "w") as f:
+        f.write(android_benchmark_script(tier_name, layout))
+    summary = im.sparsity_summary(module.model)
+    cfg = dict(model_config)
+    manifest = {
+        "tier": tier_name, "quantization": quantization, "sparse_encoded": result.sparse_encoded,
+        "sparsity": {**_tier_summary(tier, levels), **{k: v for k, v in summary.items() if k != "params"},
+                     "levels": list(levels) if levels is not None else None, "block": str(block)},
+        "params": summary["params"], "nonzero_params": summary["nonzero_params"],
+        "bytes_on_disk": len(result.content),
+        "bytes_dense_encoding": result.dense_bytes, "bytes_sparse_encoding": result.sparse_bytes,
+        "frontend": frontend_params(data_config, cmvn), "chunk_ms": cfg.get("chunk_ms"),
+        "lookahead_ms": cfg.get("lookahead_ms"), "vocab_size": layout["vocab_size"],
+        "wer": {"keras": report.get("wer_keras"), "tflite": report.get("wer_tflite"), "parity": report},
+        "latency": latency, "interpreter_options": result.interpreter_options,
+        "conversion_notes": result.notes,
+        "calibration": ({"utterances": min(calib_utterances, len(dev_features)),
+                         "max_per_signature": calib_per_signature} if quantization == "int8" else None),
+        "signatures": layout, "files": files, "ops": result.op_counts, "model_config": cfg,
+    }
+    with open(os.path.join(tier_dir, "manifest.json"), "w") as f:
+        json.dump(manifest, f, indent=1, default=_json_default)
+    return manifest
+
+
+def _json_default(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"not JSON serializable: {type(obj)}")
+
+
+def validate_manifest(manifest: Mapping[str, Any]) -> None:
+    """ValueError naming missing keys / bad values (schema check used by tests and transcribe)."""
+    missing = [k for k in MANIFEST_KEYS if k not in manifest]
+    if missing:
+        raise ValueError(f"manifest misses keys {missing}")
+    if manifest["quantization"] not in convert_lib.QUANT_MODES:
+        raise ValueError(f"manifest quantization {manifest['quantization']!r} unknown")
+    for key in ("chunk_frames", "lookahead_frames", "encoder_state", "predictor_state", "vocab_size"):
+        if key not in manifest["signatures"]:
+            raise ValueError(f"manifest signatures misses {key!r}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reports
+
+
+def load_bundle(bundle_dir: str) -> list[dict[str, Any]]:
+    """Manifests of every ``<bundle_dir>/*/manifest.json``, sorted by bytes on disk."""
+    rows = []
+    for name in sorted(os.listdir(bundle_dir)):
+        path = os.path.join(bundle_dir, name, "manifest.json")
+        if os.path.isfile(path):
+            with open(path) as f:
+                rows.append(json.load(f))
+    return sorted(rows, key=lambda m: m["bytes_on_disk"])
+
+
+def report_rows(manifests: Sequence[Mapping[str, Any]], series: str = "omni") -> list[dict[str, Any]]:
+    return [{"tier": m["tier"], "series": m.get("series", series), "quantization": m["quantization"],
+             "sparse_encoded": m["sparse_encoded"], "sparsity": m["sparsity"].get("prunable_sparsity"),
+             "nonzero_params": m["nonzero_params"], "bytes": m["bytes_on_disk"],
+             "wer_keras": m["wer"].get("keras"), "wer_tflite": m["wer"].get("tflite"),
+             "token_agreement": m["wer"]["parity"]["token_agreement"],
+             "encode_ms": m["latency"]["median_ms"]["encode"], "rtf": m["latency"]["rtf"]} for m in manifests]
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
+    columns = list(columns or (rows[0].keys() if rows else []))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(rows: Sequence[Mapping[str, Any]], path: str, title: str = "TFLite tiers",
+                 device_results: Mapping[str, str] | None = None) -> str:
+    """Markdown report of tier rows (+ parsed pasted ``benchmark_model`` outputs per tier); returns text."""
+    text = f"# {title}\n\n" + markdown_table(rows)
+    if device_results:
+        parsed = [{"tier": k, **parse_benchmark_output(v)} for k, v in device_results.items()]
+        text += "\n## On device (benchmark_model)\n\n" + markdown_table(parsed)
+    with open(path, "w") as f:
+        f.write(text)
+    return text
+
+
+def pareto_plot(rows: Sequence[Mapping[str, Any]], png: str, wer_key: str = "wer_tflite") -> str:
+    """WER vs bytes on disk, one series per ``row["series"]`` (e.g. omni, individually-pruned)."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for series in sorted({r.get("series", "omni") for r in rows}):
+        pts = sorted((r["bytes"] / 1e6, r[wer_key]) for r in rows
+                     if r.get("series", "omni") == series and r.get(wer_key) is not None)
+        if pts:
+            ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], "o-", label=series)
+    ax.set_xlabel("model.tflite size (MB)")
+    ax.set_ylabel("WER (%)")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    return png
