@@ -255,3 +255,20 @@ def test_corpus_matches_detects_missing_audio(tmp_path):
     os.remove(os.path.join(out, _flacs(out)[0]))
     assert not synthetic.corpus_matches(out, spec)
     assert synthetic.corpus_matches(str(tmp_path / "missing"), spec) is False
+
+
+def test_make_corpus_command_line(tmp_path):
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "cli"
+    cmd = [sys.executable, "-m", "recipes.synthetic.make_corpus", f"--out_dir={out}", "--num_utterances=3",
+           "--seed=5", "--dev_fraction=0", "--test_fraction=0", "--num_workers=1"]
+    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    spec = synthetic.CorpusSpec(num_utterances=3, seed=5, dev_fraction=0.0, test_fraction=0.0)
+    assert synthetic.corpus_matches(str(out), spec) and len(_flacs(str(out))) == 3
+    clash = subprocess.run(cmd[:4] + ["--seed=6"] + cmd[5:], cwd=root, capture_output=True, text=True,
+                           timeout=120)
+    assert clash.returncode != 0 and "--overwrite" in clash.stderr

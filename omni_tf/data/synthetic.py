@@ -7,8 +7,8 @@ Layout written under ``out_dir`` (splits ``train``, ``dev``, ``test``)::
     SPEAKERS.TXT                                                     id | sex | split | minutes | voice+var
     corpus.json                                                      spec, counts, hours (written last)
 
-A speaker is an espeak-ng English voice plus a voice variant (``en-gb-scotland+klatt3``): 8 voices x 93
-variants = 744 speakers (all of them sound different), with a stable numeric id
+A speaker is an espeak-ng English voice plus a voice variant (``en-gb-scotland+klatt3``): 8 voices x 95
+variants = 760 speakers (all of them sound different), with a stable numeric id
 ``1000 * (voice_index + 1) + variant_index``. Speakers are split disjointly: a ``dev_fraction`` share of
 the shuffled speakers (at least one) is dev-only, a ``test_fraction`` share test-only, the rest train-only.
 Sentences (``text_source``) are split disjointly the same way, and a dev/test sentence only uses words that
@@ -320,7 +320,8 @@ def make_corpus(out_dir: str, spec: CorpusSpec, num_workers: int = 2, overwrite:
     ours = (*SPLITS, "corpus.json", "SPEAKERS.TXT")
     existing = [n for n in ours if os.path.exists(os.path.join(out_dir, n))]
     if existing and not overwrite:
-        raise FileExistsError(f"{out_dir} already holds {existing} from another spec; pass overwrite=True")
+        raise FileExistsError(f"{out_dir} already holds {existing} from another spec; pass overwrite=True "
+                              "(make_corpus --overwrite)")
     for name in existing:
         path = os.path.join(out_dir, name)
         shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)

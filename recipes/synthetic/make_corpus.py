@@ -38,8 +38,11 @@ def spec_from_flags() -> synthetic.CorpusSpec:
 
 def main(argv: list[str]) -> None:
     del argv
-    synthetic.make_corpus(FLAGS.out_dir, spec_from_flags(), num_workers=FLAGS.num_workers,
-                          overwrite=FLAGS.overwrite)
+    try:
+        synthetic.make_corpus(FLAGS.out_dir, spec_from_flags(), num_workers=FLAGS.num_workers,
+                              overwrite=FLAGS.overwrite)
+    except FileExistsError as e:
+        raise SystemExit(f"make_corpus: {e}") from e
 
 
 if __name__ == "__main__":
