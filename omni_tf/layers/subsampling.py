@@ -31,8 +31,12 @@ def stack_frames(x: tf.Tensor, factor: int, window: int) -> tf.Tensor:
     """
     feat = x.shape[-1]
     num_out = (tf.shape(x)[1] - (window - factor)) // factor
+    num_pieces = math.ceil(window / factor)
+    extra = factor * (num_pieces - 1) - (window - factor)  # frames only the sliced-off tail would read
+    if extra:
+        x = tf.pad(x, [[0, 0], [0, extra], [0, 0]])
     pieces = []
-    for j in range(math.ceil(window / factor)):
+    for j in range(num_pieces):
         part = x[:, factor * j : factor * j + factor * num_out]
         pieces.append(tf.reshape(part, [tf.shape(x)[0], num_out, factor * feat]))
     stacked = tf.concat(pieces, axis=-1) if len(pieces) > 1 else pieces[0]
