@@ -158,3 +158,59 @@ def test_find_splits(tmp_path, corpus):
 
 def test_default_min_duration():
     assert ls.default_min_duration_s() == pytest.approx(0.225)
+
+
+def _small_root(tmp_path):
+    root = tmp_path / "corpus"
+    ids = ["1-10-0000", "1-10-0001"]
+    _chapter(str(root / "train"), "1", "10", [f"{u} HELLO" for u in ids], ids)
+    d = _chapter(str(root / "dev"), "2", "20", ["2-20-0000 GOOD", "2-20-0001 BAD"], ["2-20-0000"])
+    with open(os.path.join(d, "2-20-0001.flac"), "wb") as f:
+        f.write(b"not a flac file")
+    return str(root)
+
+
+def test_prepare_writes_manifests_reports_cmvn(tmp_path, capsys):
+    from omni_tf.data import features
+    from recipes.librispeech import prepare
+
+    out = str(tmp_path / "out")
+    scans = prepare.run(_small_root(tmp_path), out)
+    assert sorted(os.listdir(out)) == ["cmvn.json", "dev.report.json", "dev.report.txt", "dev.tsv",
+                                       "train.report.json", "train.report.txt", "train.tsv"]
+    assert [r["id"] for r in ls.read_manifest(os.path.join(out, "dev.tsv"))] == ["2-20-0000"]
+    assert scans["dev"].counts()["corrupt"] == 1
+    mean, std = features.load_cmvn(os.path.join(out, "cmvn.json"))
+    assert mean.shape == (80,) and np.all(std > 0)
+    printed = capsys.readouterr().out
+    assert "dev: 1 usable" in printed and "corrupt 1" in printed and "train: 2 usable" in printed
+    with pytest.raises(prepare.PrepareError, match="2-20-0001.flac"):
+        prepare.run(_small_root(tmp_path), out, strict=True)
+    with pytest.raises(prepare.PrepareError, match="no usable"):
+        prepare.run(_small_root(tmp_path), out, splits=["dev"], min_duration_s=5.0)
+    with pytest.raises(prepare.PrepareError, match="not found"):
+        prepare.run(_small_root(tmp_path), out, splits=["test"])
+
+
+def test_prepare_train_split_choice():
+    from recipes.librispeech import prepare
+
+    assert prepare.train_splits_of(["dev", "test", "train"], []) == ["train"]
+    assert prepare.train_splits_of(["dev-clean", "train-clean-100", "train-other-500"], []) == [
+        "train-clean-100", "train-other-500"]
+    assert prepare.train_splits_of(["a", "b"], ["b"]) == ["b"]
+    with pytest.raises(prepare.PrepareError, match="c"):
+        prepare.train_splits_of(["a", "b"], ["c"])
+    assert prepare.default_min_duration_s() == pytest.approx(0.225)
+
+
+def test_prepare_cli_strict_exit_code(tmp_path):
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [sys.executable, "-m", "recipes.librispeech.prepare", f"--librispeech_dir={_small_root(tmp_path)}",
+           f"--out_dir={tmp_path / 'out'}", "--strict", "--splits=dev"]
+    res = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0 and "2-20-0001.flac" in res.stderr and "corrupt" in res.stderr
+    assert "dev: 1 usable" in res.stdout and os.path.exists(tmp_path / "out" / "dev.report.json")
