@@ -1,0 +1,262 @@
+"""Supernet training: ``train(config, workdir) -> metrics`` for modes dense / pruned / omni.
+
+Phases: strategy -> state (model, Adam, masks, counters; restored from ``<workdir>/ckpt`` when present) ->
+loop (per step: re-rank on the schedule, sample subnets keyed on (seed, step), one ``TrainStep``, log,
+summarise, checkpoint) -> final checkpoint + metrics. Restarting the same command resumes exactly: weights,
+optimizer moments, survival levels, step and data position (epoch, batches consumed) come from the
+checkpoint, subnet sampling is a pure function of (seed, step), and the data source is deterministic per
+epoch, so the resumed epoch is re-built and the consumed batches skipped.
+
+Modes: ``dense`` (no masks), ``pruned`` (levels ``(0, target_sparsity)``, always the target level after the
+dense warm-up: the individually pruned baseline), ``omni`` (the supernet; ``config.sparsity.sampler``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+from absl import logging
+
+from omni_tf.losses.rnnt import rnnt_loss
+from omni_tf.model import build_model
+from omni_tf.sparsity import sampling
+from omni_tf.sparsity.masking import SupernetMasks
+from omni_tf.sparsity.schedule import LevelSchedule
+from omni_tf.training import optim, summaries
+from omni_tf.training.checkpoint import CheckpointKeeper, TrainCounters
+from omni_tf.training.sources import ManifestSource
+from omni_tf.training.step import TrainStep
+
+MODES = ("dense", "pruned", "omni")
+STRATEGIES = ("one_device", "mirrored", "multi_worker")
+
+
+class DataSource(Protocol):
+    """Deterministic batches per epoch: ``dataset(epoch)`` -> ``tf.data.Dataset`` of global batches (dicts:
+    features, feature_lengths, tokens, token_lengths, ids). The same epoch must yield the same batches."""
+
+    def dataset(self, epoch: int) -> tf.data.Dataset: ...
+
+
+# -- phase 1: strategy --------------------------------------------------------------------------------------
+def make_strategy(training_config: ml_collections.ConfigDict) -> tf.distribute.Strategy:
+    """one_device (``device`` or GPU:0 else CPU:0), mirrored (all local GPUs, else CPU), or multi_worker
+    (MultiWorkerMirroredStrategy from ``TF_CONFIG``)."""
+    kind = training_config.strategy
+    if kind == "one_device":
+        device = training_config.device or ("/gpu:0" if tf.config.list_logical_devices("GPU") else "/cpu:0")
+        return tf.distribute.OneDeviceStrategy(device)
+    if kind == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if kind == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError("training.strategy=multi_worker needs the TF_CONFIG environment variable")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ValueError(f"training.strategy must be one of {STRATEGIES}, got {kind!r}")
+
+
+# -- phase 2: state -----------------------------------------------------------------------------------------
+class TrainState:
+    """Everything a checkpoint holds, built under the strategy scope."""
+
+    def __init__(self, config: ml_collections.ConfigDict, strategy: tf.distribute.Strategy):
+        t, sp = config.training, config.sparsity
+        if t.mode not in MODES:
+            raise ValueError(f"training.mode must be one of {MODES}, got {t.mode!r}")
+        self.mixed = bool(t.mixed_precision) and bool(tf.config.list_logical_devices("GPU"))
+        if t.mixed_precision and not self.mixed:
+            logging.warning("training.mixed_precision ignored: no GPU (float16 is off on CPU)")
+        keras.mixed_precision.set_global_policy("mixed_float16" if self.mixed else "float32")
+        with strategy.scope():
+            self.model = build_model(config.model)
+            self.model.build()
+            self.optimizer = optim.make_optimizer(t)
+            self.optimizer.build(self.model.trainable_variables)
+            self.counters = TrainCounters()
+            self.loss_scale = optim.DynamicLossScale() if self.mixed else None
+            self.masks = None
+            if t.mode != "dense":
+                levels = (0.0, float(sp.target_sparsity)) if t.mode == "pruned" else tuple(sp.levels)
+                self.masks = SupernetMasks(self.model, levels, sp.block)
+        self.schedule = None
+        if self.masks is not None:
+            self.schedule = LevelSchedule(self.masks.levels, sp.begin_step, sp.end_step, sp.frequency,
+                                          sp.power, sp.get("dense_warmup", True))
+
+    def trackables(self) -> dict[str, Any]:
+        objs = {"model": self.model, "optimizer": self.optimizer, "counters": self.counters}
+        if self.masks is not None:
+            objs["masks"] = self.masks
+        if self.loss_scale is not None:
+            objs["loss_scale"] = self.loss_scale
+        return objs
+
+
+def make_level_sampler(config: ml_collections.ConfigDict, masks: SupernetMasks | None):
+    """The subnet sampler of the mode: None (dense), fixed target level (pruned), or the omni sampler."""
+    if masks is None:
+        return None
+    t, sp = config.training, config.sparsity
+    if t.mode == "pruned":
+        return sampling.make_sampler("fixed", masks.num_kernels, masks.num_levels, t.seed, target_level=1)
+    return sampling.make_sampler(sp.sampler, masks.num_kernels, masks.num_levels, t.seed, sp.subnets_per_step)
+
+
+def sample_levels(sampler: sampling.Sampler | None, step: int, warmup: bool, distill: bool) -> np.ndarray:
+    """Level matrix ``[S, N]`` int32 of the subnets trained at ``step``; a pure function of (seed, step).
+
+    Dense mode: one ignored row. During the dense warm-up: only the dense subnet. With distillation the
+    dense subnet (the teacher) is prepended unless row 0 already is dense.
+    """
+    if sampler is None:
+        return np.zeros([1, 1], np.int32)
+    if warmup:
+        return np.zeros([1, sampler.num_kernels], np.int32)
+    rows = sampler(step).numpy().astype(np.int32)
+    if distill and (rows[0] != 0).any():
+        rows = np.concatenate([np.zeros([1, sampler.num_kernels], np.int32), rows])
+    return rows
+
+
+# -- phase 3: loop ------------------------------------------------------------------------------------------
+class _Batches:
+    """Iterates distributed global batches across epochs from a saved position (epoch, batches consumed)."""
+
+    def __init__(self, source: DataSource, strategy: tf.distribute.Strategy, counters: TrainCounters):
+        self.source, self.strategy, self.counters = source, strategy, counters
+        self._it = None
+        self.element_spec = None
+
+    def _open(self) -> None:
+        epoch, skip = int(self.counters.epoch.numpy()), int(self.counters.batches_in_epoch.numpy())
+        ds = self.source.dataset(epoch).skip(skip)
+        opts = tf.data.Options()
+        opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        dist = self.strategy.experimental_distribute_dataset(ds.with_options(opts))
+        self.element_spec = dist.element_spec
+        self._it = iter(dist)
+
+    def next(self) -> Any:
+        for _ in range(2):
+            if self._it is None:
+                self._open()
+            try:
+                batch = next(self._it)
+                self.counters.batches_in_epoch.assign_add(1)
+                return batch
+            except StopIteration:
+                self._it = None
+                self.counters.epoch.assign_add(1)
+                self.counters.batches_in_epoch.assign(0)
+        raise ValueError("data source yielded an empty epoch")
+
+
+def _log_nonfinite(out: dict[str, Any], step: int) -> None:
+    bad = []
+    for losses, ids in zip(out["per_utt_loss"], out["ids"], strict=True):
+        for l_rep, id_rep in zip(losses, ids, strict=True):
+            mask = ~np.isfinite(l_rep.numpy())
+            bad += [i.decode() if isinstance(i, bytes) else str(i) for i in id_rep.numpy()[mask]]
+    logging.warning("step %d: non-finite loss/gradients, update skipped; utterances: %s", step,
+                    ", ".join(bad) if bad else "(none non-finite on this worker: gradient overflow)")
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, source: DataSource,
+        on_step: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
+    """Trains until ``max_steps`` or ``max_minutes``; see ``train``."""
+    t = config.training
+    strategy = make_strategy(t)
+    state = TrainState(config, strategy)
+    keeper = CheckpointKeeper(workdir, state.trackables(), t.keep_checkpoints, strategy)
+    restored = keeper.restore_or_initialize()
+    chief = keeper.chief
+    counters, masks = state.counters, state.masks
+    if restored:
+        logging.info("resumed from %s at %s", restored, counters.as_dict())
+    step_fn = TrainStep(state.model, state.optimizer, strategy, rnnt_loss, counters, masks,
+                        config.sparsity.distill_weight if t.mode == "omni" else 0.0, t.clip_norm,
+                        state.loss_scale)
+    writer = summaries.SummaryWriter(workdir, enabled=chief)
+    batches = _Batches(source, strategy, counters)
+    meter, total_meter = summaries.RateMeter(), summaries.RateMeter()
+    start, stopped_by, out = time.monotonic(), "max_steps", None
+    sampler = make_level_sampler(config, masks)
+    distill = t.mode == "omni" and config.sparsity.distill_weight > 0
+    step = last_saved = int(counters.step.numpy())
+    while step < t.max_steps:
+        if t.max_minutes and time.monotonic() - start > 60.0 * t.max_minutes:
+            stopped_by = "max_minutes"
+            break
+        warmup = False
+        if state.schedule is not None:
+            update, sparsities = state.schedule(step)
+            if bool(update):
+                masks.update_rankings(sparsities)
+            warmup = bool(state.schedule.in_warmup(step))
+        levels = sample_levels(sampler, step, warmup, distill)
+        micro = [batches.next() for _ in range(max(1, t.grad_accum_steps))]
+        step_fn.element_spec = step_fn.element_spec or batches.element_spec
+        out = step_fn(micro, levels)
+        step += 1
+        applied = bool(out["applied"])
+        if not applied:
+            _log_nonfinite(out, step)
+        utts, frames = int(out["utts"]), int(out["frames"])
+        meter.add(1, utts, frames)
+        total_meter.add(1, utts, frames)
+        if on_step is not None:
+            on_step(step, out)
+        if chief and step % max(1, t.summary_every) == 0:
+            _write_summaries(writer, step, out, levels, state, meter.rates())
+        if chief and step % max(1, t.log_every) == 0:
+            r = meter.rates()
+            lr = float(state.optimizer.learning_rate)
+            logging.info(summaries.progress_line(step, t.max_steps, float(out["loss"]), lr, r["steps_per_s"],
+                                                 r["utts_per_s"], time.monotonic() - start))
+            meter.reset()
+        if step % max(1, t.checkpoint_every) == 0 and step < t.max_steps:
+            keeper.save(step)
+            last_saved = step
+    path = keeper.save(step) if step != last_saved or restored is None else None
+    writer.flush()
+    rates = total_meter.rates()
+    metrics = {"step": step, "stopped_by": stopped_by, "elapsed_s": time.monotonic() - start,
+               "skipped_nonfinite": int(counters.skipped_nonfinite.numpy()),
+               "optimizer_iterations": int(state.optimizer.iterations.numpy()),
+               "loss": float(out["loss"]) if out is not None else float("nan"),
+               "checkpoint": path or keeper.latest, "restored_from": restored, **rates}
+    if chief:
+        with open(os.path.join(workdir, "train_metrics.json"), "w") as f:
+            json.dump(metrics, f, indent=1)
+    keras.mixed_precision.set_global_policy("float32")
+    return metrics
+
+
+def _write_summaries(writer: summaries.SummaryWriter, step: int, out: dict, levels: np.ndarray,
+                     state: TrainState, rates: dict[str, float]) -> None:
+    values = {"loss/step": float(out["loss"]), "lr": float(state.optimizer.learning_rate),
+              "grad_norm": float(out["grad_norm"]), **{f"rate/{k}": v for k, v in rates.items()}}
+    for row, loss in zip(levels, out["subnet_loss"].numpy(), strict=True):
+        tag = f"level_{int(row[0])}" if (row == row[0]).all() else "per_layer"
+        values[f"loss/{tag}"] = float(loss)
+    if state.masks is not None:
+        values.update(summaries.kernel_sparsity_scalars(state.masks.sparsity_report()))
+    values["skipped_nonfinite"] = float(state.counters.skipped_nonfinite.numpy())
+    writer.scalars(step, values)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str,
+          source: DataSource | None = None) -> dict[str, Any]:
+    """Trains (or resumes) in ``workdir``; returns final metrics (also written to train_metrics.json).
+
+    ``source`` defaults to the train manifest named in ``config.paths`` (``ManifestSource``).
+    """
+    os.makedirs(workdir, exist_ok=True)
+    return run(config, workdir, source if source is not None else ManifestSource(config))

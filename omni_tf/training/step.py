@@ -1,0 +1,170 @@
+"""The distributed train step: sampled subnets, gradient accumulation, NaN/Inf skip, clipping, Adam.
+
+Dimension key: B utterances per replica, T' encoder frames, U labels, V vocab, S subnets per step,
+N prunable kernels, M micro-batches per step (``grad_accum_steps``).
+
+One call = one optimizer update (or one skipped update). For each sampled subnet ``s`` (a level vector
+``[N]``, row ``s`` of ``levels [S, N]``) the masks are written in cross-replica context
+(``SupernetMasks.apply_levels``) and every micro-batch runs forward + backward on every replica; gradients
+are summed in place. Each utterance's loss is divided by the global number of utterances in its micro-batch,
+by M and by S, so the cross-replica sum is the mean loss of the step, whatever the replica count. With
+``distill_weight > 0`` row 0 must be the dense subnet (the teacher): the other subnets add
+``distill_weight * KL(teacher || student)`` on the joiner log-probs, teacher under stop-gradient.
+
+Non-finite loss or gradients: every replica sees the same all-reduced gradients, so every replica takes the
+same branch of a cross-replica ``tf.cond`` that skips ``apply_gradients``; the skip is counted in
+``counters.skipped_nonfinite``. With a ``DynamicLossScale`` (mixed float16) the scale is halved as well.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import tensorflow as tf
+
+from omni_tf.training.checkpoint import TrainCounters
+from omni_tf.training.optim import DynamicLossScale
+
+Batch = dict[str, Any]
+
+
+def distillation_kl(student_logits: tf.Tensor, teacher_logits: tf.Tensor, logit_lengths: tf.Tensor,
+                    token_lengths: tf.Tensor) -> tf.Tensor:
+    """Per-utterance ``KL(teacher || student)`` of the joiner distributions, averaged over the valid lattice
+    nodes (``t < T'_b``, ``u <= U_b``). Logits ``[B, T', U+1, V]`` -> ``[B]``; teacher under stop-gradient."""
+    student = tf.nn.log_softmax(tf.cast(student_logits, tf.float32), axis=-1)
+    teacher = tf.nn.log_softmax(tf.stop_gradient(tf.cast(teacher_logits, tf.float32)), axis=-1)
+    kl = tf.reduce_sum(tf.exp(teacher) * (teacher - student), axis=-1)  # [B, T', U+1]
+    t_valid = tf.sequence_mask(logit_lengths, tf.shape(kl)[1], tf.float32)
+    u_valid = tf.sequence_mask(token_lengths + 1, tf.shape(kl)[2], tf.float32)
+    valid = t_valid[:, :, None] * u_valid[:, None, :]
+    return tf.reduce_sum(kl * valid, axis=[1, 2]) / tf.maximum(tf.reduce_sum(valid, axis=[1, 2]), 1.0)
+
+
+def _all_finite(tensors: Sequence[tf.Tensor]) -> tf.Tensor:
+    return tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(t)) for t in tensors]))
+
+
+class TrainStep:
+    """Callable ``(micro_batches, levels [S, N] int32) -> dict`` running one update under ``strategy``.
+
+    ``micro_batches`` is a tuple of M distributed batches (dicts with features, feature_lengths, tokens,
+    token_lengths, ids). Returns cross-replica scalars ``loss`` (step mean), ``subnet_loss [S]``,
+    ``grad_norm`` (before clipping), ``applied`` (bool), ``utts`` and ``frames`` (global counts), plus
+    ``per_utt_loss`` / ``ids``: lists of this process's per-replica tensors (to name bad utterances).
+    Masks and optimizer slots must be built before the first call (no variable creation inside).
+    ``element_spec`` (the distributed dataset's, with None batch/time dims) fixes the trace signature;
+    without it shapes are relaxed by ``reduce_retracing`` (a few traces).
+    """
+
+    def __init__(self, model: tf.keras.Model, optimizer: Any, strategy: tf.distribute.Strategy,
+                 loss_fn: Callable[..., tf.Tensor], counters: TrainCounters, masks: Any | None = None,
+                 distill_weight: float = 0.0, clip_norm: float = 0.0,
+                 loss_scale: DynamicLossScale | None = None, element_spec: Any = None):
+        self.model, self.optimizer, self.strategy = model, optimizer, strategy
+        self.loss_fn, self.counters, self.masks = loss_fn, counters, masks
+        self.distill_weight, self.clip_norm = float(distill_weight), float(clip_norm)
+        self.loss_scale = loss_scale
+        self.element_spec = element_spec
+        self._fns: dict[tuple[int, int], Callable] = {}
+
+    def __call__(self, micro_batches: Sequence[Batch], levels: tf.Tensor) -> dict[str, Any]:
+        rows = tuple(tf.unstack(tf.convert_to_tensor(levels, tf.int32)))
+        key = (len(micro_batches), len(rows))
+        if key not in self._fns:  # one trace per (M, S): batch dims are None in the signature
+            if self.element_spec is None:
+                self._fns[key] = tf.function(self._step, reduce_retracing=True)
+            else:
+                row_spec = tf.TensorSpec(rows[0].shape, tf.int32)
+                signature = [(self.element_spec,) * key[0], (row_spec,) * key[1]]
+                self._fns[key] = tf.function(self._step, input_signature=signature)
+        return self._fns[key](tuple(micro_batches), rows)
+
+    # -- replica functions -------------------------------------------------------------------------------
+    def _forward_backward(self, batch: Batch, grads: list[tf.Tensor] | None, teacher: tf.Tensor | None,
+                          scale: float):
+        """One subnet on one micro-batch on this replica; ``scale = 1 / (M * S)``."""
+        ctx = tf.distribute.get_replica_context()
+        n_local = tf.cast(tf.shape(batch["tokens"])[0], tf.float32)
+        n_global = ctx.all_reduce(tf.distribute.ReduceOp.SUM, n_local)
+        variables = self.model.trainable_variables
+        with tf.GradientTape() as tape:
+            logits, logit_lengths = self.model(batch, training=True)
+            logits = tf.cast(logits, tf.float32)
+            per_utt = self.loss_fn(logits, batch["tokens"], logit_lengths, batch["token_lengths"])
+            total = per_utt
+            if teacher is not None:
+                total = per_utt + self.distill_weight * distillation_kl(
+                    logits, teacher, logit_lengths, batch["token_lengths"])
+            loss = tf.reduce_sum(total) / n_global * scale
+            scaled = loss * self.loss_scale.scale if self.loss_scale is not None else loss
+        new = tape.gradient(scaled, variables)
+        new = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
+               for g, v in zip(new, variables, strict=True)]
+        if self.loss_scale is not None:
+            new = [g / self.loss_scale.scale for g in new]
+        if grads is not None:
+            new = [a + b for a, b in zip(grads, new, strict=True)]
+        frames = tf.reduce_sum(tf.cast(batch["feature_lengths"], tf.float32))
+        return new, loss, logits, per_utt, tf.cast(tf.size(per_utt), tf.float32), frames
+
+    def _reduce(self, grads: list[tf.Tensor], subnet_losses: tf.Tensor, utts: tf.Tensor, frames: tf.Tensor):
+        ctx = tf.distribute.get_replica_context()
+        grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        subnet_losses, utts, frames = ctx.all_reduce(tf.distribute.ReduceOp.SUM,
+                                                     [subnet_losses, utts, frames])
+        finite = tf.logical_and(_all_finite(grads), _all_finite([subnet_losses]))
+        norm = tf.linalg.global_norm(grads)
+        if self.clip_norm > 0:
+            grads, _ = tf.clip_by_global_norm(grads, self.clip_norm, use_norm=norm)
+        return grads, finite, norm, subnet_losses, utts, frames
+
+    def _apply(self, grads: list[tf.Tensor]) -> None:
+        pairs = zip(grads, self.model.trainable_variables, strict=True)
+        self.optimizer.apply_gradients(pairs, skip_gradients_aggregation=True)
+
+    # -- the step (cross-replica context inside tf.function) ----------------------------------------------
+    def _step(self, micro_batches: tuple[Batch, ...], levels: tuple[tf.Tensor, ...]) -> dict[str, Any]:
+        st = self.strategy
+        num_subnets, num_micro = len(levels), len(micro_batches)
+        scale = 1.0 / (num_micro * num_subnets)
+        grads, teachers, subnet_losses = None, [None] * num_micro, []
+        utts = frames = None
+        per_utt_losses, ids = [], []
+        for s in range(num_subnets):
+            if self.masks is not None:
+                self.masks.apply_levels(levels[s])
+            loss_s = None
+            for i, batch in enumerate(micro_batches):
+                teacher = teachers[i] if (s > 0 and self.distill_weight > 0) else None
+                grads, loss, logits, per_utt, n, f = st.run(self._forward_backward,
+                                                            args=(batch, grads, teacher, scale))
+                if s == 0 and self.distill_weight > 0:
+                    teachers[i] = logits
+                loss_s = loss if loss_s is None else st.run(tf.add, args=(loss_s, loss))
+                if s == 0:
+                    utts = n if utts is None else st.run(tf.add, args=(utts, n))
+                    frames = f if frames is None else st.run(tf.add, args=(frames, f))
+                    per_utt_losses.append(per_utt)
+                    ids.append(batch["ids"])
+            subnet_losses.append(loss_s)
+        stacked = st.run(lambda *x: tf.stack(x) * float(num_subnets), args=tuple(subnet_losses))
+        grads, finite, norm, sub, utts, frames = st.run(self._reduce, args=(grads, stacked, utts, frames))
+        first = st.experimental_local_results
+        ok = first(finite)[0]
+
+        def apply_update():
+            st.run(self._apply, args=(grads,))
+            return tf.constant(True)
+
+        applied = tf.cond(ok, apply_update, lambda: tf.constant(False))
+        self.counters.step.assign_add(1)
+        self.counters.skipped_nonfinite.assign_add(tf.where(applied, tf.constant(0, tf.int64), 1))
+        if self.loss_scale is not None:
+            self.loss_scale.update(applied)
+        sub = first(sub)[0]
+        return {
+            "loss": tf.reduce_mean(sub), "subnet_loss": sub, "grad_norm": first(norm)[0], "applied": applied,
+            "utts": first(utts)[0], "frames": first(frames)[0],
+            "per_utt_loss": [first(p) for p in per_utt_losses], "ids": [first(x) for x in ids],
+        }
