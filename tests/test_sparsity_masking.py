@@ -157,3 +157,28 @@ def test_bad_models_rejected():
         SupernetMasks(model, LEVELS, 1)
     with pytest.raises(ValueError, match="norm"):
         SupernetMasks(FakeModel(_random_kernels()), LEVELS, 1, norm="linf")
+
+
+def test_real_tiny_model_masks_and_size():
+    from omni_tf.configs import model as model_config
+    from omni_tf.model import build_model
+    from omni_tf.sparsity.size import SizeModel
+
+    model = build_model(model_config.tiny())
+    masks = SupernetMasks(model, LEVELS, "1x16")
+    masks.update_rankings()
+    features = tf.random.stateless_normal([1, 40, 80], seed=[1, 2])
+    lengths = tf.constant([40])
+    dense_out, _ = model.encode(features, lengths)
+    masks.apply_uniform(4)  # 0.7 everywhere
+    total = sum(int(np.prod(k.shape)) for _, k in model.prunable_kernels())
+    kept = sum(float(tf.reduce_sum(m)) for _, m in model.kernel_masks())
+    assert abs(1 - kept / total - 0.7) < 0.01
+    for (name, kernel), (_, mask) in zip(model.prunable_kernels(), model.kernel_masks(), strict=True):
+        assert mask.shape == kernel.shape, name
+    sparse_out, _ = model.encode(features, lengths)
+    assert float(tf.reduce_max(tf.abs(dense_out - sparse_out))) > 1e-3  # masks reach the forward pass
+    sm = SizeModel.from_model(model, masks=masks)
+    assert sm.measure(np.full(masks.num_kernels, 4), "nonzero_params") == sm.other_params + kept
+    int8 = [sm.measure(np.full(masks.num_kernels, k), "int8_sparse_bytes") for k in range(len(LEVELS))]
+    assert int8[0] == sm.dense_int8_bytes() and int8[4] < 0.6 * int8[0] and int8[6] < int8[4]
