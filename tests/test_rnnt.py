@@ -93,6 +93,19 @@ def test_loss_and_grad_match_reference(seed, shape, blank):
     np.testing.assert_allclose(grads, ref_grads, atol=2e-5)
 
 
+def test_peaked_logits_use_exact_log_probs():
+    """Probabilities below float32 normals (logit gaps > 87) must not be clipped: x - logsumexp path."""
+    rng = np.random.default_rng(11)
+    logits, labels, ll, ul = make_case(rng, 2, 6, 3, 5)
+    logits *= 40.0
+    assert (_log_softmax(logits.astype(np.float64)) < -100).any()
+    ref_losses, ref_grads = ref_loss_and_grad(logits, labels, ll, ul)
+    losses, _ = loss_and_grad(logits, labels, ll, ul, reduction="none")
+    grads = loss_and_grad(logits, labels, ll, ul)[1]
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+    np.testing.assert_allclose(grads, ref_grads, atol=1e-4)
+
+
 def test_reference_gradient_matches_finite_differences():
     rng = np.random.default_rng(5)
     logits, labels, ll, ul = make_case(rng, 2, 4, 3, 5)

@@ -26,6 +26,8 @@ from __future__ import annotations
 import tensorflow as tf
 
 _NEG = -1e30  # finite "log zero": -inf would give inf - inf = nan in log-add-exp
+_TINY = 1e-30  # smallest picked softmax value whose log is used directly (float32 normals start at 1.2e-38)
+_UNROLL = 4  # anti-diagonals per loop iteration (fewer loop-control ops)
 _REDUCTIONS = ("none", "mean", "sum")
 
 
@@ -51,14 +53,22 @@ def _diagonal_scan(emit_stay: tf.Tensor, emit_move: tf.Tensor, init: tf.Tensor) 
     Returns:
       [M + 1, N, U1] all diagonals, init first.
     """
-    neg_col = tf.fill([tf.shape(init)[0], 1], tf.constant(_NEG, tf.float32))
+    num_diag, rows, u1 = tf.unstack(tf.shape(emit_stay))
+    neg_col = tf.fill([rows, 1], tf.constant(_NEG, tf.float32))
+    pad = [[0, -num_diag % _UNROLL], [0, 0], [0, 0]]
+    blocks = [tf.reshape(tf.pad(e, pad), [-1, _UNROLL, rows, u1]) for e in (emit_stay, emit_move)]
 
-    def step(x, elems):
+    def step(prev, elems):
         stay, move = elems
-        shifted = tf.concat([neg_col, x[:, :-1]], axis=1)
-        return _logaddexp(x + stay, shifted + move)
+        x, out = prev[-1], []
+        for j in range(_UNROLL):
+            shifted = tf.concat([neg_col, x[:, :-1]], axis=1)
+            x = _logaddexp(x + stay[j], shifted + move[j])
+            out.append(x)
+        return tf.stack(out)
 
-    diags = tf.scan(step, (emit_stay, emit_move), initializer=init)
+    init_block = tf.broadcast_to(init, [_UNROLL, rows, u1])
+    diags = tf.reshape(tf.scan(step, tuple(blocks), initializer=init_block), [-1, rows, u1])[:num_diag]
     return tf.stop_gradient(tf.concat([init[None], diags], axis=0))
 
 
@@ -214,9 +224,15 @@ def _rnnt_nll(logits, labels, logit_lengths, label_lengths, blank) -> tf.Tensor:
 
     @tf.custom_gradient
     def nll(x):
-        lse = tf.reduce_logsumexp(x, axis=-1)  # [B, T, U1]
-        picked = tf.gather(x, token_ids, batch_dims=3) - lse[..., None]  # [B, T, U1, 2]
-        lp_blank, lp_label = picked[..., 0], picked[..., 1]
+        probs = tf.nn.softmax(x)  # [B, T, U1, V], kept for the backward pass
+        picked = tf.gather(probs, token_ids, batch_dims=3)  # [B, T, U1, 2]
+        # log(softmax) is exact while it is a normal float; otherwise use x - logsumexp(x) (one more pass)
+        log_picked = tf.cond(
+            tf.reduce_min(picked) > _TINY,
+            lambda: tf.math.log(picked),
+            lambda: tf.gather(x, token_ids, batch_dims=3) - tf.reduce_logsumexp(x, axis=-1, keepdims=True),
+        )
+        lp_blank, lp_label = log_picked[..., 0], log_picked[..., 1]
         alpha, beta_t, beta_u, log_p = _lattice(lp_blank, lp_label, logit_lengths, label_lengths)
 
         def grad(upstream):
@@ -224,18 +240,12 @@ def _rnnt_nll(logits, labels, logit_lengths, label_lengths, blank) -> tf.Tensor:
             base = alpha - log_p[:, None, None]
             g_blank = tf.exp(base + lp_blank + beta_t)
             g_label = tf.exp(base + lp_label + beta_u)
-            # softmax * g * occ as one exp pass; the sign of g (rarely negative) is applied separately
-            log_scale = tf.math.log(g_blank + g_label) + tf.math.log(tf.abs(g)) - lse
-            dx = tf.exp(x + log_scale[..., None])
-            dx = tf.cond(
-                tf.reduce_any(g < 0), lambda: dx * tf.sign(g)[..., None], lambda: dx
-            )
+            dx = tf.reshape(probs * (g * (g_blank + g_label))[..., None], [-1])
             num_nodes = tf.cast(batch * max_t * u1, tf.int64)
             flat_node = tf.reshape(tf.range(num_nodes) * tf.cast(shape[3], tf.int64), [batch, max_t, u1, 1])
             index = tf.reshape(flat_node + tf.cast(token_ids, tf.int64), [-1, 1])
             updates = tf.reshape(tf.stack([g * g_blank, g * g_label], axis=-1), [-1])
-            dx = tf.tensor_scatter_nd_sub(tf.reshape(dx, [-1]), index, updates)
-            return tf.reshape(dx, shape)
+            return tf.reshape(tf.tensor_scatter_nd_sub(dx, index, updates), shape)
 
         return -log_p, grad
 
