@@ -145,6 +145,10 @@ def convert_module(module, mode: str, representative=None, sparse: str = "auto",
     """
     if sparse not in ("auto", "never", "always"):
         raise ValueError(f"sparse must be auto|never|always, got {sparse!r}")
+    if mode not in QUANT_MODES:
+        raise ValueError(f"unknown quantization mode {mode!r}; choose one of {QUANT_MODES}")
+    if mode == "int8" and representative is None:
+        raise ValueError("mode int8 needs a representative dataset (signature_key, inputs) generator")
     notes: list[str] = []
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         saved = os.path.join(tmp, "saved_model")
