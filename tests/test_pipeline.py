@@ -156,3 +156,15 @@ def test_multiple_manifests_and_errors(manifest, cfg, tmp_path):
     librispeech.write_manifest([], empty)
     with pytest.raises(ValueError, match="no utterances"):
         pipeline.make_dataset(empty, CharTokenizer(), cfg)
+
+
+def test_auto_cache_default_and_unwritable_fallback(manifest, tmp_path):
+    cfg = data_config_lib.get_config()
+    assert cfg.feature_cache_dir == "auto"
+    cfg.batch_size, cfg.max_frames_per_batch = 4, 400
+    n = len(_ids(_run(pipeline.make_dataset(manifest, CharTokenizer(), cfg, training=False))))
+    auto_dir = pipeline.feature_cache_path(os.path.join(os.path.dirname(manifest), "feature_cache"), cfg)
+    assert n == len(WORDS) and len(os.listdir(auto_dir)) == len(WORDS)
+    (tmp_path / "file").write_text("x")
+    cfg.feature_cache_dir = str(tmp_path / "file" / "cache")  # cannot be created: decode instead
+    assert len(_ids(_run(pipeline.make_dataset(manifest, CharTokenizer(), cfg, training=False)))) == n

@@ -165,7 +165,12 @@ def make_dataset(manifest_path: str | Sequence[str], tokenizer, data_config, cmv
     cache_dir = _resolve_cache_dir(c, manifest_paths)
     use_cache = bool(cache_dir) and not (training and _wave_augmentation(c))
     if use_cache:
-        cache_path = build_feature_cache(rows, c, cache_dir)
+        try:
+            cache_path = build_feature_cache(rows, c, cache_dir)
+        except OSError as e:
+            logging.warning("feature cache %s unusable (%s): decoding audio in the pipeline", cache_dir, e)
+            use_cache = False
+    if use_cache:
         table_files = tf.constant([_cache_file(cache_path, r["id"]) for r in rows])
     noise_corpus = augment.NoiseCorpus(c.noise_dir, c.sample_rate) if training and c.noise and c.noise_dir \
         else None
