@@ -31,6 +31,9 @@ flags.DEFINE_integer("epochs", 2, "Timed epochs per mode (after one warm-up epoc
 flags.DEFINE_string("work_dir", "", "Where corpus, manifest and cache go; default: a temp dir.")
 
 
+_DIGITS = "ZERO ONE TWO THREE FOUR FIVE SIX SEVEN EIGHT NINE".split()
+
+
 class _CharTokenizer:
     def encode(self, text: str) -> list[int]:
         return [1 + " 'ABCDEFGHIJKLMNOPQRSTUVWXYZ".find(ch) for ch in text]
@@ -52,7 +55,7 @@ def make_tone_corpus(root: str, num_utterances: int, seed: int = 0) -> str:
         x += 0.01 * rng.standard_normal(n)
         sf.write(os.path.join(d, f"{spk}-{ch}-{i:04d}.flac"), x.astype(np.float32), 16000)
         with open(os.path.join(d, f"{spk}-{ch}.trans.txt"), "a") as f:
-            f.write(f"{spk}-{ch}-{i:04d} TONE NUMBER {i % 7}\n")
+            f.write(f"{spk}-{ch}-{i:04d} TONE NUMBER {_DIGITS[i % 10]}\n")
     return split
 
 
@@ -94,6 +97,8 @@ def main(argv: list[str]) -> None:
     librispeech.write_manifest(scan.rows, manifest)
     print(f"corpus {split_dir}: {len(scan.rows)} utterances, {scan.hours:.3f} h, {len(scan.problems)} bad "
           f"({time.perf_counter() - t0:.1f} s to make + scan)")
+    if not scan.rows:
+        raise SystemExit(f"no usable utterances in {split_dir}: {scan.problems[:3]}")
 
     cfg = data_config_lib.get_config()
     cfg.feature_cache_dir = ""
