@@ -27,6 +27,7 @@ import tf_keras as keras
 import omni_tf  # noqa: F401
 from omni_tf.layers.encoder import StreamingEncoder
 from omni_tf.layers.joiner import Joiner
+from omni_tf.layers.masked_dense import build_child
 from omni_tf.layers.predictor import Predictor
 
 FRAME_MS = 10  # feature hop; see omni_tf.configs.data
@@ -104,9 +105,9 @@ class Transducer(keras.Model):
         return self.model_config["vocab_size"]
 
     def build(self, input_shape=None):
-        self.encoder.build()
-        self.predictor.build((None, None))
-        self.joiner.build()
+        build_child(self.encoder, None)
+        build_child(self.predictor, (None, None))
+        build_child(self.joiner, None)
         self.built = True
 
     # --- training path --------------------------------------------------------------------------------------
@@ -174,7 +175,7 @@ class Transducer(keras.Model):
 def build_model(model_config: Mapping) -> Transducer:
     """The one model factory (train, evaluate, search, export); variables exist on return."""
     model = Transducer(model_config)
-    model.build()
+    build_child(model, None)
     return model
 
 

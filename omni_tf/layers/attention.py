@@ -15,7 +15,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 import omni_tf  # noqa: F401
-from omni_tf.layers.masked_dense import MaskedDense
+from omni_tf.layers.masked_dense import MaskedDense, build_child
 
 NEG_INF = -1e9
 
@@ -65,7 +65,7 @@ class ChunkedMultiHeadAttention(keras.layers.Layer):
 
     def build(self, input_shape):
         for dense in (self.query, self.key, self.value, self.out):
-            dense.build((None, None, self.d_model))
+            build_child(dense, (None, None, self.d_model))
         super().build(input_shape)
 
     @property

@@ -17,6 +17,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 import omni_tf  # noqa: F401
+from omni_tf.layers.masked_dense import build_child
 from omni_tf.layers.subsampling import StackingSubsampling
 from omni_tf.layers.transformer import TransformerBlock
 
@@ -79,10 +80,10 @@ class StreamingEncoder(keras.layers.Layer):
         return self.chunk_enc * self.subsampling_factor
 
     def build(self, input_shape=None):
-        self.subsampling.build((None, None, self.num_mel_bins))
+        build_child(self.subsampling, (None, None, self.num_mel_bins))
         for block in self.blocks:
-            block.build((None, None, self.d_model))
-        self.final_norm.build((None, None, self.d_model))
+            build_child(block, (None, None, self.d_model))
+        build_child(self.final_norm, (None, None, self.d_model))
         super().build(input_shape)
 
     def pad_features(self, features: tf.Tensor, lengths: tf.Tensor) -> tf.Tensor:

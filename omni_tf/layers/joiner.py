@@ -11,7 +11,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 import omni_tf  # noqa: F401
-from omni_tf.layers.masked_dense import MaskedDense
+from omni_tf.layers.masked_dense import MaskedDense, build_child
 
 
 class Joiner(keras.layers.Layer):
@@ -27,9 +27,9 @@ class Joiner(keras.layers.Layer):
         self.output_dense = MaskedDense(self.vocab_size, name="output")
 
     def build(self, input_shape=None):
-        self.enc_proj.build((None, self.enc_dim))
-        self.pred_proj.build((None, self.pred_dim))
-        self.output_dense.build((None, self.joint_dim))
+        build_child(self.enc_proj, (None, self.enc_dim))
+        build_child(self.pred_proj, (None, self.pred_dim))
+        build_child(self.output_dense, (None, self.joint_dim))
         super().build(input_shape)
 
     def call(self, enc: tf.Tensor, pred: tf.Tensor) -> tf.Tensor:

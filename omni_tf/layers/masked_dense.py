@@ -32,6 +32,13 @@ def add_kernel_and_mask(
     return kernel, mask
 
 
+def build_child(layer: keras.layers.Layer, input_shape) -> None:
+    """Builds a sublayer eagerly under its own name scope (variables named like ``parent/child/kernel``)."""
+    if not layer.built:
+        with tf.name_scope(layer.name):
+            layer.build(input_shape)
+
+
 def matmul_last(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
     """``x [..., in] @ kernel [in, out] -> [..., out]`` via a 2-D matmul (TFLite FULLY_CONNECTED friendly)."""
     if x.shape.rank == 2:

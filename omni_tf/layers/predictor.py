@@ -15,7 +15,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 import omni_tf  # noqa: F401
-from omni_tf.layers.masked_dense import MaskedDense, add_kernel_and_mask
+from omni_tf.layers.masked_dense import MaskedDense, add_kernel_and_mask, build_child
 
 
 class MaskedEmbedding(keras.layers.Layer):
@@ -59,8 +59,8 @@ class MaskedLSTM(keras.layers.Layer):
         )
 
     def build(self, input_shape):
-        self.input_dense.build((None, int(input_shape[-1])))
-        self.recurrent.build((None, self.units))
+        build_child(self.input_dense, (None, int(input_shape[-1])))
+        build_child(self.recurrent, (None, self.units))
         super().build(input_shape)
 
     def call(self, x: tf.Tensor) -> tf.Tensor:
@@ -110,10 +110,10 @@ class Predictor(keras.layers.Layer):
         self.drop = keras.layers.Dropout(self.dropout)
 
     def build(self, input_shape):
-        self.embedding.build((None,))
+        build_child(self.embedding, (None,))
         dim = self.embed_dim
         for lstm in self.lstms:
-            lstm.build((None, None, dim))
+            build_child(lstm, (None, None, dim))
             dim = self.hidden
         super().build(input_shape)
 

@@ -17,7 +17,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 import omni_tf  # noqa: F401
-from omni_tf.layers.masked_dense import MaskedDense
+from omni_tf.layers.masked_dense import MaskedDense, build_child
 
 
 def stack_frames(x: tf.Tensor, factor: int, window: int) -> tf.Tensor:
@@ -64,7 +64,7 @@ class StackingSubsampling(keras.layers.Layer):
         self.drop = keras.layers.Dropout(self.dropout)
 
     def build(self, input_shape):
-        self.proj.build((None, None, self.window * int(input_shape[-1])))
+        build_child(self.proj, (None, None, self.window * int(input_shape[-1])))
         super().build(input_shape)
 
     def call(self, features: tf.Tensor, training: bool = False) -> tf.Tensor:

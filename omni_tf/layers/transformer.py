@@ -15,7 +15,7 @@ import tf_keras as keras
 
 import omni_tf  # noqa: F401
 from omni_tf.layers.attention import ChunkedMultiHeadAttention
-from omni_tf.layers.masked_dense import MaskedDense
+from omni_tf.layers.masked_dense import MaskedDense, build_child
 
 
 class FeedForward(keras.layers.Layer):
@@ -29,8 +29,8 @@ class FeedForward(keras.layers.Layer):
         self.drop = keras.layers.Dropout(self.dropout)
 
     def build(self, input_shape):
-        self.dense_in.build((None, None, self.d_model))
-        self.dense_out.build((None, None, self.ff_dim))
+        build_child(self.dense_in, (None, None, self.d_model))
+        build_child(self.dense_out, (None, None, self.ff_dim))
         super().build(input_shape)
 
     def call(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
@@ -66,9 +66,9 @@ class CausalConvModule(keras.layers.Layer):
 
     def build(self, input_shape):
         if self.pointwise:
-            self.pointwise_in.build((None, None, self.d_model))
-            self.norm.build((None, None, self.d_model))
-            self.pointwise_out.build((None, None, self.d_model))
+            build_child(self.pointwise_in, (None, None, self.d_model))
+            build_child(self.norm, (None, None, self.d_model))
+            build_child(self.pointwise_out, (None, None, self.d_model))
         self.depthwise = self.add_weight(
             "depthwise",
             shape=(1, self.kernel_size, self.d_model, 1),
@@ -155,9 +155,9 @@ class TransformerBlock(keras.layers.Layer):
     def build(self, input_shape):
         shape = (None, None, self.d_model)
         for layer in (self.mhsa_norm, self.mhsa, self.conv_norm, self.ffn_norm, self.ffn):
-            layer.build(shape)
+            build_child(layer, shape)
         if self.conv is not None:
-            self.conv.build(shape)
+            build_child(self.conv, shape)
         super().build(input_shape)
 
     def call(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
