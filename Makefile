@@ -21,9 +21,10 @@ APT_PACKAGES := espeak-ng flac sox
 APT_TEST_PACKAGES := bazel-bootstrap
 
 LINT_DIRS := omni_tf recipes tflite_export tests benchmarks scripts
-# What `make test` runs under Bazel after pytest (README "Tests"). `bazel test //...` runs every target.
+# `make test` builds every Bazel target and runs the tests tagged bazel_smoke (list in tests/BUILD) after
+# pytest has run them all; `make test BAZEL_FLAGS=` (or `bazel test //...`) runs every test under Bazel.
 BAZEL_TARGETS ?= //...
-BAZEL_FLAGS ?=
+BAZEL_FLAGS ?= --test_tag_filters=bazel_smoke
 DEMO_OUT ?= runs/demo
 ARGS ?=
 

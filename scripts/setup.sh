@@ -6,8 +6,8 @@
 # 1. Debian packages: each one dpkg does not list as installed is installed with apt-get (one `apt-get update`
 #    first), as root, or through sudo when not root.
 # 2. Python: a venv at .venv (created with $PYTHON, default python3) with `pip install -r requirements.txt`.
-#    A stamp file (.venv-setup.stamp) records the hash of requirements.txt + the apt list + the venv's identity;
-#    while it matches, pip is not run. Without a matching stamp an existing venv that already satisfies
+#    A stamp file (.venv-setup.stamp) records keys = hash of requirements.txt + the apt list + the venv's
+#    identity; while the current key is in it, pip is not run (the apt check in 1. is a quick dpkg query). Without a matching stamp an existing venv that already satisfies
 #    requirements.txt (versions and imports, scripts/check_requirements.py) is accepted as is and stamped.
 # Environment: PYTHON (interpreter for a new venv), OMNI_TF_SKIP_APT=1 (skip step 1 on non-Debian machines).
 set -euo pipefail
@@ -94,7 +94,7 @@ ensure_venv() {
 
   local key
   key="$(stamp_key)"
-  if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$key" ]]; then
+  if [[ -f "$STAMP" ]] && grep -qxF "$key" "$STAMP"; then
     return 0
   fi
   if "$VENV/bin/python" scripts/check_requirements.py requirements.txt 2>/dev/null; then
@@ -103,10 +103,15 @@ ensure_venv() {
     say "pip install -r requirements.txt into $VENV (TensorFlow: 1-2 minutes on a fresh venv)"
     "$VENV/bin/python" -m pip install --disable-pip-version-check --no-input --progress-bar off -q \
       -r requirements.txt || die "pip install -r requirements.txt failed; see the pip output above."
-    "$VENV/bin/python" scripts/check_requirements.py requirements.txt \
-      || die "requirements.txt installed but the check above still fails."
+    local log
+    log="$(mktemp)"
+    "$VENV/bin/python" scripts/check_requirements.py requirements.txt 2>"$log" \
+      || { cat "$log" >&2; rm -f "$log"; die "requirements.txt installed but the check above still fails."; }
+    rm -f "$log"
   fi
-  echo "$key" >"$STAMP"
+  # One key per apt list (make demo / make test), so alternating between them stays a no-op.
+  { grep -vxF "$key" "$STAMP" 2>/dev/null | tail -n 3 || true; echo "$key"; } >"$STAMP.tmp"
+  mv "$STAMP.tmp" "$STAMP"
 }
 
 ensure_apt "${APT_PACKAGES[@]}"
