@@ -214,3 +214,12 @@ def test_prepare_cli_strict_exit_code(tmp_path):
     res = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=300)
     assert res.returncode != 0 and "2-20-0001.flac" in res.stderr and "corrupt" in res.stderr
     assert "dev: 1 usable" in res.stdout and os.path.exists(tmp_path / "out" / "dev.report.json")
+
+
+def test_undecodable_transcript_file(tmp_path):
+    d = _chapter(str(tmp_path / "dev"), "1", "10", [], ["1-10-0000"])
+    with open(os.path.join(d, "1-10.trans.txt"), "wb") as f:
+        f.write(b"1-10-0000 \xff\xfe BAD BYTES\n")
+    scan = ls.scan_split(str(tmp_path / "dev"))
+    kinds = sorted((p.kind, os.path.basename(p.path)) for p in scan.problems)
+    assert kinds == [("missing_transcript", "1-10-0000.flac"), ("unreadable_file", "1-10.trans.txt")]

@@ -168,3 +168,20 @@ def test_auto_cache_default_and_unwritable_fallback(manifest, tmp_path):
     (tmp_path / "file").write_text("x")
     cfg.feature_cache_dir = str(tmp_path / "file" / "cache")  # cannot be created: decode instead
     assert len(_ids(_run(pipeline.make_dataset(manifest, CharTokenizer(), cfg, training=False)))) == n
+
+
+def test_wave_augmentation_with_noise_corpus(manifest, cfg, tmp_path):
+    (tmp_path / "noise").mkdir()
+    sf.write(str(tmp_path / "noise" / "n.flac"), np.random.default_rng(5).uniform(-1, 1, 5000), 16000)
+    cfg.noise, cfg.noise_dir, cfg.noise_prob = True, str(tmp_path / "noise"), 1.0
+    cfg.reverb, cfg.reverb_prob = True, 1.0
+    cfg.specaugment, cfg.feature_cache_dir = False, str(tmp_path / "unused_cache")
+    aug = _run(pipeline.make_dataset(manifest, CharTokenizer(), cfg, None, training=True))
+    assert not os.path.exists(cfg.feature_cache_dir)  # wave augmentation decodes
+    again = _run(pipeline.make_dataset(manifest, CharTokenizer(), cfg, None, training=True))
+    cfg.noise = cfg.reverb = False
+    clean = _run(pipeline.make_dataset(manifest, CharTokenizer(), cfg, None, training=True))
+    for a, b, c in zip(aug, again, clean, strict=True):
+        assert list(a["ids"]) == list(c["ids"]) and a["features"].shape == c["features"].shape
+        np.testing.assert_allclose(a["features"], b["features"], atol=1e-4)  # seeded
+        assert np.abs(a["features"] - c["features"]).mean() > 0.1
