@@ -105,7 +105,7 @@ def find_splits(root: str) -> list[str]:
     return splits
 
 
-def _read_transcripts(path: str, prefix: str, problems: list[Problem]) -> dict[str, str]:
+def _read_transcripts(path: str, prefix: str, problems: list[Problem]) -> dict[str, str | None]:
     """Parses one ``*.trans.txt``; returns {utt_id: normalized text}, appending problems."""
     try:
         with open(path, encoding="utf-8") as f:
@@ -113,7 +113,7 @@ def _read_transcripts(path: str, prefix: str, problems: list[Problem]) -> dict[s
     except (OSError, UnicodeDecodeError) as e:
         problems.append(Problem(path, UNREADABLE_FILE, f"{type(e).__name__}: {e}"))
         return {}
-    out: dict[str, str] = {}
+    out: dict[str, str | None] = {}
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
