@@ -116,9 +116,10 @@ def run_single(shape: tuple[int, int, int, int], which: str, runs: int, threads:
 
 
 def _subprocess(args: list[str]) -> dict:
-    out = subprocess.run([sys.executable, os.path.abspath(__file__), *args], check=True, capture_output=True,
-                         text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), *args], capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"benchmarks/rnnt_loss.py {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def run_anchor(shapes: list[str], runs: int, threads: int) -> dict[str, dict]:

@@ -81,6 +81,7 @@ def loss_and_grad(logits, labels, logit_lengths, label_lengths, blank=0, reducti
         (2, (2, 5, 3, 5), 3),  # blank in the middle of the vocabulary
         (3, (2, 1, 3, 4), 0),  # a single frame
         (4, (2, 6, 0, 4), 0),  # no labels at all
+        (5, (1, 1, 0, 3), 0),  # a single lattice node
     ],
 )
 def test_loss_and_grad_match_reference(seed, shape, blank):

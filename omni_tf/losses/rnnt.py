@@ -4,14 +4,14 @@ Dimension key: B batch, T encoder frames, U max label length (logits carry U + 1
 positions), V vocabulary.
 
 Design (why it is fast without custom ops):
-- Forward reads the logits once for ``logsumexp`` over V and gathers only the blank and label logits, so the
-  lattice recursions run on ``[B, T, U+1]`` log-probabilities; log-softmax over ``[B, T, U+1, V]`` is never
-  materialized.
+- Forward runs one fused ``tf.nn.softmax`` over V (kept for the backward pass) and gathers only the blank and
+  label probabilities, so the lattice recursions run on ``[B, T, U+1]`` log-probabilities; log-softmax over
+  ``[B, T, U+1, V]`` is never materialized. If a gathered probability is below float32 normals (logit gaps
+  > ~69) the log-probabilities come from ``x - logsumexp(x)`` instead (exact, one more pass, rare).
 - alpha and beta run in ONE loop over the T + U - 1 anti-diagonals (t + u = const): beta is computed as the
   alpha of the per-utterance reversed lattice, so both recursions share one body on a ``[2B, U+1]`` state.
-- ``tf.custom_gradient`` returns d loss / d logits in one elementwise pass
-  ``softmax * occ`` (written as ``exp(logits + log(occ) - lse)``) and subtracts the blank / label
-  corrections with one scatter of ``2 * B * T * (U+1)`` values.
+- ``tf.custom_gradient`` returns d loss / d logits as ``softmax * (g * occ)`` (one elementwise pass) minus the
+  blank / label corrections, subtracted with one in-place scatter of ``2 * B * T * (U+1)`` values.
 
 Gradient: for node (t, u) let ``gb = exp(alpha + lp_blank + beta(t+1, u) - logP)`` (blank edge occupancy),
 ``gy = exp(alpha + lp_label + beta(t, u+1) - logP)`` (label edge) and
@@ -55,7 +55,8 @@ def _diagonal_scan(emit_stay: tf.Tensor, emit_move: tf.Tensor, init: tf.Tensor) 
     """
     num_diag, rows, u1 = tf.unstack(tf.shape(emit_stay))
     neg_col = tf.fill([rows, 1], tf.constant(_NEG, tf.float32))
-    pad = [[0, -num_diag % _UNROLL], [0, 0], [0, 0]]
+    num_blocks = tf.maximum((num_diag + _UNROLL - 1) // _UNROLL, 1)  # >= 1: scan cannot stack zero steps
+    pad = [[0, num_blocks * _UNROLL - num_diag], [0, 0], [0, 0]]
     blocks = [tf.reshape(tf.pad(e, pad), [-1, _UNROLL, rows, u1]) for e in (emit_stay, emit_move)]
 
     def step(prev, elems):
