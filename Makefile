@@ -3,7 +3,7 @@
 # when everything is there.
 #
 #   make demo [ARGS="--max_minutes=5"]   synthetic corpus -> omni-sparsity training -> TFLite tiers, in runs/demo
-#   make test                            ruff, then pytest on tests/, then `bazel test` (BAZEL_TARGETS)
+#   make test                            ruff, then pytest on tests/, then `bazel test` (bazel_smoke subset)
 #   make lint                            ruff check only
 #   make bazel-test                      `bazel test` only
 
@@ -15,8 +15,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-# Debian packages. espeak-ng speaks the synthetic corpus; flac and sox are the audio command-line tools the
-# recipes and tests use for LibriSpeech-style FLAC. bazel-bootstrap (Bazel 4.2.3) only for `make test`.
+# Debian packages (scripts/setup.sh installs the missing ones). espeak-ng speaks the synthetic corpus; flac and
+# sox are command-line tools for the FLAC audio (the Python code reads it with soundfile). The sentence list is
+# embedded (omni_tf/data/resources), so no fortunes package. bazel-bootstrap (Bazel 4.2.3): `make test` only.
 APT_PACKAGES := espeak-ng flac sox
 APT_TEST_PACKAGES := bazel-bootstrap
 
@@ -31,7 +32,7 @@ ARGS ?=
 .PHONY: help setup setup-test demo test lint pytest bazel-test
 
 help:
-	@sed -n '2,10p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '1,9p' Makefile | sed 's/^# \{0,1\}//'
 
 setup:
 	@PYTHON="$(PYTHON)" scripts/setup.sh $(APT_PACKAGES)
