@@ -156,6 +156,10 @@ def make_dataset(manifest_path: str | Sequence[str], tokenizer, data_config, cmv
     if isinstance(cmvn, str):
         cmvn = features.load_cmvn(cmvn)
     num_samples = np.array([r["num_samples"] for r in rows], np.int64)
+    too_long = int(np.sum(num_samples > c.max_duration_s * c.sample_rate))
+    if training and too_long:
+        logging.warning("%s: %d of %d utterances longer than max_duration_s=%s are not used for training",
+                        manifest_paths, too_long, len(rows), c.max_duration_s)
     tokens = [list(tokenizer.encode(r["text"])) for r in rows]
     table_paths = tf.constant([r["path"] for r in rows])
     table_ids = tf.constant([r["id"] for r in rows])
