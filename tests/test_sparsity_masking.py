@@ -182,3 +182,22 @@ def test_real_tiny_model_masks_and_size():
     assert sm.measure(np.full(masks.num_kernels, 4), "nonzero_params") == sm.other_params + kept
     int8 = [sm.measure(np.full(masks.num_kernels, k), "int8_sparse_bytes") for k in range(len(LEVELS))]
     assert int8[0] == sm.dense_int8_bytes() and int8[4] < 0.6 * int8[0] and int8[6] < int8[4]
+
+
+def test_under_mirrored_strategy_replica_context():
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    with strategy.scope():
+        model = FakeModel(_random_kernels(6))
+        masks = SupernetMasks(model, LEVELS, 4)
+
+    @tf.function
+    def step(level_vector):
+        def replica_fn(v):
+            masks.update_rankings(tf.constant(LEVELS, tf.float32))
+            masks.apply_levels(v)
+        strategy.run(replica_fn, args=(level_vector,))
+
+    step(tf.constant([5, 5, 5]))
+    assert masks.sparsity_report()["enc/ff1"] == pytest.approx(0.8, abs=2 / 2048)
+    masks.apply_uniform(0)  # cross-replica context, eager
+    assert masks.sparsity_report()["enc/ff1"] == 0.0
