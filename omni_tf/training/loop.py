@@ -39,10 +39,11 @@ STRATEGIES = ("one_device", "mirrored", "multi_worker")
 
 
 class DataSource(Protocol):
-    """Deterministic batches per epoch: ``dataset(epoch)`` -> ``tf.data.Dataset`` of global batches (dicts:
-    features, feature_lengths, tokens, token_lengths, ids). The same epoch must yield the same batches."""
+    """Deterministic batches per epoch: ``dataset(epoch, skip_batches)`` -> ``tf.data.Dataset`` of global
+    batches (dicts: features, feature_lengths, tokens, token_lengths, ids) of epoch ``epoch`` from batch
+    ``skip_batches`` on, identical on every call and every worker."""
 
-    def dataset(self, epoch: int) -> tf.data.Dataset: ...
+    def dataset(self, epoch: int, skip_batches: int = 0) -> tf.data.Dataset: ...
 
 
 # -- phase 1: strategy --------------------------------------------------------------------------------------
@@ -74,6 +75,7 @@ class TrainState:
         if t.mixed_precision and not self.mixed:
             logging.warning("training.mixed_precision ignored: no GPU (float16 is off on CPU)")
         keras.mixed_precision.set_global_policy("mixed_float16" if self.mixed else "float32")
+        keras.utils.set_random_seed(int(t.seed))  # same initial weights in every process and on restart
         with strategy.scope():
             self.model = build_model(config.model)
             self.model.build()
@@ -136,7 +138,7 @@ class _Batches:
 
     def _open(self) -> None:
         epoch, skip = int(self.counters.epoch.numpy()), int(self.counters.batches_in_epoch.numpy())
-        ds = self.source.dataset(epoch).skip(skip)
+        ds = self.source.dataset(epoch, skip)
         opts = tf.data.Options()
         opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
         dist = self.strategy.experimental_distribute_dataset(ds.with_options(opts))

@@ -1,4 +1,5 @@
-"""Data sources for the trainer: ``dataset(epoch) -> tf.data.Dataset`` of global batches, same per epoch.
+"""Data sources for the trainer: ``dataset(epoch, skip_batches)`` -> ``tf.data.Dataset`` of global batches;
+the same (epoch, skip_batches) always yields the same batches (exact resume).
 
 ``ManifestSource`` wraps ``omni_tf.data.pipeline.make_dataset`` (train manifest, tokenizer, CMVN from
 ``config.paths``); ``RandomFeatureSource`` is a features-only source (random log-mel-like features and random
@@ -6,7 +7,6 @@ labels, a pure function of (seed, epoch)) for tests and step benchmarks.
 """
 from __future__ import annotations
 
-import inspect
 import os
 
 import ml_collections
@@ -39,12 +39,10 @@ class ManifestSource:
         self.cmvn = features.load_cmvn(cmvn_path)
         self.data_config, self.training = config.data, training
         self._make = pipeline.make_dataset
-        self._takes_epoch = "epoch" in inspect.signature(pipeline.make_dataset).parameters
 
-    def dataset(self, epoch: int) -> tf.data.Dataset:
-        kwargs = {"epoch": epoch} if self._takes_epoch else {}
+    def dataset(self, epoch: int, skip_batches: int = 0) -> tf.data.Dataset:
         return self._make(self.manifest, self.tokenizer, self.data_config, self.cmvn, training=self.training,
-                          **kwargs)
+                          epoch=epoch, skip_batches=skip_batches)
 
 
 class RandomFeatureSource:
@@ -77,10 +75,11 @@ class RandomFeatureSource:
         return {"features": feats, "feature_lengths": lengths, "tokens": tokens, "token_lengths": labels,
                 "ids": ids}
 
-    def dataset(self, epoch: int) -> tf.data.Dataset:
+    def dataset(self, epoch: int, skip_batches: int = 0) -> tf.data.Dataset:
         spec = {"features": tf.TensorSpec([None, None, self.num_mel_bins], tf.float32),
                 "feature_lengths": tf.TensorSpec([None], tf.int32),
                 "tokens": tf.TensorSpec([None, None], tf.int32),
                 "token_lengths": tf.TensorSpec([None], tf.int32), "ids": tf.TensorSpec([None], tf.string)}
         return tf.data.Dataset.from_generator(
-            lambda: (self.batch(epoch, i) for i in range(self.num_batches)), output_signature=spec)
+            lambda: (self.batch(epoch, i) for i in range(skip_batches, self.num_batches)),
+            output_signature=spec)
