@@ -54,6 +54,7 @@ def test_survival_matches_numpy_reference(block, shape):
     rng = np.random.default_rng(block * 100 + shape[0])
     kernel = rng.standard_t(df=2, size=shape).astype(np.float32)
     got = lv.survival_levels(kernel, LEVELS, block).numpy()
+    np.testing.assert_array_equal(got, lv.survival_levels(kernel, LEVELS, f"1x{block}").numpy())
     assert got.dtype == np.int8 and got.shape == shape
     np.testing.assert_array_equal(got, _reference_survival(kernel, LEVELS, block))
 

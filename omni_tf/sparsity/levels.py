@@ -91,8 +91,9 @@ def keep_counts(n_units: int, sparsities: Sequence[float]) -> np.ndarray:
     return (n_units * (_MICRO - micro) + _MICRO // 2) // _MICRO
 
 
-def unit_scores(kernel: tf.Tensor, block: int, norm: str = "l2") -> tf.Tensor:
+def unit_scores(kernel: tf.Tensor, block: int | str, norm: str = "l2") -> tf.Tensor:
     """Scores ``[NB, O]`` of the units of ``kernel [I, O]`` (zero-padded partial last block)."""
+    block = parse_block(block)
     if norm not in _NORMS:
         raise ValueError(f"norm must be one of {_NORMS}, got {norm!r}")
     kernel = tf.convert_to_tensor(kernel, tf.float32)
@@ -110,7 +111,7 @@ def unit_scores(kernel: tf.Tensor, block: int, norm: str = "l2") -> tf.Tensor:
 
 
 def survival_levels(
-    kernel: tf.Tensor, sparsities: Sequence[float] | tf.Tensor, block: int = 1, norm: str = "l2"
+    kernel: tf.Tensor, sparsities: Sequence[float] | tf.Tensor, block: int | str = 1, norm: str = "l2"
 ) -> tf.Tensor:
     """Highest level index at which each weight survives: int8 ``[I, O]``.
 
@@ -118,10 +119,11 @@ def survival_levels(
       kernel: float ``[I, O]``.
       sparsities: float ``[K]``, non-decreasing in ``[0, 1)`` - the final levels or the current (ramping)
         targets of the schedule; may be a tensor inside ``tf.function``.
-      block: unit size along ``I`` (1, 4, 16, ...).
+      block: unit size along ``I`` (1, 4, 16, ... or ``"1x4"``).
       norm: unit score for ``block > 1``: ``"l2"`` or ``"l1"``.
     """
     kernel = tf.convert_to_tensor(kernel, tf.float32)
+    block = parse_block(block)
     scores = unit_scores(kernel, block, norm)  # [NB, O]
     n_blocks, out_dim = int(scores.shape[0]), int(scores.shape[1])
     in_dim = int(kernel.shape[0])
