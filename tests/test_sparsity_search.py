@@ -85,3 +85,40 @@ def test_budgets_and_errors():
         search.evolutionary_search(lambda c: 0.0, sm, budgets["mid"], population=1)
     with pytest.raises(ValueError):
         search.budgets_from_fractions(sm, {"x": 0.0})
+
+
+def test_masked_fitness_on_fake_model():
+    import tensorflow as tf
+
+    from omni_tf.sparsity.masking import SupernetMasks
+
+    class Fake:
+        def __init__(self):
+            rng = np.random.default_rng(0)
+            self.k = [(f"k{i}", tf.Variable(rng.normal(size=(32, 16)), dtype=tf.float32)) for i in range(3)]
+            self.m = [(n, tf.Variable(tf.ones_like(v), trainable=False)) for n, v in self.k]
+            self.weights = [v for _, v in self.k + self.m]
+
+        def prunable_kernels(self):
+            return self.k
+
+        def kernel_masks(self):
+            return self.m
+
+    model = Fake()
+    masks = SupernetMasks(model, LEVELS, 4)
+    masks.update_rankings()
+    x = tf.constant(np.random.default_rng(1).normal(size=(8, 32)), tf.float32)
+    target = [x @ k for _, k in model.k]
+
+    def evaluate():  # output error of the masked layers vs dense; k0 gets a 10x weight
+        errs = [tf.reduce_mean((x @ (k * m) - t) ** 2) for (_, k), (_, m), t in zip(model.k, model.m, target,
+                                                                                    strict=True)]
+        return float(10 * errs[0] + errs[1] + errs[2])
+
+    sm = SizeModel.from_model(model, masks=masks)
+    budget = sm.measure([4, 4, 4], "nonzero_params")
+    result = search.evolutionary_search(search.masked_fitness(masks, evaluate), sm, budget,
+                                        metric="nonzero_params", population=8, generations=5, seed=0)
+    assert result.size <= budget and result.fitness < result.uniform_fitness
+    assert result.config["k0"] < 4  # the heavily weighted kernel is kept denser than uniform

@@ -169,3 +169,12 @@ def search_budgets(fitness: Callable[[dict[str, int]], float], size_model: SizeM
                    budgets: Mapping[str, float], **kwargs: Any) -> dict[str, SearchResult]:
     """``evolutionary_search`` for every ``{tier: budget}``; ``kwargs`` go to it (same seed per tier)."""
     return {tier: evolutionary_search(fitness, size_model, b, **kwargs) for tier, b in budgets.items()}
+
+
+def masked_fitness(masks: Any, evaluate: Callable[[], float]) -> Callable[[dict[str, int]], float]:
+    """Fitness that applies ``config`` to ``masks`` (a ranked ``SupernetMasks``) and returns ``evaluate()``
+    (e.g. dev-subset loss of the masked model). The masks are left at the last evaluated config."""
+    def fitness(config: dict[str, int]) -> float:
+        masks.apply(config)
+        return float(evaluate())
+    return fitness
