@@ -191,7 +191,7 @@ def export_tier(model_or_ckpt, model_config, tier_name: str, tier: im.TierSpec, 
                 references: Sequence[str] | None = None, levels: Sequence[float] | None = None,
                 survival=None, block: int | str = 1, sparse: str = "auto", calib_utterances: int = 20,
                 calib_per_signature: int = 300, latency_runs: int = 50,
-                enforce_parity: bool = True) -> dict[str, Any]:
+                enforce_parity: bool = True, series: str = "omni") -> dict[str, Any]:
     """Builds, converts, checks and writes one tier; returns its manifest (also ``manifest.json``).
 
     Args:
@@ -201,6 +201,7 @@ def export_tier(model_or_ckpt, model_config, tier_name: str, tier: im.TierSpec, 
       quantization: one of ``convert.QUANT_MODES``.
       dev_features: CMVN-normalized features [T, 80] per dev utterance (parity, calibration, latency).
       tokenizer / references: for WER (Keras vs TFLite); ``tokenizer.model_path`` is copied as spm.model.
+      series: report/Pareto series name ("omni", "individually-pruned", ...).
       calib_utterances / calib_per_signature: int8 calibration = the streaming loop over the first
         ``calib_utterances`` dev utterances, at most ``calib_per_signature`` samples per signature.
     Raises:
@@ -236,7 +237,8 @@ def export_tier(model_or_ckpt, model_config, tier_name: str, tier: im.TierSpec, 
     summary = im.sparsity_summary(module.model)
     cfg = dict(model_config)
     manifest = {
-        "tier": tier_name, "quantization": quantization, "sparse_encoded": result.sparse_encoded,
+        "tier": tier_name, "series": series, "quantization": quantization,
+        "sparse_encoded": result.sparse_encoded,
         "sparsity": {**_tier_summary(tier, levels), **{k: v for k, v in summary.items() if k != "params"},
                      "levels": list(levels) if levels is not None else None, "block": str(block)},
         "params": summary["params"], "nonzero_params": summary["nonzero_params"],

@@ -143,3 +143,27 @@ class ModuleRecognizer(StreamingGreedy):
 
     def __init__(self, module, max_symbols_per_frame: int = 4, record=None):
         super().__init__(*module_runners(module), module.describe(), max_symbols_per_frame, record)
+
+
+def frontend_config(frontend: Mapping[str, Any]):
+    """The manifest's ``frontend`` dict -> a data ConfigDict for ``omni_tf.data.features.log_mel``."""
+    from omni_tf.configs import data as data_configs  # noqa: PLC0415
+
+    config = data_configs.get_config()
+    for key, value in frontend.items():
+        if key in config and not key.startswith("cmvn"):
+            config[key] = value
+    return config
+
+
+def audio_features(path: str, data_config, mean: np.ndarray | None = None,
+                   std: np.ndarray | None = None) -> np.ndarray:
+    """Audio file -> log-mel [T, 80] (+ CMVN when mean/std are given), the training front-end."""
+    from omni_tf.data import audio as audio_lib  # noqa: PLC0415
+    from omni_tf.data import features as features_lib  # noqa: PLC0415
+
+    wave = audio_lib.decode(path, data_config.sample_rate)
+    feats = features_lib.log_mel(wave, data_config)
+    if mean is not None:
+        feats = features_lib.apply_cmvn(feats, mean, std)
+    return np.asarray(feats, np.float32)

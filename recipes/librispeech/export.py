@@ -1,0 +1,135 @@
+"""Exports device tiers of a trained supernet to TFLite bundles (one directory per tier and quantization).
+
+Usage (from the repository root; WORK = the training workdir with ckpt/, DATA = prepared dir with dev.tsv,
+cmvn.json, spm.model):
+  python -m recipes.librispeech.export --config=omni_tf/configs/experiment.py:tiny --workdir=WORK \\
+      --data_dir=DATA --out=WORK/tflite --tiers=s0:0,s50:2,s70:4,s90:6 --quantization=dynamic_int8,float32
+  python -m recipes.librispeech.export ... --search_json=WORK/search.json     # per-kernel configs from search
+  python -m recipes.librispeech.export ... --budgets=phone:1500000,watch:600000  # bytes -> densest uniform
+  python -m recipes.librispeech.export --config=omni_tf/configs/experiment.py:tiny --random_init \\
+      --data_dir=DATA --out=/tmp/tflite_smoke --tiers=s70:4                     # untrained smoke export
+
+Tier ``<name>:<k>`` is the uniform level index k of ``config.sparsity.levels`` (mode pruned: levels
+(0, target)). ``--search_json`` is ``{tier: {kernel_name: level}}`` or ``{tier: {"config": {...}}}``. Output:
+``<out>/<tier>_<quantization>/{model.tflite, manifest.json, spm.model, android_benchmark.sh}``, plus
+``<out>/report.md`` and ``<out>/pareto.png`` over all tiers there. A tier failing parity is not written
+(the error names the numbers); the others continue and the exit status is 1.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+import omni_tf  # noqa: F401
+from omni_tf.data import features as features_lib
+from omni_tf.data.librispeech import read_manifest
+from omni_tf.text.tokenizer import Tokenizer
+from tflite_export import bundle, convert, parity
+from tflite_export.recognizer import audio_features
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", "omni_tf/configs/experiment.py:tiny", "Experiment config.",
+                                lock_config=True)
+flags.DEFINE_string("workdir", "", "Training workdir (checkpoint in <workdir>/ckpt).")
+flags.DEFINE_string("data_dir", "", "Prepared directory (dev.tsv, cmvn.json, spm.model).")
+flags.DEFINE_string("out", "", "Bundle directory (default <workdir>/tflite).")
+flags.DEFINE_list("tiers", [], "name:level_index,... (default: every level of the sparsity set).")
+flags.DEFINE_string("search_json", "", "JSON {tier: per-kernel level config} from the search recipe.")
+flags.DEFINE_list("budgets", [], "name:bytes,... resolved to the densest uniform level within the budget.")
+flags.DEFINE_list("quantization", ["dynamic_int8"], f"Any of {convert.QUANT_MODES}.")
+flags.DEFINE_integer("dev_utterances", 20, "Dev utterances for parity / WER / latency.")
+flags.DEFINE_integer("calib_utterances", 20, "Dev utterances whose streaming loop calibrates full int8.")
+flags.DEFINE_enum("sparse", "auto", ["auto", "never", "always"], "Sparse tensor encoding.")
+flags.DEFINE_bool("random_init", False, "Export a freshly initialized model (smoke test, no checkpoint).")
+flags.DEFINE_string("series", "omni", "Series name in the report / Pareto plot (e.g. individually-pruned).")
+
+
+def levels_and_block(config) -> tuple[tuple[float, ...], str]:
+    sp = config.sparsity
+    if config.training.mode == "pruned":
+        return (0.0, float(sp.target_sparsity)), sp.block
+    return tuple(float(s) for s in sp.levels), sp.block
+
+
+def tier_specs(levels: tuple[float, ...], model, block: str) -> dict[str, object]:
+    """{tier name: level index or per-kernel config} from --tiers / --search_json / --budgets."""
+    specs: dict[str, object] = {}
+    for item in FLAGS.tiers:
+        name, _, k = item.partition(":")
+        specs[name] = int(k)
+    if FLAGS.search_json:
+        with open(FLAGS.search_json) as f:
+            for name, value in json.load(f).items():
+                specs[name] = {k: int(v) for k, v in value.get("config", value).items()}
+    if FLAGS.budgets:
+        from omni_tf.sparsity.size import SizeModel  # noqa: PLC0415
+
+        size_model = SizeModel.from_model(model, levels, block)
+        for item in FLAGS.budgets:
+            name, _, budget = item.partition(":")
+            specs[name] = size_model.uniform_level_for_budget(float(budget), "int8_sparse_bytes")
+    if not specs:
+        specs = {f"s{round(100 * s)}": k for k, s in enumerate(levels)}
+    return specs
+
+
+def dev_data(config, data_dir: str):
+    """(features list, references, tokenizer, cmvn) from the prepared directory's dev split."""
+    mean, std = features_lib.load_cmvn(os.path.join(data_dir, "cmvn.json"))
+    tokenizer = Tokenizer(os.path.join(data_dir, "spm.model"))
+    rows = read_manifest(os.path.join(data_dir, "dev.tsv"))[: FLAGS.dev_utterances]
+    if not rows:
+        raise app.UsageError(f"{data_dir}/dev.tsv has no utterances")
+    feats = [audio_features(r["path"], config.data, mean, std) for r in rows]
+    return feats, [r["text"] for r in rows], tokenizer, (mean, std)
+
+
+def load_model(config, levels, block):
+    from omni_tf.model import build_model  # noqa: PLC0415
+    from tflite_export.inference_model import load_checkpoint  # noqa: PLC0415
+
+    if FLAGS.random_init:
+        return build_model(config.model), None
+    if not FLAGS.workdir:
+        raise app.UsageError("give --workdir (checkpoint) or --random_init")
+    return load_checkpoint(config.model, os.path.join(FLAGS.workdir, "ckpt"), levels, block)
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.INFO)
+    config = FLAGS.config
+    if not FLAGS.data_dir:
+        raise app.UsageError("give --data_dir (dev.tsv, cmvn.json, spm.model)")
+    out = FLAGS.out or os.path.join(FLAGS.workdir, "tflite")
+    levels, block = levels_and_block(config)
+    model, survival = load_model(config, levels, block)
+    feats, refs, tokenizer, cmvn = dev_data(config, FLAGS.data_dir)
+    failed = []
+    for name, spec in tier_specs(levels, model, block).items():
+        for quant in FLAGS.quantization:
+            tier = f"{name}_{quant}"
+            try:
+                m = bundle.export_tier(model, config.model, tier, spec, out, quant, feats,
+                                       data_config=config.data, cmvn=cmvn, tokenizer=tokenizer,
+                                       references=refs, levels=levels,
+                                       survival=survival, block=block, sparse=FLAGS.sparse,
+                                       calib_utterances=FLAGS.calib_utterances, series=FLAGS.series)
+            except parity.ParityError as e:
+                logging.error("%s", e)
+                failed.append(tier)
+                continue
+            logging.info("%s: %d bytes, WER keras %s tflite %s, RTF %.4f", tier, m["bytes_on_disk"],
+                         m["wer"]["keras"], m["wer"]["tflite"], m["latency"]["rtf"])
+    rows = bundle.report_rows(bundle.load_bundle(out))
+    bundle.write_report(rows, os.path.join(out, "report.md"))
+    bundle.pareto_plot(rows, os.path.join(out, "pareto.png"))
+    logging.info("report: %s", os.path.join(out, "report.md"))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    app.run(main)
