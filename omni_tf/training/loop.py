@@ -83,10 +83,13 @@ class TrainState:
             self.optimizer.build(self.model.trainable_variables)
             self.counters = TrainCounters()
             self.loss_scale = optim.DynamicLossScale() if self.mixed else None
-            self.masks = None
-            if t.mode != "dense":
-                levels = (0.0, float(sp.target_sparsity)) if t.mode == "pruned" else tuple(sp.levels)
-                self.masks = SupernetMasks(self.model, levels, sp.block)
+        # Survival levels are plain local variables, outside the scope: MultiWorkerMirrored cannot broadcast
+        # int8 initial values, and they are only read/written in cross-replica context. Every worker computes
+        # the same rankings from the same (mirrored) kernels.
+        self.masks = None
+        if t.mode != "dense":
+            levels = (0.0, float(sp.target_sparsity)) if t.mode == "pruned" else tuple(sp.levels)
+            self.masks = SupernetMasks(self.model, levels, sp.block)
         self.schedule = None
         if self.masks is not None:
             self.schedule = LevelSchedule(self.masks.levels, sp.begin_step, sp.end_step, sp.frequency,
@@ -219,7 +222,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, source: DataSource,
             _write_summaries(writer, step, out, levels, state, meter.rates())
         if chief and step % max(1, t.log_every) == 0:
             r = meter.rates()
-            lr = float(state.optimizer.learning_rate)
+            lr = _current_lr(state)
             logging.info(summaries.progress_line(step, t.max_steps, float(out["loss"]), lr, r["steps_per_s"],
                                                  r["utts_per_s"], time.monotonic() - start))
             meter.reset()
@@ -241,9 +244,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, source: DataSource,
     return metrics
 
 
+def _current_lr(state: TrainState) -> float:
+    return float(tf.convert_to_tensor(state.optimizer.learning_rate))
+
+
 def _write_summaries(writer: summaries.SummaryWriter, step: int, out: dict, levels: np.ndarray,
                      state: TrainState, rates: dict[str, float]) -> None:
-    values = {"loss/step": float(out["loss"]), "lr": float(state.optimizer.learning_rate),
+    values = {"loss/step": float(out["loss"]), "lr": _current_lr(state),
               "grad_norm": float(out["grad_norm"]), **{f"rate/{k}": v for k, v in rates.items()}}
     for row, loss in zip(levels, out["subnet_loss"].numpy(), strict=True):
         tag = f"level_{int(row[0])}" if (row == row[0]).all() else "per_layer"
