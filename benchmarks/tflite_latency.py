@@ -1,0 +1,195 @@
+"""LiteRT latency per tier on this CPU: per-signature median, streaming RTF (1 thread), memory, GFLOP/s.
+
+Usage (from the repository root):
+  python -m benchmarks.tflite_latency --bundle_dir=WORK/tflite            # every tier of an export
+  python -m benchmarks.tflite_latency --preset=tiny --seconds=10 --utterances=3   # fresh tiny model tiers
+
+Without ``--bundle_dir`` a freshly initialized model of ``--preset`` is exported in-process as: float32
+dense, dynamic-range int8 dense, float32 at 80% sparsity with 1x4 blocks (sparse encoded), dynamic int8 at
+80% with 1x16 blocks (sparse encoding tried; kept only if smaller and loadable with default delegates). Its
+joiner blank logit is raised by ``--blank_bias`` so that the untrained model emits a speech-like token rate
+(reported as tokens/s) instead of up to 4 symbols per frame; parity is not checked for these.
+
+Inputs are random CMVN-like features (N(0,1)); latency does not depend on their values except through the
+number of emitted tokens. ``peak_mem_mb``: peak RSS of a fresh process that loads the model and runs each
+signature once, minus that of the same process without the model. Per-signature medians are Python
+``SignatureRunner`` calls (each includes ~10-30 us of Python/binding overhead). The encoder step's achieved
+GFLOP/s (dense FLOPs of the encode signature, counted from the flatbuffer) is compared with this CPU's
+single-core float32 matmul rate, measured in the same run by a TFLite FULLY_CONNECTED microbenchmark
+(XNNPACK, 1 thread, [64, 1024] x [1024, 1024]).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import tensorflow as tf
+from absl import app, flags
+
+import omni_tf  # noqa: F401
+from omni_tf.configs import model as model_configs
+from omni_tf.model import build_model
+from tflite_export import bundle, convert, inference_model
+from tflite_export.recognizer import LiteRTRecognizer
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("bundle_dir", "", "Export directory with <tier>/model.tflite + manifest.json.")
+flags.DEFINE_string("preset", "tiny", "Model preset for the fresh model (without --bundle_dir).")
+flags.DEFINE_float("seconds", 10.0, "Length of each random utterance.")
+flags.DEFINE_integer("utterances", 3, "Utterances for the streaming RTF.")
+flags.DEFINE_integer("runs", 200, "Calls per signature for the medians.")
+flags.DEFINE_float("blank_bias", 2.7, "Added to the fresh model's blank logit (realistic token rate).")
+flags.DEFINE_string("output", "", "Also write the Markdown table here.")
+
+
+def encode_flops(content: bytes) -> float:
+    """Dense FLOPs of one ``encode`` call: 2*M*N*K over FULLY_CONNECTED and BATCH_MATMUL ops."""
+    model = convert.read_model(content)
+    names = {}
+    for i, code in enumerate(model.operatorCodes):
+        names[i] = max(int(code.builtinCode), int(code.deprecatedBuiltinCode))
+    bo = convert.schema.BuiltinOperator
+    sig = next(s for s in model.signatureDefs if s.signatureKey.decode() == "encode")
+    sub = model.subgraphs[sig.subgraphIndex]
+    flops = 0.0
+    for op in sub.operators:
+        kind = names[op.opcodeIndex]
+        shapes = [list(sub.tensors[i].shape) if i >= 0 else None for i in op.inputs]
+        if kind == bo.FULLY_CONNECTED:
+            out_dim, in_dim = shapes[1]
+            rows = int(np.prod(shapes[0])) // in_dim
+            flops += 2.0 * rows * in_dim * out_dim
+        elif kind == bo.BATCH_MATMUL:
+            out_shape = list(sub.tensors[op.outputs[0]].shape)
+            a = shapes[0]
+            k = a[-1] if not (op.builtinOptions and op.builtinOptions.adjX) else a[-2]
+            flops += 2.0 * float(np.prod(out_shape)) * k
+    return flops
+
+
+def matmul_peak_gflops(m: int = 64, k: int = 1024, n: int = 1024, runs: int = 50) -> float:
+    """Single-thread float32 FULLY_CONNECTED rate in LiteRT (XNNPACK) on this CPU."""
+    w = tf.constant(np.random.default_rng(0).normal(size=[k, n]).astype(np.float32))
+
+    class Mm(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([m, k], tf.float32)])
+        def f(self, x):
+            return {"y": tf.matmul(x, w)}
+
+    mod = Mm()
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([mod.f.get_concrete_function()], mod)
+    interp = convert.make_interpreter(conv.convert(), num_threads=1)
+    runner = interp.get_signature_runner()
+    x = np.random.default_rng(1).normal(size=[m, k]).astype(np.float32)
+    for _ in range(5):
+        runner(x=x)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        runner(x=x)
+        times.append(time.perf_counter() - t0)
+    return 2.0 * m * k * n / float(np.median(times)) / 1e9
+
+
+def fresh_tiers(out_dir: str) -> list[str]:
+    """Exports the four benchmark tiers of a fresh ``--preset`` model; returns tier dirs."""
+    cfg = model_configs.get_preset(FLAGS.preset)
+    model = build_model(cfg)
+    bias = model.joiner.output_dense.bias
+    bias.assign(tf.tensor_scatter_nd_add(bias, [[0]], [FLAGS.blank_bias]))
+    specs = [("f32_dense", "float32", None, 1, "never"), ("int8dyn_dense", "dynamic_int8", None, 1, "never"),
+             ("f32_s80_1x4", "float32", 1, "1x4", "auto"),
+             ("int8dyn_s80_1x16", "dynamic_int8", 1, "1x16", "auto")]
+    dirs = []
+    for name, quant, tier, block, sparse in specs:
+        module = inference_model.build_inference_module(model, cfg, tier, levels=(0.0, 0.8), block=block)
+        result = convert.convert_module(module, quant, sparse=sparse)
+        tier_dir = os.path.join(out_dir, name)
+        os.makedirs(tier_dir)
+        with open(os.path.join(tier_dir, "model.tflite"), "wb") as f:
+            f.write(result.content)
+        summary = inference_model.sparsity_summary(module.model)
+        dirs.append((tier_dir, module.describe(), result.interpreter_options, summary["prunable_sparsity"],
+                     result.notes))
+    return dirs
+
+
+_PEAK_SCRIPT = """
+import resource, sys
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
+if sys.argv[1]:
+    kind = OpResolverType.AUTO if sys.argv[2] == "1" else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    it = Interpreter(model_path=sys.argv[1], num_threads=1, experimental_op_resolver_type=kind)
+    it.allocate_tensors()
+    for key in it.get_signature_list():
+        r = it.get_signature_runner(key)
+        r(**{n: np.zeros(d["shape"], d["dtype"]) for n, d in r.get_input_details().items()})
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def peak_memory_mb(path: str, default_delegates: bool) -> float:
+    """Peak RSS of a fresh process that loads the model and runs every signature once, minus the same
+    process without the model (imports only)."""
+    def run(model_path: str) -> int:
+        flag = "1" if default_delegates else "0"
+        out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, model_path, flag], check=True,
+                             capture_output=True, text=True)
+        return int(out.stdout.strip().splitlines()[-1])
+
+    return (run(path) - run("")) / 1024.0
+
+
+def bench_tier(path: str, layout, options, feats) -> dict:
+    with open(path, "rb") as f:
+        content = f.read()
+    default = bool(options.get("use_default_delegates", True))
+    lat = bundle.measure_latency(content, layout, feats, 1, FLAGS.runs, default)
+    rec = LiteRTRecognizer(content, layout, default_delegates=default)
+    tokens = sum(len(rec.transcribe_features(x)) for x in feats)
+    flops = encode_flops(content)
+    return {"bytes": len(content), "sparse_encoded": any(t.sparsity is not None
+                                                         for g in convert.read_model(content).subgraphs
+                                                         for t in g.tensors),
+            "encode_ms": lat["median_ms"]["encode"], "predict_ms": lat["median_ms"]["predict"],
+            "join_ms": lat["median_ms"]["join"], "rtf_1thread": lat["rtf"],
+            "tokens_per_s": tokens / lat["audio_s"],
+            "encode_gflops": flops / (lat["median_ms"]["encode"] / 1e3) / 1e9,
+            "peak_mem_mb": peak_memory_mb(path, default)}
+
+
+def main(argv):
+    del argv
+    rng = np.random.default_rng(0)
+    frames = int(FLAGS.seconds * 100)
+    feats = [rng.normal(size=[frames, 80]).astype(np.float32) for _ in range(FLAGS.utterances)]
+    peak = matmul_peak_gflops()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        if FLAGS.bundle_dir:
+            items = [(os.path.join(FLAGS.bundle_dir, m["tier"]), m["signatures"], m["interpreter_options"],
+                      m["sparsity"].get("prunable_sparsity"), m.get("conversion_notes", []))
+                     for m in bundle.load_bundle(FLAGS.bundle_dir)]
+        else:
+            items = fresh_tiers(tmp)
+        for tier_dir, layout, options, sparsity, _notes in items:
+            row = {"tier": os.path.basename(tier_dir), "sparsity": sparsity}
+            row.update(bench_tier(os.path.join(tier_dir, "model.tflite"), layout, options, feats))
+            row["encode_vs_peak"] = row["encode_gflops"] / peak
+            rows.append(row)
+    table = bundle.markdown_table(rows)
+    header = (f"Single-core float32 FULLY_CONNECTED peak (LiteRT/XNNPACK, [64,1024]x[1024,1024]): "
+              f"{peak:.1f} GFLOP/s. Audio: {FLAGS.utterances} x {FLAGS.seconds:.0f} s random features.\n\n")
+    print(header + table)
+    if FLAGS.output:
+        with open(FLAGS.output, "w") as f:
+            f.write(header + table)
+
+
+if __name__ == "__main__":
+    app.run(main)
