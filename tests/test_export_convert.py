@@ -145,3 +145,25 @@ def test_int8_requires_representative_data(model):
         convert.convert_module(module, "int8", sparse="never")
     with pytest.raises(ValueError, match="unknown quantization"):
         convert.convert_module(module, "int4", sparse="never")
+
+
+def test_checkpoint_restores_weights_and_survival_levels(model, tmp_path):
+    from omni_tf.sparsity.masking import SupernetMasks
+
+    masks = SupernetMasks(model, LEVELS, block=4)
+    masks.update_rankings(LEVELS)
+    tf.train.Checkpoint(model=model, masks=masks).save(str(tmp_path / "ckpt" / "ckpt"))
+    restored, survival = inference_model.load_checkpoint(small_config(), str(tmp_path / "ckpt"), LEVELS, 4)
+    want = masks.survival_arrays()
+    assert set(survival) == set(want)
+    for name in want:
+        np.testing.assert_array_equal(survival[name], want[name])
+    module = inference_model.build_inference_module(str(tmp_path / "ckpt"), small_config(), tier=3,
+                                                    levels=LEVELS, block=4)
+    for name, kernel in module.model.prunable_kernels():
+        k = kernel.numpy()
+        orig = dict(model.prunable_kernels())[name].numpy()
+        np.testing.assert_array_equal(k, np.where(want[name] >= 3, orig, 0.0))
+    dense_model, none = inference_model.load_checkpoint(small_config(), str(tmp_path / "ckpt"))
+    assert none is None
+    np.testing.assert_array_equal(dense_model.weights[0].numpy(), model.weights[0].numpy())
