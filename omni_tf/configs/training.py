@@ -13,6 +13,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.warmup_steps = 800
     c.decay = "cosine"  # cosine | noam | constant
     c.min_lr_ratio = 0.05
+    c.adam_epsilon = 1e-9
     c.weight_decay = 1e-6
     c.clip_norm = 5.0
     c.grad_accum_steps = 1

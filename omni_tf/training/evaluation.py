@@ -77,7 +77,7 @@ class LossEvaluator:
 
     def __init__(self, model, batches: Sequence[Batch]):
         self.model, self.batches = model, list(batches)
-        self._fn = tf.function(self._loss, reduce_retracing=True)
+        self._fn = tf.function(self._loss, reduce_retracing=True, autograph=False)
 
     def _loss(self, batch):
         logits, lengths = self.model(batch, training=False)

@@ -64,7 +64,8 @@ def make_optimizer(training_config: Mapping) -> keras.optimizers.Adam:
     """Adam on the warm-up schedule; decoupled weight decay when ``weight_decay > 0``."""
     wd = float(training_config["weight_decay"])
     return keras.optimizers.Adam(
-        learning_rate=make_schedule(training_config), beta_1=0.9, beta_2=0.98, epsilon=1e-9,
+        learning_rate=make_schedule(training_config), beta_1=0.9, beta_2=0.98,
+        epsilon=float(training_config.get("adam_epsilon", 1e-9)),
         weight_decay=wd if wd > 0 else None)
 
 

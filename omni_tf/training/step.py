@@ -73,11 +73,11 @@ class TrainStep:
         key = (len(micro_batches), len(rows))
         if key not in self._fns:  # one trace per (M, S): batch dims are None in the signature
             if self.element_spec is None:
-                self._fns[key] = tf.function(self._step, reduce_retracing=True)
+                self._fns[key] = tf.function(self._step, reduce_retracing=True, autograph=False)
             else:
                 row_spec = tf.TensorSpec(rows[0].shape, tf.int32)
                 signature = [(self.element_spec,) * key[0], (row_spec,) * key[1]]
-                self._fns[key] = tf.function(self._step, input_signature=signature)
+                self._fns[key] = tf.function(self._step, input_signature=signature, autograph=False)
         return self._fns[key](tuple(micro_batches), rows)
 
     # -- replica functions -------------------------------------------------------------------------------
