@@ -171,8 +171,7 @@ def _small_root(tmp_path):
 
 
 def test_prepare_writes_manifests_reports_cmvn(tmp_path, capsys):
-    from omni_tf.data import features
-    from recipes.librispeech import prepare
+    from omni_tf.data import features, prepare
 
     out = str(tmp_path / "out")
     scans = prepare.run(_small_root(tmp_path), out)
@@ -193,7 +192,7 @@ def test_prepare_writes_manifests_reports_cmvn(tmp_path, capsys):
 
 
 def test_prepare_train_split_choice():
-    from recipes.librispeech import prepare
+    from omni_tf.data import prepare
 
     assert prepare.train_splits_of(["dev", "test", "train"], []) == ["train"]
     assert prepare.train_splits_of(["dev-clean", "train-clean-100", "train-other-500"], []) == [

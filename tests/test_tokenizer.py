@@ -103,18 +103,18 @@ def _write_manifest(path, texts):
 
 
 def test_train_spm_recipe(tmp_path, sentences):
-    from recipes.librispeech import train_spm
+    from omni_tf.text import tokenizer as tokenizer_lib
 
     manifest = tmp_path / "train.tsv"
     _write_manifest(manifest, sentences[:800])
-    tok = train_spm.train_from_manifest(str(manifest), str(tmp_path / "spm"), 128, "bpe")
+    tok = tokenizer_lib.train_from_manifest(str(manifest), str(tmp_path / "spm"), 128, "bpe")
     assert os.path.isfile(tmp_path / "spm.model") and os.path.isfile(tmp_path / "spm.vocab")
     assert tok.vocab_size == 128
     assert all(tok.decode(tok.encode(t)) == t for t in sentences[:800])
     empty = tmp_path / "empty.tsv"
     _write_manifest(empty, [])
     with pytest.raises(ValueError, match="empty.tsv"):
-        train_spm.train_from_manifest(str(empty), str(tmp_path / "e"), 64)
+        tokenizer_lib.train_from_manifest(str(empty), str(tmp_path / "e"), 64)
 
 
 def test_train_spm_command_line(tmp_path, sentences):

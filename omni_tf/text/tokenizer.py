@@ -104,3 +104,15 @@ class Tokenizer:
             for i in range(tok.vocab_size):
                 f.write(f"{tok._sp.id_to_piece(i)}\t{tok._sp.get_score(i):g}\n")
         return tok
+
+
+def train_from_manifest(manifest: str, out_prefix: str, vocab_size: int, model_type: str = "unigram",
+                        hard_vocab_limit: bool = True) -> Tokenizer:
+    """Trains on the ``text`` column of ``manifest``; ValueError naming the file when it has no rows."""
+    from omni_tf.data.librispeech import read_manifest  # noqa: PLC0415 (text does not need data otherwise)
+
+    texts = [row["text"] for row in read_manifest(manifest)]
+    if not texts:
+        raise ValueError(f"{manifest}: no rows to train a tokenizer on")
+    return Tokenizer.train(texts, out_prefix, vocab_size, model_type=model_type,
+                           hard_vocab_limit=hard_vocab_limit)

@@ -8,7 +8,7 @@ writes DIR/spm.model and DIR/spm.vocab and prints the vocabulary size and mean t
 from absl import app, flags, logging
 
 from omni_tf.data.librispeech import read_manifest
-from omni_tf.text.tokenizer import MODEL_TYPES, Tokenizer
+from omni_tf.text.tokenizer import MODEL_TYPES, train_from_manifest
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("manifest", None, "Manifest TSV (id, path, ..., text) whose texts train the model.")
@@ -17,16 +17,6 @@ flags.DEFINE_enum("model_type", "unigram", list(MODEL_TYPES), "SentencePiece mod
 flags.DEFINE_string("out_prefix", None, "Writes <out_prefix>.model and <out_prefix>.vocab.")
 flags.DEFINE_bool("hard_vocab_limit", True, "False lets SentencePiece stop below --vocab_size on small data.")
 flags.mark_flags_as_required(["manifest", "out_prefix"])
-
-
-def train_from_manifest(manifest: str, out_prefix: str, vocab_size: int, model_type: str = "unigram",
-                        hard_vocab_limit: bool = True) -> Tokenizer:
-    """Trains on the ``text`` column of ``manifest``; ValueError naming the file when it has no rows."""
-    texts = [row["text"] for row in read_manifest(manifest)]
-    if not texts:
-        raise ValueError(f"{manifest}: no rows to train a tokenizer on")
-    return Tokenizer.train(texts, out_prefix, vocab_size, model_type=model_type,
-                           hard_vocab_limit=hard_vocab_limit)
 
 
 def main(argv: list[str]) -> None:

@@ -1,0 +1,81 @@
+"""Prepares a LibriSpeech-layout corpus: manifests, bad-input reports and train CMVN stats per split.
+
+The library side of ``recipes/librispeech/prepare.py`` (which documents the command line and the policies);
+``run`` is what the end-to-end recipes call in-process.
+"""
+from __future__ import annotations
+
+import os
+
+from absl import logging
+
+from omni_tf.configs import data as data_config_lib
+from omni_tf.configs import model as model_config_lib
+from omni_tf.data import features, librispeech
+
+
+class PrepareError(Exception):
+    """The run produced nothing usable, or --strict found bad inputs."""
+
+
+def default_min_duration_s() -> float:
+    m, d = model_config_lib.tiny(), data_config_lib.get_config()
+    return librispeech.default_min_duration_s(m.chunk_ms, m.lookahead_ms, d.frame_length_ms)
+
+
+def train_splits_of(splits: list[str], requested: list[str]) -> list[str]:
+    """The CMVN splits: ``requested`` (must be scanned), else 'train', else all 'train-*'."""
+    if requested:
+        missing = sorted(set(requested) - set(splits))
+        if missing:
+            raise PrepareError(f"--train_split {missing} not among the scanned splits {splits}")
+        return list(requested)
+    return ["train"] if "train" in splits else [s for s in splits if s.startswith("train-")]
+
+
+def summary_line(scan: librispeech.SplitScan) -> str:
+    bad = ", ".join(f"{k} {n}" for k, n in scan.counts().items() if n) or "none"
+    return f"{scan.split}: {len(scan.rows)} usable, {scan.hours:.2f} h; bad: {bad}"
+
+
+def run(librispeech_dir: str, out_dir: str, splits: list[str] | None = None,
+        train_split: list[str] | None = None, min_duration_s: float | None = None, check: str = "full",
+        num_workers: int = 2, cmvn_max_utterances: int = 0, strict: bool = False
+        ) -> dict[str, librispeech.SplitScan]:
+    """Writes ``<split>.tsv``, reports and ``cmvn.json`` into ``out_dir``; returns the scans."""
+    try:
+        found = librispeech.find_splits(librispeech_dir)
+    except OSError as e:
+        raise PrepareError(f"cannot list --librispeech_dir {librispeech_dir}: {e}") from e
+    splits = list(splits or found)
+    unknown = sorted(set(splits) - set(found)) if splits else []
+    if unknown or not splits:
+        raise PrepareError(f"splits {unknown or splits} not found under {librispeech_dir} (found: {found})")
+    trains = train_splits_of(splits, list(train_split or []))
+    if min_duration_s is None or min_duration_s < 0:
+        min_duration_s = default_min_duration_s()
+    os.makedirs(out_dir, exist_ok=True)
+    scans = {}
+    for split in splits:
+        scan = librispeech.scan_split(os.path.join(librispeech_dir, split), min_duration_s=min_duration_s,
+                                      check=check, num_workers=num_workers)
+        librispeech.write_manifest(scan.rows, os.path.join(out_dir, f"{split}.tsv"))
+        librispeech.write_report(scan, out_dir)
+        print(summary_line(scan), flush=True)
+        scans[split] = scan
+    if not any(s.rows for s in scans.values()):
+        raise PrepareError(f"no usable utterance in {splits}; see {out_dir}/<split>.report.txt")
+    train_rows = [r for s in trains for r in scans[s].rows]
+    if train_rows:
+        mean, std, frames = features.compute_cmvn_from_manifest(train_rows, data_config_lib.get_config(),
+                                                                cmvn_max_utterances)
+        features.save_cmvn(os.path.join(out_dir, "cmvn.json"), mean, std, num_frames=frames, splits=trains)
+        print(f"cmvn.json: {frames} frames from {trains}", flush=True)
+    else:
+        logging.warning("no train split among %s (or it has no usable rows): cmvn.json not written", splits)
+    bad = [p for s in scans.values() for p in s.problems]
+    if strict and bad:
+        listed = "\n".join(f"  {p.kind}: {p.path}: {p.reason}" for p in bad[:50])
+        more = f"\n  ... and {len(bad) - 50} more" if len(bad) > 50 else ""
+        raise PrepareError(f"--strict: {len(bad)} bad inputs (reports in {out_dir}):\n{listed}{more}")
+    return scans
