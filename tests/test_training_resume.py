@@ -1,0 +1,110 @@
+"""kill -9 + restart resumes exactly: real recipe subprocesses, tiny model, random-feature batches."""
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import tensorflow as tf
+
+import omni_tf  # noqa: F401
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = [
+    "--config.model.d_model=32", "--config.model.num_layers=1", "--config.model.num_heads=2",
+    "--config.model.ff_dim=64", "--config.model.conv_kernel=3", "--config.model.vocab_size=16",
+    "--config.model.pred_embed_dim=16", "--config.model.pred_hidden=32", "--config.model.joint_dim=32",
+    "--config.model.dropout=0.0", "--config.training.warmup_steps=2", "--config.training.log_every=1",
+    "--config.training.summary_every=2", "--config.sparsity.begin_step=0", "--config.sparsity.end_step=4",
+    "--config.sparsity.frequency=1", "--config.sparsity.sampler=uniform",
+    "--config.sparsity.subnets_per_step=1",
+    "--random_features=3", "--random_batch_size=4",
+]
+
+
+def train_cmd(workdir: str, max_steps: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "recipes.librispeech.train", "--config=omni_tf/configs/experiment.py:tiny",
+            f"--workdir={workdir}", f"--config.training.max_steps={max_steps}", *TINY, *extra]
+
+
+def popen(cmd: list[str], log_path: str, env: dict | None = None) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "",
+           **(env or {})}
+    with open(log_path, "w") as log:
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait(proc: subprocess.Popen, log_path: str, timeout: float = 150) -> None:
+    try:
+        rc = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"timed out; log:\n{open(log_path).read()[-3000:]}") from None
+    assert rc == 0, f"exit {rc}; log:\n{open(log_path).read()[-3000:]}"
+
+
+def checkpoint_values(prefix: str) -> dict[str, np.ndarray]:
+    reader = tf.train.load_checkpoint(prefix)
+    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
+            if "save_counter" not in k and "_CHECKPOINTABLE_OBJECT_GRAPH" not in k}
+
+
+def assert_same_state(a: dict, b: dict, atol: float = 1e-5) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        if a[k].dtype.kind in "iub":
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+        else:
+            np.testing.assert_allclose(a[k], b[k], atol=atol, rtol=1e-4, err_msg=k)
+
+
+def listed_checkpoint(workdir: str) -> str | None:
+    return tf.train.latest_checkpoint(os.path.join(workdir, "ckpt"))
+
+
+def test_kill9_then_restart_resumes_exactly(tmp_path):
+    steps = 8
+    full, killed = str(tmp_path / "full"), str(tmp_path / "killed")
+    common = ("--config.training.checkpoint_every=2", "--config.training.keep_checkpoints=10")
+    p_full = popen(train_cmd(full, steps, *common), str(tmp_path / "full.log"))
+    p_kill = popen(train_cmd(killed, steps, *common), str(tmp_path / "killed.log"))
+    try:
+        deadline = time.monotonic() + 150
+        while listed_checkpoint(killed) is None:
+            assert p_kill.poll() is None, open(tmp_path / "killed.log").read()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint within 150 s"
+            time.sleep(0.05)
+        os.kill(p_kill.pid, signal.SIGKILL)
+        p_kill.wait()
+    finally:
+        if p_kill.poll() is None:
+            p_kill.kill()
+    resume_from = listed_checkpoint(killed)
+    at_kill = checkpoint_values(resume_from)
+    k = int(resume_from.rsplit("-", 1)[1])
+    assert k < steps, "killed too late to test a resume"
+    p_resume = popen(train_cmd(killed, steps, *common), str(tmp_path / "resume.log"))
+    wait(p_full, str(tmp_path / "full.log"))
+    wait(p_resume, str(tmp_path / "resume.log"))
+
+    metrics = json.load(open(os.path.join(killed, "train_metrics.json")))
+    assert metrics["restored_from"] == resume_from and metrics["step"] == steps
+    # The checkpoint resumed from equals the uninterrupted run's at the same step (masks, Adam, counters).
+    ref = checkpoint_values(os.path.join(full, "ckpt", f"ckpt-{k}"))
+    assert_same_state(at_kill, ref)
+    assert int(ref["optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"]) == k
+    assert int(ref["counters/step/.ATTRIBUTES/VARIABLE_VALUE"]) == k
+    assert any("survival" in key for key in ref)
+    # The interrupted + resumed run ends where the uninterrupted one does.
+    final_killed, final_full = listed_checkpoint(killed), listed_checkpoint(full)
+    assert_same_state(checkpoint_values(final_killed), checkpoint_values(final_full))
+    assert listed_checkpoint(full).endswith(f"ckpt-{steps}")
+    # Every listed checkpoint of the killed run is readable (none corrupt).
+    for index in glob.glob(os.path.join(killed, "ckpt", "ckpt-*.index")):
+        prefix = index[: -len(".index")]
+        if prefix in tf.train.get_checkpoint_state(os.path.join(killed, "ckpt")).all_model_checkpoint_paths:
+            checkpoint_values(prefix)

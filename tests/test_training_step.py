@@ -1,0 +1,119 @@
+"""In-process tests of the train step and loop with the real model, loss, masks, schedule and sampler."""
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+import omni_tf  # noqa: F401
+from omni_tf.configs import experiment
+from omni_tf.losses.rnnt import rnnt_loss
+from omni_tf.training import loop, sources
+from omni_tf.training.step import TrainStep
+
+
+def tiny_config(mode: str = "omni"):
+    c = experiment.get_config("tiny,smoke")
+    m = c.model
+    m.d_model, m.num_layers, m.num_heads, m.ff_dim, m.conv_kernel = 32, 1, 2, 64, 3
+    m.vocab_size, m.pred_embed_dim, m.pred_hidden, m.joint_dim, m.dropout = 16, 16, 32, 32, 0.0
+    c.training.mode = mode
+    c.sparsity.levels = (0.0, 0.5, 0.8)
+    return c
+
+
+def _state_and_step(config, sgd: bool = False):
+    strategy = loop.make_strategy(config.training)
+    state = loop.TrainState(config, strategy)
+    if sgd:  # Adam's first step ~ lr * sign(g) would amplify float noise in near-zero gradients
+        with strategy.scope():
+            state.optimizer = keras.optimizers.SGD(1.0)
+            state.optimizer.build(state.model.trainable_variables)
+    fn = TrainStep(state.model, state.optimizer, strategy, rnnt_loss, state.counters, state.masks,
+                   clip_norm=config.training.clip_norm)
+    return strategy, state, fn
+
+
+def _dist(strategy, batch):
+    ds = tf.data.Dataset.from_tensors({k: tf.constant(v) for k, v in batch.items()})
+    return next(iter(strategy.experimental_distribute_dataset(ds)))
+
+
+def test_nan_batch_is_skipped_counted_and_logged(monkeypatch):
+    config = tiny_config("dense")
+    strategy, state, fn = _state_and_step(config)
+    src = sources.RandomFeatureSource(16, num_batches=2, nan_batch=1)
+    before = [w.copy() for w in state.model.get_weights()]
+    out = fn([_dist(strategy, src.batch(0, 1))], np.zeros([1, 1], np.int32))
+    assert not bool(out["applied"])
+    for a, b in zip(before, state.model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)  # no NaN reached the weights, Adam moments untouched
+    assert int(state.optimizer.iterations) == 0
+    assert state.counters.as_dict()["skipped_nonfinite"] == 1 and int(state.counters.step) == 1
+    warnings = []
+    monkeypatch.setattr(loop.logging, "warning", lambda msg, *args: warnings.append(msg % args))
+    loop._log_nonfinite(out, 1)
+    assert "e0-b1-u0" in warnings[0] and "e0-b1-u3" in warnings[0]
+    out = fn([_dist(strategy, src.batch(0, 0))], np.zeros([1, 1], np.int32))
+    assert bool(out["applied"]) and int(state.optimizer.iterations) == 1
+    assert all(np.isfinite(w).all() for w in state.model.get_weights())
+    assert not all(np.array_equal(a, b) for a, b in zip(before, state.model.get_weights(), strict=True))
+
+
+def test_two_micro_batches_equal_one_batch_of_both():
+    config = tiny_config("omni")
+    src = sources.RandomFeatureSource(16, batch_size=2)
+    a, b = src.batch(0, 0), src.batch(0, 1)
+    t = max(a["features"].shape[1], b["features"].shape[1])
+    u = max(a["tokens"].shape[1], b["tokens"].shape[1])
+
+    def pad(x, n, axis=1):
+        width = [(0, 0)] * x.ndim
+        width[axis] = (0, n - x.shape[axis])
+        return np.pad(x, width)
+
+    both = {"features": np.concatenate([pad(a["features"], t), pad(b["features"], t)]),
+            "tokens": np.concatenate([pad(a["tokens"], u), pad(b["tokens"], u)]),
+            **{k: np.concatenate([a[k], b[k]]) for k in ("feature_lengths", "token_lengths", "ids")}}
+    init, results = None, []
+    for micro in ([a, b], [both]):
+        strategy, state, fn = _state_and_step(config, sgd=True)
+        if init is None:
+            init = [w.copy() for w in state.model.get_weights()]
+        state.model.set_weights(init)
+        state.masks.update_rankings(state.masks.levels)
+        levels = np.array([[0], [2]]).repeat(state.masks.num_kernels, axis=1)  # 2 subnets, accumulated
+        out = fn([_dist(strategy, x) for x in micro], levels)
+        assert bool(out["applied"])
+        results.append((out["subnet_loss"].numpy(), state.model.get_weights()))
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-4)
+    assert results[0][0][1] != results[0][0][0]  # the sparse subnet really is another network
+    for x, y in zip(results[0][1], results[1][1], strict=True):
+        np.testing.assert_allclose(x, y, atol=1e-5, rtol=1e-4)  # SGD(1): weights differ by the gradients
+    assert any(not np.array_equal(x, w0) for x, w0 in zip(results[0][1], init, strict=True))
+
+
+def test_pruned_mode_masks_reach_target_and_summaries(tmp_path):
+    config = tiny_config("pruned")
+    config.sparsity.target_sparsity = 0.6
+    config.sparsity.begin_step, config.sparsity.end_step, config.sparsity.frequency = 0, 2, 1
+    config.training.max_steps = 3
+    workdir = str(tmp_path)
+    metrics = loop.train(config, workdir, sources.RandomFeatureSource(16, num_batches=2))
+    assert metrics["step"] == 3 and metrics["optimizer_iterations"] == 3
+    assert json.load(open(os.path.join(workdir, "train_metrics.json")))["step"] == 3
+    assert os.listdir(os.path.join(workdir, "tb"))
+    strategy = loop.make_strategy(config.training)
+    state = loop.TrainState(config, strategy)
+    tf.train.Checkpoint(**state.trackables()).restore(metrics["checkpoint"]).expect_partial()
+    report = state.masks.sparsity_report()  # the masks of the last (target-level) forward
+    assert report and all(abs(s - 0.6) < 0.02 for s in report.values()), report
+
+
+def test_wall_clock_budget_stops_with_a_checkpoint(tmp_path):
+    config = tiny_config("omni")
+    config.training.max_minutes = 1e-9
+    metrics = loop.train(config, str(tmp_path), sources.RandomFeatureSource(16, num_batches=2))
+    assert metrics["stopped_by"] == "max_minutes" and metrics["step"] == 0
+    assert metrics["checkpoint"].endswith("ckpt-0") and os.path.exists(metrics["checkpoint"] + ".index")
