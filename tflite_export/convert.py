@@ -202,5 +202,5 @@ def smoke_run(content: bytes, default_delegates: bool = True) -> bool:
             feeds = {name: np.zeros(d["shape"], d["dtype"]) for name, d in runner.get_input_details().items()}
             runner(**feeds)
         return True
-    except (RuntimeError, ValueError) as err:  # noqa: F841 - LiteRT reports failures as these
+    except (RuntimeError, ValueError):  # LiteRT reports load/prepare/invoke failures as these
         return False
