@@ -2,7 +2,8 @@
 
 Use with ``config_flags.DEFINE_config_file("config", "omni_tf/configs/experiment.py:tiny", lock_config=True)``
 and override fields on the command line, e.g. ``--config.training.max_steps=100``.
-``get_config("tiny,smoke")`` is the runlocal-style smoke variant (a few steps, small batches).
+``get_config("tiny,smoke")`` is the runlocal-style smoke variant (a few steps, small batches);
+``get_config("paper,librispeech")`` is the LibriSpeech 960 h schedule (``recipes/librispeech/run.py``).
 """
 import ml_collections
 
@@ -24,6 +25,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.paths.dev_manifest = ""
     c.paths.spm_model = ""
     c.paths.cmvn = ""
+    if "librispeech" in parts[1:]:
+        _librispeech_960h(c)
     if "smoke" in parts[1:]:
         c.training.max_steps = 6
         c.training.warmup_steps = 2
@@ -36,3 +39,25 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         c.data.batch_size = 4
         c.data.max_frames_per_batch = 4000
     return c
+
+
+def _librispeech_960h(c: ml_collections.ConfigDict) -> None:
+    """In the spirit of the paper: ~120 epochs of 960 h (281k utterances, ~2.3k batches of ~120 utterances
+    per epoch), SpecAugment + speed perturbation, sparsity ramped over the middle third, sandwich sampling."""
+    c.data.max_frames_per_batch = 120000
+    c.data.batch_size = 256
+    c.data.specaugment = True
+    c.data.time_masks = 10
+    c.data.speed_perturb = True
+    c.training.max_steps = 280000
+    c.training.warmup_steps = 10000
+    c.training.learning_rate = 1e-3
+    c.training.checkpoint_every = 2000
+    c.training.summary_every = 200
+    c.training.log_every = 200
+    c.sparsity.levels = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9)
+    c.sparsity.begin_step = 60000
+    c.sparsity.end_step = 180000
+    c.sparsity.frequency = 1000
+    c.sparsity.sampler = "sandwich"
+    c.sparsity.subnets_per_step = 1
