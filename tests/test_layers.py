@@ -213,3 +213,20 @@ def test_bad_arguments_raise():
         CausalConvModule(8, 0)
     with pytest.raises(ValueError, match="num_layers"):
         Predictor(7, 4, 6, num_layers=0)
+
+
+def test_masked_softmax_is_exact_and_bounded():
+    from omni_tf.layers.attention import MASKED_SCORE, masked_softmax
+
+    scores = tf.constant([[-80.0, -75.0, 60.0, 3.0], [5.0, 100.0, -2.0, 0.0]])
+    allowed = tf.constant([[1.0, 1.0, 0.0, 0.0], [1.0, 0.0, 1.0, 1.0]])
+    probs = masked_softmax(scores, allowed).numpy()
+    s64, keep = scores.numpy().astype(np.float64), allowed.numpy() > 0
+    ref = np.zeros_like(s64)
+    for r in range(2):  # softmax over the allowed keys only
+        e = np.exp(s64[r, keep[r]] - s64[r, keep[r]].max())
+        ref[r, keep[r]] = e / e.sum()
+    np.testing.assert_allclose(probs, ref, rtol=1e-5, atol=1e-7)  # masked keys get exactly 0, even at 60/100
+    assert probs[0, 2] == 0.0 and probs[1, 1] == 0.0
+    bounded = scores * allowed + (1.0 - allowed) * MASKED_SCORE
+    assert float(tf.reduce_min(bounded)) >= -80.0 and MASKED_SCORE > -1e3  # int8-friendly range

@@ -17,7 +17,20 @@ import tf_keras as keras
 import omni_tf  # noqa: F401
 from omni_tf.layers.masked_dense import MaskedDense, build_child
 
-NEG_INF = -1e9
+# Masked scores are set to MASKED_SCORE (not score - 1e9) and their weights zeroed after the exp: the
+# bounded value keeps the full-int8 calibration range of the scores tensor fine-grained, and masking stays
+# exact whatever the scores are.
+MASKED_SCORE = -30.0
+
+
+def masked_softmax(scores: tf.Tensor, allowed: tf.Tensor) -> tf.Tensor:
+    """Softmax over the last axis of ``scores`` restricted to ``allowed`` (1 = visible, 0 = weight exactly 0).
+
+    Every row must allow at least one key.
+    """
+    bounded = scores * allowed + (1.0 - allowed) * MASKED_SCORE
+    weights = tf.exp(bounded - tf.reduce_max(bounded, axis=-1, keepdims=True)) * allowed
+    return weights / tf.reduce_sum(weights, axis=-1, keepdims=True)
 
 
 def chunk_mask(num_frames: tf.Tensor, chunk_size: int, left_chunks: int) -> tf.Tensor:
@@ -78,8 +91,8 @@ class ChunkedMultiHeadAttention(keras.layers.Layer):
         """q [B,Tq,D], k/v [B,Tk,D], allowed broadcastable to [B,1,Tq,Tk] (1 = visible) -> [B,Tq,D]."""
         scale = (self.d_model // self.num_heads) ** -0.5
         qh, kh, vh = (split_heads(t, self.num_heads) for t in (q * scale, k, v))
-        scores = tf.matmul(qh, kh, transpose_b=True) + (1.0 - allowed) * NEG_INF
-        probs = self.attn_drop(tf.nn.softmax(scores, axis=-1), training=training)
+        scores = tf.matmul(qh, kh, transpose_b=True)
+        probs = self.attn_drop(masked_softmax(scores, allowed), training=training)
         return self.out(merge_heads(tf.matmul(probs, vh)))
 
     def call(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
