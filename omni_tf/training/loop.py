@@ -229,7 +229,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, source: DataSource,
         if step % max(1, t.checkpoint_every) == 0 and step < t.max_steps:
             keeper.save(step)
             last_saved = step
-    path = keeper.save(step) if step != last_saved or restored is None else None
+    finalized = _finalize_rankings(state, step)
+    path = keeper.save(step) if step != last_saved or restored is None or finalized else None
     writer.flush()
     rates = total_meter.rates()
     metrics = {"step": step, "stopped_by": stopped_by, "elapsed_s": time.monotonic() - start,
@@ -246,6 +247,21 @@ def run(config: ml_collections.ConfigDict, workdir: str, source: DataSource,
 
 def _current_lr(state: TrainState) -> float:
     return float(tf.convert_to_tensor(state.optimizer.learning_rate))
+
+
+def _finalize_rankings(state: TrainState, step: int) -> bool:
+    """Ranks at the final targets when training stopped before the schedule's ``end_step``.
+
+    Without it a run cut short (``max_minutes``, or ``max_steps < end_step``) would leave survival levels at
+    ramping targets, and every level's mask would be denser than its name says.
+    """
+    schedule = state.schedule
+    if schedule is None or bool(schedule.is_frozen(step)):
+        return False
+    logging.warning("stopped at step %d before the sparsity schedule's end_step %d: ranking at the final "
+                    "targets now (the sparse levels were not fine-tuned at them)", step, schedule.end_step)
+    state.masks.update_rankings(schedule.sparsities(schedule.end_step))
+    return True
 
 
 def _write_summaries(writer: summaries.SummaryWriter, step: int, out: dict, levels: np.ndarray,

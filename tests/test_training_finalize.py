@@ -1,0 +1,21 @@
+"""A run cut short before the schedule's end_step still leaves survival levels at the final targets."""
+import numpy as np
+import tensorflow as tf
+
+import omni_tf  # noqa: F401
+from omni_tf.training import loop, sources
+from tests.test_training_step import tiny_config
+
+
+def test_stopping_before_end_step_ranks_at_final_targets(tmp_path):
+    config = tiny_config("omni")
+    config.sparsity.begin_step, config.sparsity.end_step, config.sparsity.frequency = 0, 1000, 1
+    config.training.max_steps = 2  # far before end_step: the ramp reached ~0.6% of the targets
+    metrics = loop.train(config, str(tmp_path), sources.RandomFeatureSource(16, num_batches=2))
+    assert metrics["step"] == 2
+    state = loop.TrainState(config, loop.make_strategy(config.training))
+    tf.train.Checkpoint(**state.trackables()).restore(metrics["checkpoint"]).expect_partial()
+    np.testing.assert_allclose(state.masks.current_sparsities.numpy(), config.sparsity.levels, atol=1e-6)
+    for name, surv in state.masks.survival_arrays().items():
+        for k, s in enumerate(config.sparsity.levels):
+            assert abs(float(np.mean(surv < k)) - s) < 0.02, (name, k, float(np.mean(surv < k)))
