@@ -109,6 +109,17 @@ def test_sparse_encoding_smaller_and_uses_block_sparse_fc(block_sparse_module):
     assert convert.smoke_run(result.content)
 
 
+def test_sparse_file_that_disagrees_with_dense_is_not_used(block_sparse_module, monkeypatch):
+    dense = convert.convert_module(block_sparse_module, "float32", sparse="never").content
+    assert convert.max_relative_diff(dense, dense) == 0.0
+    sparse = convert.convert_module(block_sparse_module, "float32", sparse="always").content
+    assert convert.max_relative_diff(dense, sparse) < 1e-5  # float sparse kernels compute the same
+    monkeypatch.setattr(convert, "max_relative_diff", lambda *a, **k: 1.63)  # as LiteRT's hybrid int8 does
+    result = convert.convert_module(block_sparse_module, "float32", sparse="auto")
+    assert not result.sparse_encoded and len(result.content) == result.dense_bytes
+    assert any("disagrees" in n for n in result.notes)
+
+
 @pytest.mark.parametrize("mode", convert.QUANT_MODES)
 def test_every_mode_loads_and_runs(model, mode):
     module = inference_model.build_inference_module(model, small_config(), tier=None)
