@@ -25,6 +25,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.paths.dev_manifest = ""
     c.paths.spm_model = ""
     c.paths.cmvn = ""
+    if "demo" in parts[1:]:
+        _demo(c)
     if "librispeech" in parts[1:]:
         _librispeech_960h(c)
     if "smoke" in parts[1:]:
@@ -39,6 +41,12 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         c.data.batch_size = 4
         c.data.max_frames_per_batch = 4000
     return c
+
+
+def _demo(c: ml_collections.ConfigDict) -> None:
+    """The README demo (``recipes/synthetic/run_demo.py``): synthetic corpus size, float-friendly blocks."""
+    c.data.demo_utterances = 4000
+    c.sparsity.block = "1x4"  # TFLite's sparse float FULLY_CONNECTED blocks (float16/float32 tiers)
 
 
 def _librispeech_960h(c: ml_collections.ConfigDict) -> None:
