@@ -1,0 +1,268 @@
+"""The stages from a prepared corpus to verified per-tier TFLite bundles, shared by the end-to-end recipes.
+
+``recipes/synthetic/run_demo.py`` (synthetic corpus, the README main job) and ``recipes/librispeech/run.py``
+(real LibriSpeech) differ only in how the corpus is made and named; both call these functions, which build
+every model with ``omni_tf.model.build_model`` through the library (``omni_tf.training``,
+``tflite_export``).
+
+Layout under ``out``: ``data/`` (manifests, cmvn.json, spm.model), ``train/<run>/`` (checkpoints,
+TensorBoard), ``eval/``, ``search/``, ``tiers/<tier>/`` (model.tflite, manifest.json, spm.model,
+android_benchmark.sh), ``REPORT.md``, ``pareto.png``, ``stages/`` (what finished, with its inputs).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+import omni_tf  # noqa: F401
+from omni_tf.data import features as features_lib
+from omni_tf.data.librispeech import read_manifest
+from omni_tf.sparsity import size as size_lib
+from omni_tf.text.tokenizer import Tokenizer
+from omni_tf.training import evaluation, loop, sources
+from recipes.stages import Stages
+from tflite_export import bundle
+from tflite_export.recognizer import audio_features
+
+OMNI_SERIES, PRUNED_SERIES = "omni", "individually-pruned"
+# The size that a tier's budget limits, per export quantization (``omni_tf/sparsity/size.py`` metrics).
+# Dynamic-range int8 files are written dense-encoded (tflite_export/convert.py: LiteRT's sparse hybrid
+# kernel disagrees), so their bytes do not shrink with sparsity: their budget counts nonzero parameters.
+BUDGET_METRIC = {"float32": "float32_sparse_bytes", "float16": "float16_sparse_bytes",
+                 "dynamic_int8": "nonzero_params", "int8": "int8_sparse_bytes"}
+
+
+def with_paths(config: ml_collections.ConfigDict, data_dir: str, train: str = "train.tsv",
+               dev: str = "dev.tsv") -> ml_collections.ConfigDict:
+    """A copy of ``config`` reading manifests (comma-separated names), CMVN and SPM from ``data_dir``."""
+    c = copy.deepcopy(config)
+    with c.unlocked():
+        c.paths.manifest_dir = data_dir
+        c.paths.train_manifest = ",".join(os.path.join(data_dir, t) for t in train.split(","))
+        c.paths.dev_manifest = ",".join(os.path.join(data_dir, d) for d in dev.split(","))
+    return c
+
+
+def run_config(config: ml_collections.ConfigDict, mode: str, max_steps: int, max_minutes: float,
+               target_sparsity: float | None = None) -> ml_collections.ConfigDict:
+    """``config`` for one training run: mode, step and wall-clock budget (and the pruned baseline's level)."""
+    c = copy.deepcopy(config)
+    with c.unlocked():
+        c.training.mode = mode
+        c.training.max_steps = int(max_steps)
+        c.training.max_minutes = float(max_minutes)
+        if target_sparsity is not None:
+            c.sparsity.target_sparsity = float(target_sparsity)
+    return c
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains (resuming from ``workdir``'s checkpoint if any); returns the loop's final metrics."""
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=1))
+    metrics = loop.train(config, workdir)
+    return {k: v for k, v in metrics.items() if isinstance(v, int | float | str | type(None))}
+
+
+def _split_batches(config: ml_collections.ConfigDict, manifest: str, max_utterances: int) -> list:
+    c = copy.deepcopy(config)
+    with c.unlocked():
+        c.paths.dev_manifest = manifest
+    source = sources.ManifestSource(c, split="dev", training=False)
+    batches = evaluation.load_batches(source.dataset(0))
+    if max_utterances > 0:
+        kept, n = [], 0
+        for b in batches:
+            if n >= max_utterances:
+                break
+            kept.append(b)
+            n += len(b["ids"])
+        batches = kept
+    return batches, source.tokenizer
+
+
+def evaluate_levels(config: ml_collections.ConfigDict, workdir: str, manifest: str, out_dir: str,
+                    configs: Mapping[str, Mapping[str, int]] | None = None, max_utterances: int = 0,
+                    split: str = "test") -> list[dict[str, Any]]:
+    """WER/CER of every uniform level (and of ``configs``) of ``workdir``'s checkpoint on ``manifest``."""
+    model, masks = evaluation.restore_supernet(config, workdir)
+    batches, tokenizer = _split_batches(config, manifest, max_utterances)
+    return evaluation.evaluate_levels(model, masks, batches, tokenizer, configs=configs, out_dir=out_dir,
+                                      split=split)
+
+
+def tier_budgets(config: ml_collections.ConfigDict, workdir: str, tiers: Mapping[str, float],
+                 metric: str) -> dict[str, float]:
+    """``{tier: target sparsity}`` -> ``{tier: budget}``: the size of a uniform config at that sparsity."""
+    model, masks = evaluation.restore_supernet(config, workdir)
+    other = size_lib.count_other_params(model)
+    names = [n for n, _ in model.prunable_kernels()]
+    shapes = [tuple(v.shape) for _, v in model.prunable_kernels()]
+    out = {}
+    for tier, s in tiers.items():
+        sizes = size_lib.SizeModel(names, shapes, other, levels=(0.0, float(s)), block=config.sparsity.block)
+        out[tier] = sizes.measure(sizes.uniform_config(1), metric)
+    return out
+
+
+def search(config: ml_collections.ConfigDict, workdir: str, budgets: Mapping[str, float], out_dir: str,
+           metric: str, max_utterances: int = 64) -> dict[str, dict[str, Any]]:
+    """Per-tier evolutionary search (dev-subset RNN-T loss as fitness) under ``budgets``."""
+    model, masks = evaluation.restore_supernet(config, workdir)
+    batches, tokenizer = _split_batches(config, config.paths.dev_manifest, max_utterances)
+    sp = config.sparsity
+    return evaluation.search_tiers(model, masks, batches, budgets, metric, "loss", tokenizer, out_dir,
+                                   population=sp.search_population, generations=sp.search_generations,
+                                   mutation_prob=sp.search_mutation_prob, seed=sp.search_seed)
+
+
+def utterance_features(config: ml_collections.ConfigDict, data_dir: str, manifest: str, count: int
+                       ) -> tuple[list[np.ndarray], list[str]]:
+    """CMVN-normalized features [T, 80] and transcripts of the first ``count`` utterances of ``manifest``."""
+    mean, std = features_lib.load_cmvn(os.path.join(data_dir, "cmvn.json"))
+    rows = read_manifest(manifest)[:count]
+    if not rows:
+        raise ValueError(f"{manifest}: no utterances to export against")
+    return [audio_features(r["path"], config.data, mean, std) for r in rows], [r["text"] for r in rows]
+
+
+def export_tiers(config: ml_collections.ConfigDict, workdir: str, data_dir: str, tiers: Mapping[str, Any],
+                 out_dir: str, quantization: str, manifest: str, utterances: int, series: str
+                 ) -> dict[str, dict[str, Any]]:
+    """Exports ``{tier: level index or per-kernel config}`` of the checkpoint in ``workdir``.
+
+    Parity (Keras vs LiteRT tokens; WER both ways) runs on the first ``utterances`` of ``manifest``; a tier
+    that fails it raises ``tflite_export.parity.ParityError`` and nothing of it is written.
+    """
+    model, masks = evaluation.restore_supernet(config, workdir)
+    feats, refs = utterance_features(config, data_dir, manifest, utterances)
+    tokenizer = Tokenizer(os.path.join(data_dir, "spm.model"))
+    cmvn = features_lib.load_cmvn(os.path.join(data_dir, "cmvn.json"))
+    out = {}
+    for name, spec in tiers.items():
+        manifest_json = bundle.export_tier(
+            model, config.model, name, spec, out_dir, quantization, feats, data_config=config.data, cmvn=cmvn,
+            tokenizer=tokenizer, references=refs, levels=tuple(masks.levels),
+            survival=masks.survival_arrays(), block=config.sparsity.block, series=series)
+        out[name] = {k: manifest_json[k] for k in ("tier", "series", "bytes_on_disk", "nonzero_params")}
+    return out
+
+
+def report_row(manifest: Mapping[str, Any], keras_eval: Mapping[str, Any] | None,
+               train_seconds: float | None) -> dict[str, Any]:
+    """One REPORT.md row from a tier's manifest.json and its Keras evaluation on the full test split."""
+    sp = manifest["sparsity"]
+    hist = sp.get("level_histogram")
+    summary = (f"per-layer {hist}" if hist else f"uniform {sp.get('level_sparsity', '')}")
+    lat = manifest["latency"]
+    return {"tier": manifest["tier"], "series": manifest.get("series", OMNI_SERIES),
+            "config": summary, "sparsity": sp.get("prunable_sparsity"),
+            "nonzero_params": manifest["nonzero_params"], "bytes": manifest["bytes_on_disk"],
+            "wer_keras_test": keras_eval.get("wer") if keras_eval else None,
+            "wer_keras": manifest["wer"].get("keras"), "wer_tflite": manifest["wer"].get("tflite"),
+            "ms_per_chunk": lat["median_ms"]["encode"], "rtf": lat["rtf"],
+            "train_minutes": None if train_seconds is None else round(train_seconds / 60.0, 1)}
+
+
+REPORT_COLUMNS = ("tier", "series", "config", "sparsity", "nonzero_params", "bytes", "wer_keras_test",
+                  "wer_keras", "wer_tflite", "ms_per_chunk", "rtf", "train_minutes")
+
+
+def write_report(rows: Sequence[Mapping[str, Any]], out: str, preamble: str, level_rows: Sequence[Mapping]
+                 ) -> str:
+    """``<out>/REPORT.md`` + ``<out>/pareto.png``; returns the tier table (Markdown)."""
+    table = bundle.markdown_table(rows, REPORT_COLUMNS)
+    levels = bundle.markdown_table(level_rows, ("series", "name", "wer", "cer", "nonzero_params",
+                                                "int8_sparse_bytes", "utterances"))
+    text = (f"# omni_tf report\n\n{preamble}\n\n## Device tiers\n\n{table}\n"
+            "`wer_keras_test`: Keras greedy WER on the whole test split; `wer_keras` / `wer_tflite`: "
+            "the same utterances through Keras and through the exported LiteRT model (parity set); "
+            "`ms_per_chunk`: median LiteRT encode step, 1 thread; `rtf`: streaming real-time factor "
+            "(encode + greedy predict/join), 1 thread.\n\n![Pareto](pareto.png)\n\n"
+            "## Every uniform level (Keras, test split)\n\n"
+            f"{levels}")
+    with open(os.path.join(out, "REPORT.md"), "w") as f:
+        f.write(text)
+    bundle.pareto_plot([{**r, "bytes": r["bytes"]} for r in rows], os.path.join(out, "pareto.png"))
+    return table
+
+
+def load_manifests(tier_dir: str) -> dict[str, dict[str, Any]]:
+    with open(os.path.join(tier_dir, "manifest.json")) as f:
+        return json.load(f)
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """What the end-to-end recipes share after the data is prepared.
+
+    tiers: ``{name: sparsity}``; each tier's budget is the int8 size of a uniform config at that sparsity.
+    """
+
+    tiers: Mapping[str, float]
+    max_minutes: float = 0.0
+    quantization: str = "float16"
+    parity_utterances: int = 100
+    eval_utterances: int = 0
+    compare_individual: bool = False
+
+
+def run_tiers(stages: Stages, out: str, config: ml_collections.ConfigDict, data_dir: str, test_manifest: str,
+              opts: Options) -> tuple[list[dict], list[dict], dict]:
+    """train omni -> budgets -> search -> evaluate -> export (-> individually pruned baselines).
+
+    Returns (tier report rows, uniform-level rows, omni training metrics).
+    """
+    workdir = os.path.join(out, "train", "omni")
+    c = run_config(config, "omni", config.training.max_steps, opts.max_minutes)
+    train_metrics = stages.run("train", c.to_dict(), lambda: train(c, workdir))
+    tiers, metric = dict(opts.tiers), BUDGET_METRIC[opts.quantization]
+    budgets = stages.run("budgets", {"tiers": tiers, "metric": metric},
+                         lambda: tier_budgets(config, workdir, tiers, metric))
+    found = stages.run("search", budgets,
+                       lambda: search(config, workdir, budgets, os.path.join(out, "search"), metric))
+    tier_configs = {t: found[t]["config"] for t in tiers}
+    levels = stages.run("levels", {"n": opts.eval_utterances}, lambda: evaluate_levels(
+        config, workdir, test_manifest, os.path.join(out, "eval", "omni"), configs=tier_configs,
+        max_utterances=opts.eval_utterances))
+    evals = {r["name"]: r for r in levels}
+    tier_dir = os.path.join(out, "tiers")
+    stages.run("export", {"q": opts.quantization, "n": opts.parity_utterances}, lambda: export_tiers(
+        config, workdir, data_dir, tier_configs, tier_dir, opts.quantization, test_manifest,
+        opts.parity_utterances, OMNI_SERIES))
+    seconds = train_metrics.get("elapsed_s")
+    rows = [report_row(load_manifests(os.path.join(tier_dir, t)), evals.get(t), seconds) for t in tiers]
+    level_rows = [{**r, "series": OMNI_SERIES} for r in levels if r["name"] not in tiers]
+    if opts.compare_individual:
+        for row in list(rows):
+            more, more_levels = _individually_pruned(stages, out, config, data_dir, test_manifest, opts,
+                                                     row["tier"], row["sparsity"], int(train_metrics["step"]))
+            rows.append(more)
+            level_rows += more_levels
+    return rows, level_rows, train_metrics
+
+
+def _individually_pruned(stages: Stages, out: str, config: ml_collections.ConfigDict, data_dir: str,
+                         test_manifest: str, opts: Options, tier: str, sparsity: float, steps: int
+                         ) -> tuple[dict, list[dict]]:
+    """The baseline for one tier: a model pruned to the tier's sparsity, same loop and step budget."""
+    workdir = os.path.join(out, "train", f"pruned_{tier}")
+    c = run_config(config, "pruned", steps, 0.0, target_sparsity=round(float(sparsity), 4))
+    metrics = stages.run(f"train_pruned_{tier}", c.to_dict(), lambda: train(c, workdir))
+    ev = stages.run(f"levels_pruned_{tier}", {"n": opts.eval_utterances}, lambda: evaluate_levels(
+        c, workdir, test_manifest, os.path.join(out, "eval", f"pruned_{tier}"),
+        max_utterances=opts.eval_utterances))
+    name = f"{tier}_pruned"
+    stages.run(f"export_pruned_{tier}", {"q": opts.quantization, "n": opts.parity_utterances},
+               lambda: export_tiers(c, workdir, data_dir, {name: 1}, os.path.join(out, "tiers"),
+                                    opts.quantization, test_manifest, opts.parity_utterances, PRUNED_SERIES))
+    row = report_row(load_manifests(os.path.join(out, "tiers", name)), ev[-1], metrics.get("elapsed_s"))
+    return row, [{**r, "series": f"{PRUNED_SERIES} {tier}"} for r in ev]

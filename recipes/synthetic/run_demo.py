@@ -1,0 +1,100 @@
+"""The README main job: synthetic corpus -> SentencePiece -> omni supernet -> tiers -> verified TFLite.
+
+Usage (from the repository root):
+  python -m recipes.synthetic.run_demo --out=runs/demo                          # default budget
+  python -m recipes.synthetic.run_demo --out=runs/demo --max_minutes=5          # a quick look
+  python -m recipes.synthetic.run_demo --out=runs/demo --compare_individual     # + individually pruned runs
+  python -m recipes.synthetic.run_demo --out=runs/demo --tiers=watch:0.9,phone:0.7 \
+      --config.model.num_layers=4                                               # any config field
+
+Stages (``<out>/stages/*.json`` records each finished one; running the same command again reuses them, and
+an interrupted training stage resumes from its checkpoint):
+  1 corpus   espeak-ng LibriSpeech-layout corpus in <out>/corpus (reused if made with the same flags)
+  2 prepare  manifests, bad-input reports, CMVN in <out>/data
+  3 spm      SentencePiece model <out>/data/spm.model
+  4 train    the omni supernet within --max_minutes (progress line with ETA)
+  5 levels   WER of every uniform sparsity level on the test split
+  6 search   per-layer levels for each tier's byte budget (--tiers: name:sparsity of the dense int8 size)
+  7 export   per tier: TFLite (--quantization), parity vs Keras, local LiteRT latency
+  8 compare  (--compare_individual) individually pruned models at the tiers' sparsities, same step budget
+  9 report   <out>/REPORT.md and <out>/pareto.png; the table is printed
+"""
+from __future__ import annotations
+
+import os
+import time
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+import omni_tf  # noqa: F401
+from omni_tf.configs import experiment
+from omni_tf.data import prepare, synthetic
+from omni_tf.text.tokenizer import train_from_manifest
+from recipes import end_to_end as e2e
+from recipes.stages import Stages
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", f"{experiment.__file__}:tiny,demo", "Experiment config.",
+                                lock_config=True)
+flags.DEFINE_string("out", None, "Output directory (reused across runs).")
+flags.DEFINE_float("max_minutes", 20.0, "Wall-clock budget of the omni training stage.")
+flags.DEFINE_integer("num_utterances", 0, "Corpus size (0 = the demo config's data.demo_utterances).")
+flags.DEFINE_integer("seed", 0, "Corpus seed.")
+flags.DEFINE_list("tiers", ["speaker:0.6", "phone:0.75", "wearable:0.9"],
+                  "name:sparsity - each tier's budget is the size of a uniform config of that sparsity.")
+flags.DEFINE_enum("quantization", "float16", list(e2e.BUDGET_METRIC),
+                  "Export mode. float16 (default) and float32 files shrink with sparsity (sparse encoding); "
+                  "dynamic_int8 files are written dense-encoded (LiteRT's sparse hybrid kernel is wrong).")
+flags.DEFINE_integer("parity_utterances", 100, "Test utterances run through Keras and LiteRT per tier.")
+flags.DEFINE_integer("eval_utterances", 0, "Test utterances for the level table (0 = all).")
+flags.DEFINE_bool("compare_individual", False, "Also train individually pruned models at the tiers.")
+flags.mark_flags_as_required(["out"])
+
+
+def parse_tiers(items: list[str]) -> dict[str, float]:
+    tiers = {}
+    for item in items:
+        name, sep, value = item.partition(":")
+        if not sep or not 0.0 < float(value) < 1.0:
+            raise app.UsageError(f"--tiers wants name:sparsity with 0 < sparsity < 1, got {item!r}")
+        tiers[name] = float(value)
+    return tiers
+
+
+def make_data(stages: Stages, out: str, config) -> str:
+    corpus_dir, data_dir = os.path.join(out, "corpus"), os.path.join(out, "data")
+    n = FLAGS.num_utterances or config.data.get("demo_utterances", 4000)
+    spec = synthetic.CorpusSpec(num_utterances=n, seed=FLAGS.seed)
+    stages.run("corpus", spec.to_dict(), lambda: synthetic.make_corpus(corpus_dir, spec, num_workers=2))
+    stages.run("prepare", {}, lambda: {s: len(scan.rows)
+                                       for s, scan in prepare.run(corpus_dir, data_dir).items()})
+    stages.run("spm", {"vocab": config.model.vocab_size}, lambda: train_from_manifest(
+        os.path.join(data_dir, "train.tsv"), os.path.join(data_dir, "spm"),
+        config.model.vocab_size).vocab_size)
+    return data_dir
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    logging.set_verbosity(logging.INFO)
+    start, out = time.time(), os.path.abspath(FLAGS.out)
+    tiers = parse_tiers(FLAGS.tiers)
+    stages = Stages(out, log=lambda s: print(s, flush=True))
+    data_dir = make_data(stages, out, FLAGS.config)
+    config = e2e.with_paths(FLAGS.config, data_dir)
+    opts = e2e.Options(tiers, FLAGS.max_minutes, FLAGS.quantization, FLAGS.parity_utterances,
+                       FLAGS.eval_utterances, FLAGS.compare_individual)
+    rows, level_rows, train_metrics = e2e.run_tiers(stages, out, config, data_dir,
+                                                    os.path.join(data_dir, "test.tsv"), opts)
+    preamble = (f"Synthetic corpus: {FLAGS.num_utterances or config.data.get('demo_utterances', 4000)} "
+                f"utterances (seed {FLAGS.seed}); preset `{config.preset}`; omni training "
+                f"{train_metrics.get('step')} steps in {train_metrics.get('elapsed_s', 0) / 60:.1f} min "
+                f"(stopped by {train_metrics.get('stopped_by')}); quantization {FLAGS.quantization}; "
+                f"block {config.sparsity.block}. Whole run: {(time.time() - start) / 60:.1f} min.")
+    table = e2e.write_report(rows, out, preamble, level_rows)
+    print(f"\n{preamble}\n\n{table}\nwrote {out}/REPORT.md and {out}/pareto.png", flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)
