@@ -250,17 +250,21 @@ def _current_lr(state: TrainState) -> float:
 
 
 def _finalize_rankings(state: TrainState, step: int) -> bool:
-    """Ranks at the final targets when training stopped before the schedule's ``end_step``.
+    """Ranks at the final targets when training stopped before the schedule ranked at them.
 
-    Without it a run cut short (``max_minutes``, or ``max_steps < end_step``) would leave survival levels at
+    Without it a run cut short (``max_minutes``, or ``max_steps <= end_step``) would leave survival levels at
     ramping targets, and every level's mask would be denser than its name says.
     """
     schedule = state.schedule
-    if schedule is None or bool(schedule.is_frozen(step)):
+    if schedule is None:
         return False
-    logging.warning("stopped at step %d before the sparsity schedule's end_step %d: ranking at the final "
-                    "targets now (the sparse levels were not fine-tuned at them)", step, schedule.end_step)
-    state.masks.update_rankings(schedule.sparsities(schedule.end_step))
+    final = schedule.sparsities(schedule.end_step)
+    if np.allclose(state.masks.current_sparsities.numpy(), np.asarray(final), atol=1e-6):
+        return False
+    logging.warning("stopped at step %d before the sparsity schedule ranked at its final targets (end_step "
+                    "%d): ranking at them now (the sparse levels were not fine-tuned at them)", step,
+                    schedule.end_step)
+    state.masks.update_rankings(final)
     return True
 
 
