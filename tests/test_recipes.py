@@ -1,0 +1,88 @@
+"""End-to-end recipes: resumable stages, and recipes/librispeech/run.py on a LibriSpeech-layout tree."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import omni_tf  # noqa: F401
+from recipes.stages import Stages
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_stages_reuse_finished_and_redo_from_a_changed_input(tmp_path):
+    calls = []
+
+    def stage(name, value):
+        calls.append(name)
+        return {"v": value}
+
+    def run_all(a_input):
+        st = Stages(str(tmp_path), log=lambda s: None)
+        a = st.run("a", {"x": a_input}, lambda: stage("a", a_input))
+        return [a, st.run("b", {}, lambda: stage("b", 2))]
+
+    assert run_all(1) == [{"v": 1}, {"v": 2}] and calls == ["a", "b"]
+    assert run_all(1) == [{"v": 1}, {"v": 2}] and calls == ["a", "b"]  # both reused from stages/*.json
+    assert run_all(5) == [{"v": 5}, {"v": 2}] and calls == ["a", "b", "a", "b"]  # b depends on a: redone
+
+
+def test_interrupted_stage_is_redone(tmp_path):
+    st = Stages(str(tmp_path), log=lambda s: None)
+
+    def boom():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        st.run("train", {}, boom)
+    assert not os.path.exists(tmp_path / "stages" / "train.json")  # nothing recorded: the next run redoes it
+    assert Stages(str(tmp_path), log=lambda s: None).run("train", {}, lambda: 7) == 7
+
+
+def _librispeech_tree(root):
+    from omni_tf.data import synthetic
+
+    spec = synthetic.CorpusSpec(num_utterances=48, seed=3, dev_fraction=0.15, test_fraction=0.15)
+    synthetic.make_corpus(str(root), spec, num_workers=2, log=lambda s: None)
+    for ours, theirs in (("train", "train-clean-100"), ("dev", "dev-other"), ("test", "test-other")):
+        os.rename(root / ours, root / theirs)
+
+
+def test_librispeech_run_end_to_end_and_rerun_reuses_stages(tmp_path):
+    tree, out = tmp_path / "LibriSpeech", tmp_path / "out"
+    _librispeech_tree(tree)
+    cmd = [sys.executable, "-m", "recipes.librispeech.run", f"--librispeech_dir={tree}", f"--out={out}",
+           "--config=omni_tf/configs/experiment.py:tiny,smoke", "--train_splits=train-clean-100",
+           "--max_steps=4", "--tiers=big:0.5,small:0.9", "--quantization=float32", "--parity_utterances=2",
+           "--eval_utterances=3",
+           "--config.model.d_model=32", "--config.model.num_layers=1", "--config.model.num_heads=2",
+           "--config.model.ff_dim=64", "--config.model.vocab_size=48", "--config.model.pred_hidden=32",
+           "--config.model.joint_dim=32", "--config.model.pred_embed_dim=16",
+           "--config.sparsity.search_population=4", "--config.sparsity.search_generations=1"]
+    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    first = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    for split in ("train-clean-100", "dev-other", "test-other"):
+        assert (out / "data" / f"{split}.tsv").exists() and (out / "data" / f"{split}.report.json").exists()
+    report = (out / "REPORT.md").read_text()
+    assert "| big | omni |" in report and "| small | omni |" in report and (out / "pareto.png").exists()
+    from ai_edge_litert.interpreter import Interpreter
+
+    from tflite_export import bundle
+
+    sizes = {}
+    for tier in ("big", "small"):
+        manifest = json.loads((out / "tiers" / tier / "manifest.json").read_text())
+        bundle.validate_manifest(manifest)
+        interp = Interpreter(model_path=str(out / "tiers" / tier / "model.tflite"))
+        assert set(interp.get_signature_list()) >= {"encode", "predict", "join"}
+        sizes[tier] = manifest["bytes_on_disk"]
+        assert np.isfinite(manifest["wer"]["tflite"])
+    assert sizes["small"] < sizes["big"]  # sparse encoding: the sparser tier is smaller on disk
+    second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    ran = [line for line in second.stdout.splitlines() if line.endswith("running")]
+    assert not ran and second.stdout.count("reused") >= 8, second.stdout
