@@ -61,9 +61,10 @@ class StreamingGreedy:
         return {s["input"]: np.zeros(s["shape"], s["dtype"]) for s in self.layout[key]}
 
     def encoder_frames(self, features: np.ndarray) -> np.ndarray:
-        """features [T, 80] -> valid encoder frames [ceil(T/4), D]."""
+        """features [T, 80] -> valid encoder frames [ceil(T/f), D] (f = chunk_frames / chunk_enc)."""
         wins, valid = chunk_windows(np.asarray(features, np.float32), self.layout["chunk_frames"],
-                                    self.layout["lookahead_frames"])
+                                    self.layout["lookahead_frames"],
+                                    self.layout["chunk_frames"] // self.layout["chunk_enc"])
         cache = self._init("encoder_state")
         outs = []
         for win in wins:
