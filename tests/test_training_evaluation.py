@@ -5,12 +5,12 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_training_step import tiny_config
 
 import omni_tf  # noqa: F401
 from omni_tf.model import build_model
 from omni_tf.sparsity.masking import SupernetMasks
 from omni_tf.training import evaluation, sources
+from tests.training_helpers import tiny_config
 
 
 class DigitTokenizer:

@@ -4,18 +4,8 @@ import pytest
 import tensorflow as tf
 
 import omni_tf  # noqa: F401
-from omni_tf.configs import experiment
 from omni_tf.training import loop, sources
-
-
-def tiny_config(mode: str):
-    c = experiment.get_config("tiny,smoke")
-    m = c.model
-    m.d_model, m.num_layers, m.num_heads, m.ff_dim, m.conv_kernel = 32, 1, 2, 64, 3
-    m.vocab_size, m.pred_embed_dim, m.pred_hidden, m.joint_dim, m.dropout = 16, 16, 32, 32, 0.0
-    c.training.mode = mode
-    c.sparsity.levels = (0.0, 0.5, 0.8)
-    return c
+from tests.training_helpers import tiny_config
 
 
 @pytest.mark.parametrize("end_step_reached", [False, True])

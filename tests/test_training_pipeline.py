@@ -4,10 +4,9 @@ import os
 import subprocess
 import sys
 
-from test_training_step import tiny_config
-
 import omni_tf  # noqa: F401
 from omni_tf.training import evaluation, loop, sources
+from tests.training_helpers import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

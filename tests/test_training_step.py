@@ -7,20 +7,10 @@ import tensorflow as tf
 import tf_keras as keras
 
 import omni_tf  # noqa: F401
-from omni_tf.configs import experiment
 from omni_tf.losses.rnnt import rnnt_loss
 from omni_tf.training import loop, sources
 from omni_tf.training.step import TrainStep
-
-
-def tiny_config(mode: str = "omni"):
-    c = experiment.get_config("tiny,smoke")
-    m = c.model
-    m.d_model, m.num_layers, m.num_heads, m.ff_dim, m.conv_kernel = 32, 1, 2, 64, 3
-    m.vocab_size, m.pred_embed_dim, m.pred_hidden, m.joint_dim, m.dropout = 16, 16, 32, 32, 0.0
-    c.training.mode = mode
-    c.sparsity.levels = (0.0, 0.5, 0.8)
-    return c
+from tests.training_helpers import tiny_config
 
 
 def _state_and_step(config, sgd: bool = False):
