@@ -96,13 +96,14 @@ def matmul_peak_gflops(m: int = 64, k: int = 1024, n: int = 1024, runs: int = 50
 
 
 def fresh_tiers(out_dir: str) -> list[str]:
-    """Exports the four benchmark tiers of a fresh ``--preset`` model; returns tier dirs."""
+    """Exports the benchmark tiers of a fresh ``--preset`` model; returns tier dirs."""
     cfg = model_configs.get_preset(FLAGS.preset)
     model = build_model(cfg)
     bias = model.joiner.output_dense.bias
     bias.assign(tf.tensor_scatter_nd_add(bias, [[0]], [FLAGS.blank_bias]))
     specs = [("f32_dense", "float32", None, 1, "never"), ("int8dyn_dense", "dynamic_int8", None, 1, "never"),
-             ("f32_s80_1x4", "float32", 1, "1x4", "auto"),
+             ("f16_dense", "float16", None, 1, "never"),
+             ("f32_s80_1x4", "float32", 1, "1x4", "auto"), ("f16_s80_1x4", "float16", 1, "1x4", "auto"),
              ("int8dyn_s80_1x16", "dynamic_int8", 1, "1x16", "auto")]
     dirs = []
     for name, quant, tier, block, sparse in specs:
