@@ -3,7 +3,9 @@
 Use with ``config_flags.DEFINE_config_file("config", "omni_tf/configs/experiment.py:tiny", lock_config=True)``
 and override fields on the command line, e.g. ``--config.training.max_steps=100``.
 ``get_config("tiny,smoke")`` is the runlocal-style smoke variant (a few steps, small batches);
-``get_config("paper,librispeech")`` is the LibriSpeech 960 h schedule (``recipes/librispeech/run.py``).
+``get_config("paper,librispeech")`` is the LibriSpeech 960 h schedule (``recipes/librispeech/run.py``);
+``get_config("tiny,demo")`` is the ~20-minute 2-core synthetic demo (``recipes/synthetic/run_demo.py``;
+measurements behind every value in docs/TUNING.md).
 """
 import ml_collections
 
@@ -29,6 +31,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         _demo(c)
     if "librispeech" in parts[1:]:
         _librispeech_960h(c)
+    if "demo" in parts[1:]:
+        _synthetic_demo(c)
     if "smoke" in parts[1:]:
         c.training.max_steps = 6
         c.training.warmup_steps = 2
@@ -69,3 +73,30 @@ def _librispeech_960h(c: ml_collections.ConfigDict) -> None:
     c.sparsity.frequency = 1000
     c.sparsity.sampler = "sandwich"
     c.sparsity.subnets_per_step = 1
+
+
+def _synthetic_demo(c: ml_collections.ConfigDict) -> None:
+    """The README demo: ~1500 steps (~20 min on 2 shared CPU cores) on an 8000-utterance espeak-ng corpus.
+
+    The model is far from converged in that budget (train WER ~ test WER), so everything favours learning
+    speed: no SpecAugment and no dropout, 8x subsampling (80 ms encoder frames: ~1.7x more steps per
+    minute; chunk 160 ms / lookahead 40 ms unchanged), a 64-piece unigram vocabulary (at 500 steps test WER
+    76% vs 81% / 87% / 89% for 128 / 256 / 500 pieces), peak LR 3e-3 after 100 warm-up steps, cosine to
+    max_steps. Omni: uniform sampling (one subnet per step, the dense step cost), sparsity ramped over
+    40-80% of the steps. docs/TUNING.md has every run.
+    """
+    c.model.subsampling_factor = 8
+    c.model.vocab_size = 64
+    c.model.dropout = 0.0
+    c.data.specaugment = False
+    c.data.demo_utterances = 8000  # read by run_demo (corpus size; 7200 train utterances, 5.4 h)
+    c.training.max_steps = 1500  # cosine horizon; run_demo also stops at --max_minutes
+    c.training.warmup_steps = 100
+    c.training.learning_rate = 3e-3
+    c.training.checkpoint_every = 250
+    c.training.log_every = 50
+    c.training.summary_every = 50
+    c.sparsity.sampler = "uniform"
+    c.sparsity.begin_step = 600
+    c.sparsity.end_step = 1200
+    c.sparsity.frequency = 50
