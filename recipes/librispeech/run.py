@@ -44,7 +44,7 @@ flags.DEFINE_string("test_split", "test-other", "Split for WER and TFLite parity
 flags.DEFINE_integer("max_steps", 0, "Overrides config.training.max_steps when > 0.")
 flags.DEFINE_float("max_minutes", 0.0, "Wall-clock budget of the omni training (0 = none).")
 flags.DEFINE_list("tiers", ["speaker:0.6", "phone:0.75", "wearable:0.9"], "name:sparsity (see run_demo).")
-flags.DEFINE_enum("quantization", "float16", list(e2e.BUDGET_METRIC), "Export mode (see run_demo).")
+flags.DEFINE_enum("quantization", "dynamic_int8", list(e2e.BUDGET_METRIC), "Export mode (see run_demo).")
 flags.DEFINE_integer("parity_utterances", 200, "Test utterances run through Keras and LiteRT per tier.")
 flags.DEFINE_integer("eval_utterances", 0, "Test utterances for the level table (0 = all).")
 flags.DEFINE_bool("compare_individual", False, "Also train individually pruned models at the tiers.")
