@@ -224,7 +224,7 @@ def run_tiers(stages: Stages, out: str, config: ml_collections.ConfigDict, data_
     """
     workdir = os.path.join(out, "train", "omni")
     c = run_config(config, "omni", config.training.max_steps, opts.max_minutes)
-    train_metrics = stages.run("train", c.to_dict(), lambda: train(c, workdir))
+    train_metrics = stages.run("train", c.to_dict(), lambda: train(c, workdir), outputs=(workdir,))
     tiers, metric = dict(opts.tiers), BUDGET_METRIC[opts.quantization]
     budgets = stages.run("budgets", {"tiers": tiers, "metric": metric},
                          lambda: tier_budgets(config, workdir, tiers, metric))
@@ -257,7 +257,7 @@ def _individually_pruned(stages: Stages, out: str, config: ml_collections.Config
     """The baseline for one tier: a model pruned to the tier's sparsity, same loop and step budget."""
     workdir = os.path.join(out, "train", f"pruned_{tier}")
     c = run_config(config, "pruned", steps, 0.0, target_sparsity=round(float(sparsity), 4))
-    metrics = stages.run(f"train_pruned_{tier}", c.to_dict(), lambda: train(c, workdir))
+    metrics = stages.run(f"train_pruned_{tier}", c.to_dict(), lambda: train(c, workdir), outputs=(workdir,))
     ev = stages.run(f"levels_pruned_{tier}", {"n": opts.eval_utterances}, lambda: evaluate_levels(
         c, workdir, test_manifest, os.path.join(out, "eval", f"pruned_{tier}"),
         max_utterances=opts.eval_utterances))

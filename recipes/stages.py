@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable
 from typing import Any
@@ -31,8 +32,13 @@ class Stages:
     def _path(self, name: str) -> str:
         return os.path.join(self.dir, f"{name}.json")
 
-    def run(self, name: str, inputs: dict[str, Any], fn: Callable[[], Any]) -> Any:
-        """``fn()``'s JSON-able result; the stored one is reused when ``inputs`` (and upstream) match."""
+    def run(self, name: str, inputs: dict[str, Any], fn: Callable[[], Any], outputs: tuple[str, ...] = ()
+            ) -> Any:
+        """``fn()``'s JSON-able result; the stored one is reused when ``inputs`` (and upstream) match.
+
+        ``outputs``: directories the stage resumes from (e.g. a training workdir). They are kept when the
+        stage was interrupted (no record: it resumes) and removed when its inputs changed (it starts over).
+        """
         key = _key({"inputs": inputs, "upstream": self._upstream})
         path = self._path(name)
         if os.path.exists(path):
@@ -43,8 +49,11 @@ class Stages:
                 self._upstream = key
                 self.timings[name] = 0.0
                 return done["result"]
-            self.log(f"[{name}] inputs changed: redoing")
+            removing = f" (removing {', '.join(outputs)})" if outputs else ""
+            self.log(f"[{name}] inputs changed: redoing{removing}")
             os.remove(path)
+            for out in outputs:
+                shutil.rmtree(out, ignore_errors=True)
         self.log(f"[{name}] running")
         start = time.time()
         result = fn()

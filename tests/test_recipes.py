@@ -30,6 +30,23 @@ def test_stages_reuse_finished_and_redo_from_a_changed_input(tmp_path):
     assert run_all(5) == [{"v": 5}, {"v": 2}] and calls == ["a", "b", "a", "b"]  # b depends on a: redone
 
 
+def test_changed_inputs_remove_outputs_but_interruption_keeps_them(tmp_path):
+    work = tmp_path / "work"
+
+    def train(tag):
+        work.mkdir(exist_ok=True)
+        (work / tag).write_text(tag)
+        return sorted(os.listdir(work))
+
+    first = Stages(str(tmp_path), log=lambda s: None).run("t", {"lr": 1}, lambda: train("a"), (str(work),))
+    assert first == ["a"]
+    redone = Stages(str(tmp_path), log=lambda s: None).run("t", {"lr": 2}, lambda: train("b"), (str(work),))
+    assert redone == ["b"]  # the old run's checkpoint dir was removed: a changed config starts over
+    os.remove(tmp_path / "stages" / "t.json")  # as if killed before the stage finished
+    resumed = Stages(str(tmp_path), log=lambda s: None).run("t", {"lr": 2}, lambda: train("c"), (str(work),))
+    assert resumed == ["b", "c"]  # no record: the work dir is kept, so training resumes
+
+
 def test_interrupted_stage_is_redone(tmp_path):
     st = Stages(str(tmp_path), log=lambda s: None)
 
