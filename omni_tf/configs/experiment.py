@@ -27,8 +27,6 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.paths.dev_manifest = ""
     c.paths.spm_model = ""
     c.paths.cmvn = ""
-    if "demo" in parts[1:]:
-        _demo(c)
     if "librispeech" in parts[1:]:
         _librispeech_960h(c)
     if "demo" in parts[1:]:
@@ -45,12 +43,6 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         c.data.batch_size = 4
         c.data.max_frames_per_batch = 4000
     return c
-
-
-def _demo(c: ml_collections.ConfigDict) -> None:
-    """The README demo (``recipes/synthetic/run_demo.py``): synthetic corpus size, float-friendly blocks."""
-    c.data.demo_utterances = 4000
-    c.sparsity.block = "1x4"  # TFLite's sparse float FULLY_CONNECTED blocks (float16/float32 tiers)
 
 
 def _librispeech_960h(c: ml_collections.ConfigDict) -> None:
@@ -84,7 +76,8 @@ def _synthetic_demo(c: ml_collections.ConfigDict) -> None:
     pieces = exactly the 28 characters of the sentence source + <blk> + <unk>; test WER after 1500 omni
     steps 55% vs 60% for 64 pieces; at 500 dense steps 64 / 128 / 256 / 500 pieces gave 76 / 81 / 87 / 89%),
     peak LR 3e-3 after 100 warm-up steps, cosine to max_steps. Omni: uniform sampling (one subnet per
-    step, the dense step cost), sparsity ramped over 40-80% of the steps. docs/TUNING.md has every run.
+    step, the dense step cost), sparsity ramped over 40-80% of the steps; 1x4 blocks (the tuning runs used
+    1x1, so levels >= 0.7 may be worse than docs/TUNING.md shows). docs/TUNING.md has every run.
     """
     c.model.subsampling_factor = 8
     c.model.vocab_size = 30  # char level: run_demo trains a unigram SentencePiece of this size
@@ -97,6 +90,7 @@ def _synthetic_demo(c: ml_collections.ConfigDict) -> None:
     c.training.checkpoint_every = 250
     c.training.log_every = 50
     c.training.summary_every = 50
+    c.sparsity.block = "1x4"  # TFLite's sparse float FULLY_CONNECTED blocks (float16/float32 tiers)
     c.sparsity.sampler = "uniform"
     c.sparsity.begin_step = 1000
     c.sparsity.end_step = 2000
