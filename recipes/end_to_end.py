@@ -115,13 +115,14 @@ def tier_budgets(config: ml_collections.ConfigDict, workdir: str, tiers: Mapping
 
 
 def search(config: ml_collections.ConfigDict, workdir: str, budgets: Mapping[str, float], out_dir: str,
-           metric: str, max_utterances: int = 64) -> dict[str, dict[str, Any]]:
+           metric: str, population: int, generations: int, max_utterances: int = 64
+           ) -> dict[str, dict[str, Any]]:
     """Per-tier evolutionary search (dev-subset RNN-T loss as fitness) under ``budgets``."""
     model, masks = evaluation.restore_supernet(config, workdir)
     batches, tokenizer = _split_batches(config, config.paths.dev_manifest, max_utterances)
     sp = config.sparsity
     return evaluation.search_tiers(model, masks, batches, budgets, metric, "loss", tokenizer, out_dir,
-                                   population=sp.search_population, generations=sp.search_generations,
+                                   population=population, generations=generations,
                                    mutation_prob=sp.search_mutation_prob, seed=sp.search_seed)
 
 
@@ -214,6 +215,8 @@ class Options:
     parity_utterances: int = 100
     eval_utterances: int = 0
     compare_individual: bool = False
+    search_population: int = 12  # fitness evaluations per tier <= population * (generations + 1)
+    search_generations: int = 6
 
 
 def run_tiers(stages: Stages, out: str, config: ml_collections.ConfigDict, data_dir: str, test_manifest: str,
@@ -228,8 +231,11 @@ def run_tiers(stages: Stages, out: str, config: ml_collections.ConfigDict, data_
     tiers, metric = dict(opts.tiers), BUDGET_METRIC[opts.quantization]
     budgets = stages.run("budgets", {"tiers": tiers, "metric": metric},
                          lambda: tier_budgets(config, workdir, tiers, metric))
-    found = stages.run("search", budgets,
-                       lambda: search(config, workdir, budgets, os.path.join(out, "search"), metric))
+    search_inputs = {"budgets": budgets, "population": opts.search_population,
+                     "generations": opts.search_generations}
+    found = stages.run("search", search_inputs, lambda: search(
+        config, workdir, budgets, os.path.join(out, "search"), metric, opts.search_population,
+        opts.search_generations))
     tier_configs = {t: found[t]["config"] for t in tiers}
     levels = stages.run("levels", {"n": opts.eval_utterances}, lambda: evaluate_levels(
         config, workdir, test_manifest, os.path.join(out, "eval", "omni"), configs=tier_configs,

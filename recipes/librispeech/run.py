@@ -48,6 +48,8 @@ flags.DEFINE_enum("quantization", "dynamic_int8", list(e2e.BUDGET_METRIC), "Expo
 flags.DEFINE_integer("parity_utterances", 200, "Test utterances run through Keras and LiteRT per tier.")
 flags.DEFINE_integer("eval_utterances", 0, "Test utterances for the level table (0 = all).")
 flags.DEFINE_bool("compare_individual", False, "Also train individually pruned models at the tiers.")
+flags.DEFINE_integer("search_population", 12, "Per-layer search: population per generation.")
+flags.DEFINE_integer("search_generations", 6, "Per-layer search: generations.")
 flags.DEFINE_integer("cmvn_max_utterances", 20000, "Train utterances for global CMVN (0 = all).")
 flags.mark_flags_as_required(["librispeech_dir", "out"])
 
@@ -87,7 +89,8 @@ def main(argv: list[str]) -> None:
     if FLAGS.max_steps > 0:
         config = e2e.run_config(config, config.training.mode, FLAGS.max_steps, config.training.max_minutes)
     opts = e2e.Options(tiers, FLAGS.max_minutes, FLAGS.quantization, FLAGS.parity_utterances,
-                       FLAGS.eval_utterances, FLAGS.compare_individual)
+                       FLAGS.eval_utterances, FLAGS.compare_individual, FLAGS.search_population,
+                       FLAGS.search_generations)
     rows, level_rows, train_metrics = e2e.run_tiers(
         stages, out, config, data_dir, os.path.join(data_dir, f"{FLAGS.test_split}.tsv"), opts)
     preamble = (f"LibriSpeech {FLAGS.librispeech_dir}: train {','.join(FLAGS.train_splits)}, dev "

@@ -49,6 +49,8 @@ flags.DEFINE_enum("quantization", "dynamic_int8", list(e2e.BUDGET_METRIC),
 flags.DEFINE_integer("parity_utterances", 100, "Test utterances run through Keras and LiteRT per tier.")
 flags.DEFINE_integer("eval_utterances", 0, "Test utterances for the level table (0 = all).")
 flags.DEFINE_bool("compare_individual", False, "Also train individually pruned models at the tiers.")
+flags.DEFINE_integer("search_population", 12, "Per-layer search: population per generation.")
+flags.DEFINE_integer("search_generations", 6, "Per-layer search: generations.")
 flags.mark_flags_as_required(["out"])
 
 
@@ -84,7 +86,8 @@ def main(argv: list[str]) -> None:
     data_dir = make_data(stages, out, FLAGS.config)
     config = e2e.with_paths(FLAGS.config, data_dir)
     opts = e2e.Options(tiers, FLAGS.max_minutes, FLAGS.quantization, FLAGS.parity_utterances,
-                       FLAGS.eval_utterances, FLAGS.compare_individual)
+                       FLAGS.eval_utterances, FLAGS.compare_individual, FLAGS.search_population,
+                       FLAGS.search_generations)
     rows, level_rows, train_metrics = e2e.run_tiers(stages, out, config, data_dir,
                                                     os.path.join(data_dir, "test.tsv"), opts)
     preamble = (f"Synthetic corpus: {FLAGS.num_utterances or config.data.get('demo_utterances', 4000)} "
