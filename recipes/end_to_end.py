@@ -102,13 +102,22 @@ def evaluate_levels(config: ml_collections.ConfigDict, workdir: str, manifest: s
 
 def tier_budgets(config: ml_collections.ConfigDict, workdir: str, tiers: Mapping[str, float],
                  metric: str) -> dict[str, float]:
-    """``{tier: target sparsity}`` -> ``{tier: budget}``: the size of a uniform config at that sparsity."""
+    """``{tier: target sparsity}`` -> ``{tier: budget}``: the size of a uniform config at that sparsity.
+
+    A sparsity of the supernet's level set gets that level's exact size (so the uniform level fits its own
+    budget); another one an analytic size (``size.py``) at that sparsity.
+    """
     model, masks = evaluation.restore_supernet(config, workdir)
+    exact = evaluation.size_model_of(model, masks)
     other = size_lib.count_other_params(model)
     names = [n for n, _ in model.prunable_kernels()]
     shapes = [tuple(v.shape) for _, v in model.prunable_kernels()]
     out = {}
     for tier, s in tiers.items():
+        if any(abs(s - level) < 1e-9 for level in masks.levels):
+            k = min(range(len(masks.levels)), key=lambda i: abs(masks.levels[i] - s))
+            out[tier] = exact.measure(exact.uniform_config(k), metric)
+            continue
         sizes = size_lib.SizeModel(names, shapes, other, levels=(0.0, float(s)), block=config.sparsity.block)
         out[tier] = sizes.measure(sizes.uniform_config(1), metric)
     return out
