@@ -202,7 +202,11 @@ def write_report(rows: Sequence[Mapping[str, Any]], out: str, preamble: str, lev
             f"{levels}")
     with open(os.path.join(out, "REPORT.md"), "w") as f:
         f.write(text)
-    bundle.pareto_plot([{**r, "bytes": r["bytes"]} for r in rows], os.path.join(out, "pareto.png"))
+    if len({r["bytes"] for r in rows}) > 1:
+        bundle.pareto_plot(rows, os.path.join(out, "pareto.png"))
+    else:  # dense-encoded tiers (int8, float16) are all one size: their nonzero parameters differ
+        bundle.pareto_plot(rows, os.path.join(out, "pareto.png"), x_key="nonzero_params",
+                           x_label="nonzero parameters (M); files are dense-encoded", x_scale=1e-6)
     return table
 
 

@@ -333,8 +333,9 @@ def write_report(rows: Sequence[Mapping[str, Any]], path: str, title: str = "TFL
     return text
 
 
-def pareto_plot(rows: Sequence[Mapping[str, Any]], png: str, wer_key: str = "wer_tflite") -> str:
-    """WER vs bytes on disk, one series per ``row["series"]`` (e.g. omni, individually-pruned)."""
+def pareto_plot(rows: Sequence[Mapping[str, Any]], png: str, wer_key: str = "wer_tflite",
+                x_key: str = "bytes", x_label: str = "model.tflite size (MB)", x_scale: float = 1e-6) -> str:
+    """WER vs ``x_key`` (default: bytes on disk), one series per ``row["series"]`` (omni, pruned...)."""
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
@@ -342,11 +343,11 @@ def pareto_plot(rows: Sequence[Mapping[str, Any]], png: str, wer_key: str = "wer
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for series in sorted({r.get("series", "omni") for r in rows}):
-        pts = sorted((r["bytes"] / 1e6, r[wer_key]) for r in rows
+        pts = sorted((r[x_key] * x_scale, r[wer_key]) for r in rows
                      if r.get("series", "omni") == series and r.get(wer_key) is not None)
         if pts:
             ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], "o-", label=series)
-    ax.set_xlabel("model.tflite size (MB)")
+    ax.set_xlabel(x_label)
     ax.set_ylabel("WER (%)")
     ax.grid(True, alpha=0.3)
     ax.legend()
