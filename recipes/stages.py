@@ -27,7 +27,7 @@ class Stages:
         os.makedirs(self.dir, exist_ok=True)
         self.log = log
         self._upstream = ""  # key of the previous stage: a redone stage invalidates the later ones
-        self.timings: dict[str, float] = {}
+        self.timings: dict[str, float] = {}  # seconds each stage took when it ran (reused: as recorded)
 
     def _path(self, name: str) -> str:
         return os.path.join(self.dir, f"{name}.json")
@@ -47,7 +47,7 @@ class Stages:
             if done.get("key") == key:
                 self.log(f"[{name}] reused (finished {done.get('finished')}, {done.get('seconds', 0):.0f} s)")
                 self._upstream = key
-                self.timings[name] = 0.0
+                self.timings[name] = float(done.get("seconds", 0.0))
                 return done["result"]
             removing = f" (removing {', '.join(outputs)})" if outputs else ""
             self.log(f"[{name}] inputs changed: redoing{removing}")
