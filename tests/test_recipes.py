@@ -78,6 +78,7 @@ def test_librispeech_run_end_to_end_and_rerun_reuses_stages(tmp_path):
            "--config.model.d_model=32", "--config.model.num_layers=1", "--config.model.num_heads=2",
            "--config.model.ff_dim=64", "--config.model.vocab_size=48", "--config.model.pred_hidden=32",
            "--config.model.joint_dim=32", "--config.model.pred_embed_dim=16",
+           "--config.model.subsampling_factor=8",  # the demo's front-end: streaming parity at 80 ms frames
            "--search_population=4", "--search_generations=1"]
     env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
     first = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
