@@ -146,7 +146,9 @@ class Transducer(keras.Model):
 
     def join_step(self, enc_frame: tf.Tensor, pred: tf.Tensor) -> tf.Tensor:
         """enc_frame [B,D], pred [B,P] -> log_probs [B,V]."""
-        return tf.nn.log_softmax(self.joiner(enc_frame, pred), axis=-1)
+        logits = self.joiner(enc_frame, pred)
+        with tf.name_scope("output_log_softmax"):  # named: int8 export keeps it float (int8 saturates at -16)
+            return tf.nn.log_softmax(logits, axis=-1)
 
     # --- sparsity interface ---------------------------------------------------------------------------------
     def _named_kernel_layers(self) -> list:

@@ -28,9 +28,10 @@ def masked_softmax(scores: tf.Tensor, allowed: tf.Tensor) -> tf.Tensor:
 
     Every row must allow at least one key.
     """
-    bounded = scores * allowed + (1.0 - allowed) * MASKED_SCORE
-    weights = tf.exp(bounded - tf.reduce_max(bounded, axis=-1, keepdims=True)) * allowed
-    return weights / tf.reduce_sum(weights, axis=-1, keepdims=True)
+    with tf.name_scope("masked_softmax"):  # the name lets TFLite export keep these ops float in int8 mode
+        bounded = scores * allowed + (1.0 - allowed) * MASKED_SCORE
+        weights = tf.exp(bounded - tf.reduce_max(bounded, axis=-1, keepdims=True)) * allowed
+        return weights / tf.reduce_sum(weights, axis=-1, keepdims=True)
 
 
 def chunk_mask(num_frames: tf.Tensor, chunk_size: int, left_chunks: int) -> tf.Tensor:
@@ -91,7 +92,8 @@ class ChunkedMultiHeadAttention(keras.layers.Layer):
         """q [B,Tq,D], k/v [B,Tk,D], allowed broadcastable to [B,1,Tq,Tk] (1 = visible) -> [B,Tq,D]."""
         scale = (self.d_model // self.num_heads) ** -0.5
         qh, kh, vh = (split_heads(t, self.num_heads) for t in (q * scale, k, v))
-        scores = tf.matmul(qh, kh, transpose_b=True)
+        with tf.name_scope("attention_scores"):  # named: int8 export may keep it float (see masked_softmax)
+            scores = tf.matmul(qh, kh, transpose_b=True)
         probs = self.attn_drop(masked_softmax(scores, allowed), training=training)
         return self.out(merge_heads(tf.matmul(probs, vh)))
 

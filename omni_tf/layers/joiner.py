@@ -33,7 +33,10 @@ class Joiner(keras.layers.Layer):
         super().build(input_shape)
 
     def call(self, enc: tf.Tensor, pred: tf.Tensor) -> tf.Tensor:
-        return self.output_dense(tf.tanh(self.enc_proj(enc) + self.pred_proj(pred)))
+        enc_proj, pred_proj = self.enc_proj(enc), self.pred_proj(pred)
+        with tf.name_scope("joint_activation"):  # named: int8 export may keep it float
+            hidden = tf.tanh(enc_proj + pred_proj)
+        return self.output_dense(hidden)
 
     def named_kernels(self, prefix: str) -> list[tuple[str, MaskedDense]]:
         return [

@@ -42,9 +42,10 @@ class MaskedEmbedding(keras.layers.Layer):
 
 def lstm_gates(z: tf.Tensor, c: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """Pre-activations ``z [B, 4H]`` (i, f, g, o) and cell ``c [B, H]`` -> (h, c)."""
-    i, f, g, o = tf.split(z, 4, axis=-1)
-    c = tf.sigmoid(f + 1.0) * c + tf.sigmoid(i) * tf.tanh(g)
-    return tf.sigmoid(o) * tf.tanh(c), c
+    with tf.name_scope("lstm_cell"):  # named: int8 TFLite export keeps the cell state float
+        i, f, g, o = tf.split(z, 4, axis=-1)
+        c = tf.sigmoid(f + 1.0) * c + tf.sigmoid(i) * tf.tanh(g)
+        return tf.sigmoid(o) * tf.tanh(c), c
 
 
 class MaskedLSTM(keras.layers.Layer):

@@ -18,6 +18,12 @@ from omni_tf.layers.attention import ChunkedMultiHeadAttention
 from omni_tf.layers.masked_dense import MaskedDense, build_child
 
 
+def residual_add(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+    """``x + y`` named ``residual/...`` (TFLite int8 export can keep the residual stream float by name)."""
+    with tf.name_scope("residual"):
+        return tf.add(x, y)
+
+
 class FeedForward(keras.layers.Layer):
     """``[B,T,D] -> [B,T,D]``: MaskedDense(D->F), swish, dropout, MaskedDense(F->D)."""
 
@@ -174,12 +180,12 @@ class TransformerBlock(keras.layers.Layer):
 
     def stream(self, x: tf.Tensor, state: dict[str, tf.Tensor]) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
         y, new_state = self.mhsa.stream(self.mhsa_norm(x), {k: state[k] for k in ("key", "value", "valid")})
-        x = x + y
+        x = residual_add(x, y)
         if self.conv is not None:
             y, conv_state = self.conv.stream(self.conv_norm(x), {"conv": state["conv"]})
-            x = x + y
+            x = residual_add(x, y)
             new_state.update(conv_state)
-        return x + self.ffn(self.ffn_norm(x)), new_state
+        return residual_add(x, self.ffn(self.ffn_norm(x))), new_state
 
     def named_kernels(self, prefix: str) -> list[tuple[str, MaskedDense]]:
         kernels = self.mhsa.named_kernels(f"{prefix}/mhsa")
