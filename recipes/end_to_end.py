@@ -155,6 +155,9 @@ def export_tiers(config: ml_collections.ConfigDict, workdir: str, data_dir: str,
     """
     model, masks = evaluation.restore_supernet(config, workdir)
     feats, refs = utterance_features(config, data_dir, manifest, utterances)
+    calib = None
+    if quantization == "int8":  # calibrate on dev, judge on ``manifest``
+        calib, _ = utterance_features(config, data_dir, config.paths.dev_manifest.split(",")[0], 20)
     tokenizer = Tokenizer(os.path.join(data_dir, "spm.model"))
     cmvn = features_lib.load_cmvn(os.path.join(data_dir, "cmvn.json"))
     out = {}
@@ -162,7 +165,8 @@ def export_tiers(config: ml_collections.ConfigDict, workdir: str, data_dir: str,
         manifest_json = bundle.export_tier(
             model, config.model, name, spec, out_dir, quantization, feats, data_config=config.data, cmvn=cmvn,
             tokenizer=tokenizer, references=refs, levels=tuple(masks.levels),
-            survival=masks.survival_arrays(), block=config.sparsity.block, series=series)
+            survival=masks.survival_arrays(), block=config.sparsity.block, series=series,
+            calib_features=calib)
         out[name] = {k: manifest_json[k] for k in ("tier", "series", "bytes_on_disk", "nonzero_params")}
     return out
 

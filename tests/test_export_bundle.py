@@ -140,3 +140,27 @@ def test_report_and_pareto_plot(tmp_path, exported):
     assert "| u50_f32 |" in text and "0.291" in text
     png = bundle.pareto_plot(rows, str(tmp_path / "p.png"))
     assert os.path.getsize(png) > 1000
+
+
+def test_int8_tier_records_calibration_and_gate_is_configurable(tmp_path):
+    rng = np.random.default_rng(2)
+    feats = [rng.normal(size=[n, 80]).astype(np.float32) for n in (40, 55)]
+    calib = [rng.normal(size=[n, 80]).astype(np.float32) for n in (48, 64)]
+    spm = tmp_path / "spm_src.model"
+    spm.write_bytes(b"placeholder")
+    common = dict(tokenizer=StubTokenizer(str(spm)), references=["A B C", "D E"], sparse="never",
+                  latency_runs=3, calib_features=calib, calib_per_signature=40)
+    model = build_model(small_config())
+    manifest = bundle.export_tier(model, small_config(), "q8", None, str(tmp_path), "int8", feats,
+                                  max_wer_rel_increase=10.0, **common)
+    bundle.validate_manifest(manifest)
+    cal = manifest["calibration"]
+    assert cal["source"] == "calib_features" and cal["utterances"] == 2 and cal["max_per_signature"] == 40
+    assert cal["keep_float"] == ["layer_norm", "softmax", "lstm_cell", "log_softmax"] and cal["float_ops"] > 0
+    assert any(n.startswith("int8:") for n in manifest["conversion_notes"])
+    assert manifest["wer"]["parity"]["max_wer_rel_increase"] == 10.0
+    assert "+1000% rel" in manifest["wer"]["parity"]["criterion"]
+    with pytest.raises(parity.ParityError, match=r"\+-100% rel"):  # limit 0: any word error fails
+        bundle.export_tier(model, small_config(), "q8_strict", None, str(tmp_path), "int8", feats,
+                           max_wer_rel_increase=-1.0, **common)
+    assert not (tmp_path / "q8_strict").exists()

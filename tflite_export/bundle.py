@@ -93,8 +93,11 @@ def measure_latency(content: bytes, layout: Mapping[str, Any], features_list: Se
 
 
 def android_benchmark_script(tier: str, layout: Mapping[str, Any], num_runs: int = 200,
-                             threads: Sequence[int] = (1, 4)) -> str:
-    """adb push + one ``benchmark_model`` command per signature and thread count."""
+                             threads: Sequence[int] = (1, 4), use_xnnpack: bool = True) -> str:
+    """adb push + one ``benchmark_model`` command per signature and thread count.
+
+    ``use_xnnpack=False`` for files that need default delegates off (manifest ``interpreter_options``).
+    """
     remote = f"{DEVICE_DIR}/{tier}/model.tflite"
     vocab = int(layout["vocab_size"])
     lines = ["#!/bin/sh", "# Usage: BENCHMARK_MODEL=/data/local/tmp/benchmark_model sh android_benchmark.sh",
@@ -105,7 +108,7 @@ def android_benchmark_script(tier: str, layout: Mapping[str, Any], num_runs: int
     for sig in ("encode", "predict", "join"):
         for n in threads:
             args = [f"--graph={remote}", f"--signature_to_run_for={sig}", f"--num_threads={n}",
-                    "--use_xnnpack=true", f"--num_runs={num_runs}", "--warmup_runs=20",
+                    f"--use_xnnpack={str(use_xnnpack).lower()}", f"--num_runs={num_runs}", "--warmup_runs=20",
                     "--report_peak_memory_footprint=true"]
             if sig == "predict":
                 args.append(f"--input_layer_value_range=token,1,{vocab - 1}")
@@ -195,7 +198,10 @@ def export_tier(model_or_ckpt, model_config, tier_name: str, tier: im.TierSpec, 
                 references: Sequence[str] | None = None, levels: Sequence[float] | None = None,
                 survival=None, block: int | str = 1, sparse: str = "auto", calib_utterances: int = 20,
                 calib_per_signature: int = 300, latency_runs: int = 50,
-                enforce_parity: bool = True, series: str = "omni") -> dict[str, Any]:
+                enforce_parity: bool = True, series: str = "omni",
+                calib_features: Sequence[np.ndarray] | None = None,
+                int8_keep_float: Sequence[str] = convert_lib.INT8_KEEP_FLOAT,
+                max_wer_rel_increase: float = parity_lib.MAX_WER_REL_INCREASE) -> dict[str, Any]:
     """Builds, converts, checks and writes one tier; returns its manifest (also ``manifest.json``).
 
     Args:
@@ -207,7 +213,10 @@ def export_tier(model_or_ckpt, model_config, tier_name: str, tier: im.TierSpec, 
       tokenizer / references: for WER (Keras vs TFLite); ``tokenizer.model_path`` is copied as spm.model.
       series: report/Pareto series name ("omni", "individually-pruned", ...).
       calib_utterances / calib_per_signature: int8 calibration = the streaming loop over the first
-        ``calib_utterances`` dev utterances, at most ``calib_per_signature`` samples per signature.
+        ``calib_utterances`` of ``calib_features`` (default: ``dev_features``), at most
+        ``calib_per_signature`` samples per signature.
+      int8_keep_float: op groups int8 keeps float (``convert.INT8_FLOAT_GROUPS``).
+      max_wer_rel_increase: parity gate of float16 / int8 modes (relative WER increase).
     Raises:
       ParityError (nothing written) when TFLite disagrees with Keras beyond the thresholds in parity.py.
     """
@@ -216,14 +225,16 @@ def export_tier(model_or_ckpt, model_config, tier_name: str, tier: im.TierSpec, 
     layout = module.describe()
     rep = None
     if quantization == "int8":
-        samples = parity_lib.collect_representative(module, dev_features[:calib_utterances],
-                                                    calib_per_signature)
+        calib = dev_features if calib_features is None else calib_features
+        samples = parity_lib.collect_representative(module, calib[:calib_utterances], calib_per_signature)
         rep = parity_lib.representative_fn(samples)
-    result = convert_lib.convert_module(module, quantization, rep, sparse=sparse)
+    result = convert_lib.convert_module(module, quantization, rep, sparse=sparse,
+                                        int8_keep_float=int8_keep_float)
     use_default = bool(result.interpreter_options.get("use_default_delegates", True))
     decode = tokenizer.decode if tokenizer is not None else None
     report = parity_lib.run_parity(module, result.content, quantization, dev_features,
-                                   references if decode else None, decode, use_default)
+                                   references if decode else None, decode, use_default,
+                                   max_wer_rel_increase=max_wer_rel_increase)
     if enforce_parity:
         parity_lib.check_parity(report, tier_name)
     latency = measure_latency(result.content, layout, dev_features[:4], 1, latency_runs, use_default)
@@ -237,7 +248,7 @@ def export_tier(model_or_ckpt, model_config, tier_name: str, tier: im.TierSpec, 
         shutil.copyfile(tokenizer.model_path, os.path.join(tier_dir, "spm.model"))
         files["spm"] = "spm.model"
     with open(os.path.join(tier_dir, "android_benchmark.sh"), "w") as f:
-        f.write(android_benchmark_script(tier_name, layout))
+        f.write(android_benchmark_script(tier_name, layout, use_xnnpack=use_default))
     summary = im.sparsity_summary(module.model)
     cfg = dict(model_config)
     manifest = {
@@ -253,8 +264,10 @@ def export_tier(model_or_ckpt, model_config, tier_name: str, tier: im.TierSpec, 
         "wer": {"keras": report.get("wer_keras"), "tflite": report.get("wer_tflite"), "parity": report},
         "latency": latency, "interpreter_options": result.interpreter_options,
         "conversion_notes": result.notes,
-        "calibration": ({"utterances": min(calib_utterances, len(dev_features)),
-                         "max_per_signature": calib_per_signature} if quantization == "int8" else None),
+        "calibration": ({"utterances": min(calib_utterances, len(calib)),
+                         "source": "dev_features" if calib_features is None else "calib_features",
+                         "max_per_signature": calib_per_signature, **(result.int8 or {})}
+                        if quantization == "int8" else None),
         "signatures": layout, "files": files, "ops": result.op_counts, "model_config": cfg,
     }
     with open(os.path.join(tier_dir, "manifest.json"), "w") as f:

@@ -41,7 +41,13 @@ flags.DEFINE_string("search_json", "", "JSON {tier: per-kernel level config} fro
 flags.DEFINE_list("budgets", [], "name:bytes,... resolved to the densest uniform level within the budget.")
 flags.DEFINE_list("quantization", ["dynamic_int8"], f"Any of {convert.QUANT_MODES}.")
 flags.DEFINE_integer("dev_utterances", 20, "Dev utterances for parity / WER / latency.")
-flags.DEFINE_integer("calib_utterances", 20, "Dev utterances whose streaming loop calibrates full int8.")
+flags.DEFINE_integer("calib_utterances", 20, "Dev utterances whose streaming loop calibrates full int8 "
+                     "(the ones after the parity set when dev.tsv has them).")
+flags.DEFINE_list("int8_keep_float", list(convert.INT8_KEEP_FLOAT),
+                  f"Op groups full int8 keeps float; any of {sorted(convert.INT8_FLOAT_GROUPS)} "
+                  "(empty: none).")
+flags.DEFINE_float("max_wer_rel_increase", parity.MAX_WER_REL_INCREASE,
+                   "Parity gate for float16/int8 tiers: TFLite WER <= Keras WER * (1 + this).")
 flags.DEFINE_enum("sparse", "auto", ["auto", "never", "always"], "Sparse tensor encoding.")
 flags.DEFINE_bool("random_init", False, "Export a freshly initialized model (smoke test, no checkpoint).")
 flags.DEFINE_string("series", "omni", "Series name in the report / Pareto plot (e.g. individually-pruned).")
@@ -77,14 +83,19 @@ def tier_specs(levels: tuple[float, ...], model, block: str) -> dict[str, object
 
 
 def dev_data(config, data_dir: str):
-    """(features list, references, tokenizer, cmvn) from the prepared directory's dev split."""
+    """(features, references, tokenizer, cmvn, int8 calibration features | None) from dev.tsv."""
     mean, std = features_lib.load_cmvn(os.path.join(data_dir, "cmvn.json"))
     tokenizer = Tokenizer(os.path.join(data_dir, "spm.model"))
-    rows = read_manifest(os.path.join(data_dir, "dev.tsv"))[: FLAGS.dev_utterances]
+    all_rows = read_manifest(os.path.join(data_dir, "dev.tsv"))
+    rows = all_rows[: FLAGS.dev_utterances]
     if not rows:
         raise app.UsageError(f"{data_dir}/dev.tsv has no utterances")
     feats = [audio_features(r["path"], config.data, mean, std) for r in rows]
-    return feats, [r["text"] for r in rows], tokenizer, (mean, std)
+    calib_rows = all_rows[FLAGS.dev_utterances: FLAGS.dev_utterances + FLAGS.calib_utterances]
+    calib = None
+    if "int8" in FLAGS.quantization and calib_rows:
+        calib = [audio_features(r["path"], config.data, mean, std) for r in calib_rows]
+    return feats, [r["text"] for r in rows], tokenizer, (mean, std), calib
 
 
 def load_model(config, levels, block):
@@ -107,7 +118,7 @@ def main(argv):
     out = FLAGS.out or os.path.join(FLAGS.workdir, "tflite")
     levels, block = levels_and_block(config)
     model, survival = load_model(config, levels, block)
-    feats, refs, tokenizer, cmvn = dev_data(config, FLAGS.data_dir)
+    feats, refs, tokenizer, cmvn, calib = dev_data(config, FLAGS.data_dir)
     failed = []
     for name, spec in tier_specs(levels, model, block).items():
         for quant in FLAGS.quantization:
@@ -117,7 +128,9 @@ def main(argv):
                                        data_config=config.data, cmvn=cmvn, tokenizer=tokenizer,
                                        references=refs, levels=levels,
                                        survival=survival, block=block, sparse=FLAGS.sparse,
-                                       calib_utterances=FLAGS.calib_utterances, series=FLAGS.series)
+                                       calib_utterances=FLAGS.calib_utterances, series=FLAGS.series,
+                                       calib_features=calib, int8_keep_float=FLAGS.int8_keep_float,
+                                       max_wer_rel_increase=FLAGS.max_wer_rel_increase)
             except parity.ParityError as e:
                 logging.error("%s", e)
                 failed.append(tier)
