@@ -4,11 +4,13 @@ Usage (from the repository root):
   python -m benchmarks.tflite_latency --bundle_dir=WORK/tflite            # every tier of an export
   python -m benchmarks.tflite_latency --preset=tiny --seconds=10 --utterances=3   # fresh tiny model tiers
 
-Without ``--bundle_dir`` a freshly initialized model of ``--preset`` is exported in-process as: float32
-dense, dynamic-range int8 dense, float32 at 80% sparsity with 1x4 blocks (sparse encoded), dynamic int8 at
-80% with 1x16 blocks (sparse encoding tried; kept only if smaller and loadable with default delegates). Its
-joiner blank logit is raised by ``--blank_bias`` so that the untrained model emits a speech-like token rate
-(reported as tokens/s) instead of up to 4 symbols per frame; parity is not checked for these.
+Without ``--bundle_dir`` a freshly initialized model of ``--preset`` is exported in-process as (``--tiers``
+selects a subset): dense float32, float16, dynamic-range int8 and full int8 (calibrated on the streaming loop
+over the benchmark's own features, ``parity.collect_representative``), then at 80% sparsity float32 and
+float16 with 1x4 blocks and dynamic int8 with 1x16 blocks (sparse encoding tried; ``convert.py`` keeps it only
+if smaller, loadable with default delegates and agreeing with the dense file). Its joiner blank logit is
+raised by ``--blank_bias`` so that the untrained model emits a speech-like token rate (reported as
+tokens/s) instead of up to 4 symbols per frame; parity is not checked.
 
 Inputs are random CMVN-like features (N(0,1)); latency does not depend on their values except through the
 number of emitted tokens. ``peak_mem_mb``: peak RSS of a fresh process that loads the model and runs each
@@ -16,7 +18,7 @@ signature once, minus that of the same process without the model. Per-signature 
 ``SignatureRunner`` calls (each includes ~10-30 us of Python/binding overhead). The encoder step's achieved
 GFLOP/s (dense FLOPs of the encode signature, counted from the flatbuffer) is compared with this CPU's
 single-core float32 matmul rate, measured in the same run by a TFLite FULLY_CONNECTED microbenchmark
-(XNNPACK, 1 thread, [64, 1024] x [1024, 1024]).
+(XNNPACK, 1 thread, [64, 1024] x [1024, 1024]). ``encode_ops``: operators in the encode subgraph.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ from absl import app, flags
 import omni_tf  # noqa: F401
 from omni_tf.configs import model as model_configs
 from omni_tf.model import build_model
-from tflite_export import bundle, convert, inference_model
+from tflite_export import bundle, convert, inference_model, parity
 from tflite_export.recognizer import LiteRTRecognizer
 
 FLAGS = flags.FLAGS
@@ -44,6 +46,20 @@ flags.DEFINE_integer("utterances", 3, "Utterances for the streaming RTF.")
 flags.DEFINE_integer("runs", 200, "Calls per signature for the medians.")
 flags.DEFINE_float("blank_bias", 2.7, "Added to the fresh model's blank logit (realistic token rate).")
 flags.DEFINE_string("output", "", "Also write the Markdown table here.")
+flags.DEFINE_list("tiers", [], "Fresh-model tiers to run (default: all of TIER_SPECS).")
+
+# (name, quantization, tier (None = dense, 1 = level 0.8), block, sparse)
+TIER_SPECS = (("f32_dense", "float32", None, 1, "never"), ("f16_dense", "float16", None, 1, "never"),
+              ("int8dyn_dense", "dynamic_int8", None, 1, "never"), ("int8_dense", "int8", None, 1, "never"),
+              ("f32_s80_1x4", "float32", 1, "1x4", "auto"), ("f16_s80_1x4", "float16", 1, "1x4", "auto"),
+              ("int8dyn_s80_1x16", "dynamic_int8", 1, "1x16", "auto"))
+
+
+def encode_op_count(content: bytes) -> int:
+    """Operators in the ``encode`` signature's subgraph."""
+    model = convert.read_model(content)
+    sig = next(s for s in model.signatureDefs if s.signatureKey.decode() == "encode")
+    return len(model.subgraphs[sig.subgraphIndex].operators)
 
 
 def encode_flops(content: bytes) -> float:
@@ -95,20 +111,25 @@ def matmul_peak_gflops(m: int = 64, k: int = 1024, n: int = 1024, runs: int = 50
     return 2.0 * m * k * n / float(np.median(times)) / 1e9
 
 
-def fresh_tiers(out_dir: str) -> list[str]:
-    """Exports the benchmark tiers of a fresh ``--preset`` model; returns tier dirs."""
+def fresh_tiers(out_dir: str, feats: list[np.ndarray]) -> list[tuple]:
+    """Exports the benchmark tiers of a fresh ``--preset`` model (int8 calibrated on ``feats [T, 80]``);
+    returns ``(tier_dir, layout, interpreter_options, prunable_sparsity, notes)`` per tier."""
     cfg = model_configs.get_preset(FLAGS.preset)
     model = build_model(cfg)
     bias = model.joiner.output_dense.bias
     bias.assign(tf.tensor_scatter_nd_add(bias, [[0]], [FLAGS.blank_bias]))
-    specs = [("f32_dense", "float32", None, 1, "never"), ("int8dyn_dense", "dynamic_int8", None, 1, "never"),
-             ("f16_dense", "float16", None, 1, "never"),
-             ("f32_s80_1x4", "float32", 1, "1x4", "auto"), ("f16_s80_1x4", "float16", 1, "1x4", "auto"),
-             ("int8dyn_s80_1x16", "dynamic_int8", 1, "1x16", "auto")]
+    unknown = sorted(set(FLAGS.tiers) - {spec[0] for spec in TIER_SPECS})
+    if unknown:
+        raise ValueError(f"unknown --tiers {unknown}; choose from {[spec[0] for spec in TIER_SPECS]}")
     dirs = []
-    for name, quant, tier, block, sparse in specs:
+    for name, quant, tier, block, sparse in TIER_SPECS:
+        if FLAGS.tiers and name not in FLAGS.tiers:
+            continue
         module = inference_model.build_inference_module(model, cfg, tier, levels=(0.0, 0.8), block=block)
-        result = convert.convert_module(module, quant, sparse=sparse)
+        representative = None
+        if quant == "int8":
+            representative = parity.representative_fn(parity.collect_representative(module, feats))
+        result = convert.convert_module(module, quant, representative=representative, sparse=sparse)
         tier_dir = os.path.join(out_dir, name)
         os.makedirs(tier_dir)
         with open(os.path.join(tier_dir, "model.tflite"), "wb") as f:
@@ -161,6 +182,7 @@ def bench_tier(path: str, layout, options, feats) -> dict:
             "join_ms": lat["median_ms"]["join"], "rtf_1thread": lat["rtf"],
             "tokens_per_s": tokens / lat["audio_s"],
             "encode_gflops": flops / (lat["median_ms"]["encode"] / 1e3) / 1e9,
+            "encode_ops": encode_op_count(content),
             "peak_mem_mb": peak_memory_mb(path, default)}
 
 
@@ -177,7 +199,7 @@ def main(argv):
                       m["sparsity"].get("prunable_sparsity"), m.get("conversion_notes", []))
                      for m in bundle.load_bundle(FLAGS.bundle_dir)]
         else:
-            items = fresh_tiers(tmp)
+            items = fresh_tiers(tmp, feats)
         for tier_dir, layout, options, sparsity, _notes in items:
             row = {"tier": os.path.basename(tier_dir), "sparsity": sparsity}
             row.update(bench_tier(os.path.join(tier_dir, "model.tflite"), layout, options, feats))
