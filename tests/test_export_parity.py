@@ -138,7 +138,7 @@ def test_int8_keeps_named_groups_float_and_uses_remeasured_ranges(module):
     assert layers["mhsa_norm/batchnorm/Rsqrt"][0] == "FLOAT32"
     assert any(n.startswith("masked_softmax/") and v[0] == "FLOAT32" for n, v in layers.items())
     assert any(n.startswith("lstm_cell/") and v[0] == "FLOAT32" for n, v in layers.items())
-    assert layers[next(n for n in layers if n.startswith("key/"))][0] == "INT8"
+    assert layers[next(n for n in layers if n.startswith("qkv/"))][0] == "INT8"  # fused q/k/v projection
     everything_int8 = convert.quantize_int8(_fresh_int8_converter(module, rep), samples, keep_float=())[0]
     assert _int8_layer_outputs(everything_int8)["mhsa_norm/batchnorm/Rsqrt"][0] == "INT8"
     with pytest.raises(ValueError, match="unknown int8 float groups"):

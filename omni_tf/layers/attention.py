@@ -6,7 +6,10 @@ H heads, K = D / H.
 A query in chunk ``c`` sees every key of chunk ``c`` (both directions inside the chunk) and of chunks
 ``c-L .. c-1``; never a later chunk. Training (``call``) runs the whole utterance with an additive mask;
 streaming (``stream``) runs one chunk with a fixed-shape cache of the previous ``L*C`` projected keys/values
-and a validity vector (0 for cache slots before the utterance start). Both paths share the projections.
+and a validity vector (0 for cache slots before the utterance start). Both paths share the projections:
+query, key and value are three ``MaskedDense`` layers (three prunable kernels, masks and checkpoint entries),
+computed as one matmul with their masked kernels side by side (``[D, 3D]``, the query part pre-multiplied by
+``K^-0.5``), so the frozen TFLite graph has one FULLY_CONNECTED for the three instead of three plus a MUL.
 """
 
 from __future__ import annotations
@@ -15,23 +18,26 @@ import tensorflow as tf
 import tf_keras as keras
 
 import omni_tf  # noqa: F401
-from omni_tf.layers.masked_dense import MaskedDense, build_child
+from omni_tf.layers.masked_dense import MaskedDense, build_child, matmul_last
 
-# Masked scores are set to MASKED_SCORE (not score - 1e9) and their weights zeroed after the exp: the
-# bounded value keeps the full-int8 calibration range of the scores tensor fine-grained, and masking stays
-# exact whatever the scores are.
-MASKED_SCORE = -30.0
+# Added to masked scores before the softmax. exp(LARGE_NEGATIVE + s - max) underflows to exactly 0 in float32
+# for any realistic score s (|s| << 1e9), and the row max is always an allowed score (>= 1 allowed key), so
+# masked weights are exactly 0. The huge range is harmless for full-int8 export: every op of the
+# ``masked_softmax`` name scope stays float (tflite_export/convert.py INT8_FLOAT_GROUPS "softmax").
+LARGE_NEGATIVE = -1e9
 
 
 def masked_softmax(scores: tf.Tensor, allowed: tf.Tensor) -> tf.Tensor:
     """Softmax over the last axis of ``scores`` restricted to ``allowed`` (1 = visible, 0 = weight exactly 0).
 
-    Every row must allow at least one key.
+    ``scores [..., Tk]``, ``allowed`` broadcastable to it; every row must allow at least one key. One builtin
+    SOFTMAX in TFLite (plus the bias: 4 ops in all, was 8).
     """
     with tf.name_scope("masked_softmax"):  # the name lets TFLite export keep these ops float in int8 mode
-        bounded = scores * allowed + (1.0 - allowed) * MASKED_SCORE
-        weights = tf.exp(bounded - tf.reduce_max(bounded, axis=-1, keepdims=True)) * allowed
-        return weights / tf.reduce_sum(weights, axis=-1, keepdims=True)
+        scores = tf.convert_to_tensor(scores)
+        negative = max(LARGE_NEGATIVE, scores.dtype.min)  # finite in float16 too (0 * -inf would be NaN)
+        bias = (1.0 - tf.cast(allowed, scores.dtype)) * negative
+        return tf.nn.softmax(scores + bias, axis=-1)
 
 
 def chunk_mask(num_frames: tf.Tensor, chunk_size: int, left_chunks: int) -> tf.Tensor:
@@ -86,12 +92,24 @@ class ChunkedMultiHeadAttention(keras.layers.Layer):
     def cache_size(self) -> int:
         return self.left_chunks * self.chunk_size
 
+    def project_qkv(self, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """``x [B,T,D] -> (q * K^-0.5, k, v)``, each ``[B,T,D]``, by one ``[D, 3D]`` matmul + bias.
+
+        Same values as ``query(x) * K^-0.5, key(x), value(x)`` up to float rounding.
+        """
+        scale = (self.d_model // self.num_heads) ** -0.5
+        parts = ((self.query, scale), (self.key, 1.0), (self.value, 1.0))
+        with tf.name_scope("qkv"):  # TFLite tensor names "qkv/..." (was query/, key/, value/)
+            kernel = tf.concat([d.masked_kernel() * w for d, w in parts], axis=1)
+            bias = tf.concat([self.query.bias * scale, self.key.bias, self.value.bias], axis=0)
+            return tuple(tf.split(matmul_last(x, kernel) + bias, 3, axis=-1))
+
     def _attend(
         self, q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, allowed: tf.Tensor, training: bool
     ) -> tf.Tensor:
-        """q [B,Tq,D], k/v [B,Tk,D], allowed broadcastable to [B,1,Tq,Tk] (1 = visible) -> [B,Tq,D]."""
-        scale = (self.d_model // self.num_heads) ** -0.5
-        qh, kh, vh = (split_heads(t, self.num_heads) for t in (q * scale, k, v))
+        """q [B,Tq,D] (pre-scaled by K^-0.5), k/v [B,Tk,D], allowed broadcastable to [B,1,Tq,Tk]
+        (1 = visible) -> [B,Tq,D]."""
+        qh, kh, vh = (split_heads(t, self.num_heads) for t in (q, k, v))
         with tf.name_scope("attention_scores"):  # named: int8 export may keep it float (see masked_softmax)
             scores = tf.matmul(qh, kh, transpose_b=True)
         probs = self.attn_drop(masked_softmax(scores, allowed), training=training)
@@ -99,7 +117,7 @@ class ChunkedMultiHeadAttention(keras.layers.Layer):
 
     def call(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
         allowed = chunk_mask(tf.shape(x)[1], self.chunk_size, self.left_chunks)[None, None]
-        return self._attend(self.query(x), self.key(x), self.value(x), allowed, training)
+        return self._attend(*self.project_qkv(x), allowed, training)
 
     def initial_state(self, batch: int) -> dict[str, tf.Tensor]:
         return {
@@ -110,10 +128,11 @@ class ChunkedMultiHeadAttention(keras.layers.Layer):
 
     def stream(self, x: tf.Tensor, state: dict[str, tf.Tensor]) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
         """One chunk ``x [B, C, D]`` (C == chunk_size) with the left-context cache."""
-        keys = tf.concat([state["key"], self.key(x)], axis=1)
-        values = tf.concat([state["value"], self.value(x)], axis=1)
+        q, k, v = self.project_qkv(x)
+        keys = tf.concat([state["key"], k], axis=1)
+        values = tf.concat([state["value"], v], axis=1)
         valid = tf.concat([state["valid"], tf.ones_like(x[:, :, 0])], axis=1)
-        y = self._attend(self.query(x), keys, values, valid[:, None, None, :], training=False)
+        y = self._attend(q, keys, values, valid[:, None, None, :], training=False)
         n = self.cache_size
         new_state = {
             "key": keys[:, -n:] if n else state["key"],

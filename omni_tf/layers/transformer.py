@@ -91,9 +91,12 @@ class CausalConvModule(keras.layers.Layer):
 
     def _after_glu(self, padded: tf.Tensor) -> tf.Tensor:
         """padded [B, K-1+T, D] (left context first) -> [B, T, D]."""
-        y = tf.nn.depthwise_conv2d(padded[:, None], self.depthwise, strides=[1, 1, 1, 1], padding="VALID")[
-            :, 0
-        ]
+        # expand_dims/squeeze become RESHAPEs in TFLite; indexing ([:, None], [:, 0]) became STRIDED_SLICEs
+        # with new/shrink-axis masks, which XNNPACK does not delegate (one delegate partition per block)
+        y = tf.nn.depthwise_conv2d(
+            tf.expand_dims(padded, 1), self.depthwise, strides=[1, 1, 1, 1], padding="VALID"
+        )
+        y = tf.squeeze(y, axis=1)
         return self.pointwise_out(tf.nn.swish(self.norm(y))) if self.pointwise else y
 
     def call(self, x: tf.Tensor) -> tf.Tensor:
