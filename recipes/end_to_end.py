@@ -146,8 +146,8 @@ def utterance_features(config: ml_collections.ConfigDict, data_dir: str, manifes
 
 
 def export_tiers(config: ml_collections.ConfigDict, workdir: str, data_dir: str, tiers: Mapping[str, Any],
-                 out_dir: str, quantization: str, manifest: str, utterances: int, series: str
-                 ) -> dict[str, dict[str, Any]]:
+                 out_dir: str, quantization: str, manifest: str, utterances: int, series: str,
+                 sparse: str = "auto") -> dict[str, dict[str, Any]]:
     """Exports ``{tier: level index or per-kernel config}`` of the checkpoint in ``workdir``.
 
     Parity (Keras vs LiteRT tokens; WER both ways) runs on the first ``utterances`` of ``manifest``; a tier
@@ -166,7 +166,7 @@ def export_tiers(config: ml_collections.ConfigDict, workdir: str, data_dir: str,
             model, config.model, name, spec, out_dir, quantization, feats, data_config=config.data, cmvn=cmvn,
             tokenizer=tokenizer, references=refs, levels=tuple(masks.levels),
             survival=masks.survival_arrays(), block=config.sparsity.block, series=series,
-            calib_features=calib)
+            calib_features=calib, sparse=sparse)
         out[name] = {k: manifest_json[k] for k in ("tier", "series", "bytes_on_disk", "nonzero_params")}
     return out
 
@@ -234,6 +234,12 @@ class Options:
     compare_individual: bool = False
     search_population: int = 12  # fitness evaluations per tier <= population * (generations + 1)
     search_generations: int = 6
+    sparse: str = "auto"  # tflite_export sparse encoding: auto | never | always
+
+    def export_inputs(self) -> dict[str, Any]:
+        """Stage inputs of an export (``sparse`` only when not the default, so older runs stay reusable)."""
+        return {"q": self.quantization, "n": self.parity_utterances,
+                **({"sparse": self.sparse} if self.sparse != "auto" else {})}
 
 
 def run_tiers(stages: Stages, out: str, config: ml_collections.ConfigDict, data_dir: str, test_manifest: str,
@@ -259,9 +265,9 @@ def run_tiers(stages: Stages, out: str, config: ml_collections.ConfigDict, data_
         max_utterances=opts.eval_utterances))
     evals = {r["name"]: r for r in levels}
     tier_dir = os.path.join(out, "tiers")
-    stages.run("export", {"q": opts.quantization, "n": opts.parity_utterances}, lambda: export_tiers(
+    stages.run("export", opts.export_inputs(), lambda: export_tiers(
         config, workdir, data_dir, tier_configs, tier_dir, opts.quantization, test_manifest,
-        opts.parity_utterances, OMNI_SERIES))
+        opts.parity_utterances, OMNI_SERIES, opts.sparse))
     seconds = train_metrics.get("elapsed_s")
     rows = [report_row(load_manifests(os.path.join(tier_dir, t)), evals.get(t), seconds) for t in tiers]
     level_rows = [{**r, "series": OMNI_SERIES} for r in levels if r["name"] not in tiers]
@@ -285,8 +291,9 @@ def _individually_pruned(stages: Stages, out: str, config: ml_collections.Config
         c, workdir, test_manifest, os.path.join(out, "eval", f"pruned_{tier}"),
         max_utterances=opts.eval_utterances))
     name = f"{tier}_pruned"
-    stages.run(f"export_pruned_{tier}", {"q": opts.quantization, "n": opts.parity_utterances},
+    stages.run(f"export_pruned_{tier}", opts.export_inputs(),
                lambda: export_tiers(c, workdir, data_dir, {name: 1}, os.path.join(out, "tiers"),
-                                    opts.quantization, test_manifest, opts.parity_utterances, PRUNED_SERIES))
+                                    opts.quantization, test_manifest, opts.parity_utterances, PRUNED_SERIES,
+                                    opts.sparse))
     row = report_row(load_manifests(os.path.join(out, "tiers", name)), ev[-1], metrics.get("elapsed_s"))
     return row, [{**r, "series": f"{PRUNED_SERIES} {tier}"} for r in ev]

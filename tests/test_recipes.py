@@ -68,6 +68,15 @@ def _librispeech_tree(root):
         os.rename(root / ours, root / theirs)
 
 
+def test_export_stage_inputs_keep_older_runs_reusable_and_track_sparse():
+    from recipes import end_to_end as e2e
+
+    default = e2e.Options({"t": 0.5}, quantization="int8", parity_utterances=7)
+    assert default.export_inputs() == {"q": "int8", "n": 7}  # what runs before --sparse existed recorded
+    always = e2e.Options({"t": 0.5}, quantization="int8", parity_utterances=7, sparse="always")
+    assert always.export_inputs() == {"q": "int8", "n": 7, "sparse": "always"}
+
+
 def test_librispeech_run_end_to_end_and_rerun_reuses_stages(tmp_path):
     tree, out = tmp_path / "LibriSpeech", tmp_path / "out"
     _librispeech_tree(tree)

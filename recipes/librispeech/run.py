@@ -44,6 +44,9 @@ flags.DEFINE_integer("max_steps", 0, "Overrides config.training.max_steps when >
 flags.DEFINE_float("max_minutes", 0.0, "Wall-clock budget of the omni training (0 = none).")
 flags.DEFINE_list("tiers", ["speaker:0.6", "phone:0.75", "wearable:0.9"], "name:sparsity (see run_demo).")
 flags.DEFINE_enum("quantization", "dynamic_int8", list(e2e.BUDGET_METRIC), "Export mode (see run_demo).")
+flags.DEFINE_enum("sparse", "auto", ["auto", "never", "always"],
+                  "Sparse encoding of the tier files: auto = only where smaller, right and XNNPACK-runnable; "
+                  "always = also int8 files that need XNNPACK off (smaller, 3-5x slower).")
 flags.DEFINE_integer("parity_utterances", 200, "Test utterances run through Keras and LiteRT per tier.")
 flags.DEFINE_integer("eval_utterances", 0, "Test utterances for the level table (0 = all).")
 flags.DEFINE_bool("compare_individual", False, "Also train individually pruned models at the tiers.")
@@ -89,7 +92,7 @@ def main(argv: list[str]) -> None:
         config = e2e.run_config(config, config.training.mode, FLAGS.max_steps, config.training.max_minutes)
     opts = e2e.Options(tiers, FLAGS.max_minutes, FLAGS.quantization, FLAGS.parity_utterances,
                        FLAGS.eval_utterances, FLAGS.compare_individual, FLAGS.search_population,
-                       FLAGS.search_generations)
+                       FLAGS.search_generations, FLAGS.sparse)
     rows, level_rows, train_metrics = e2e.run_tiers(
         stages, out, config, data_dir, os.path.join(data_dir, f"{FLAGS.test_split}.tsv"), opts)
     preamble = (f"LibriSpeech {FLAGS.librispeech_dir}: train {','.join(FLAGS.train_splits)}, dev "

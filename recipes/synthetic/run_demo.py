@@ -43,8 +43,11 @@ flags.DEFINE_integer("seed", 0, "Corpus seed.")
 flags.DEFINE_list("tiers", ["speaker:0.6", "phone:0.75", "wearable:0.9"],
                   "name:sparsity - each tier's budget is the size of a uniform config of that sparsity.")
 flags.DEFINE_enum("quantization", "dynamic_int8", list(e2e.BUDGET_METRIC),
-                  "Export mode. Only float32 files are sparse-encoded (smaller with sparsity); the others "
-                  "are dense-encoded (LiteRT 2.3.0's sparse float16/int8 kernels are wrong; tflite_export).")
+                  "Export mode (tflite_export/convert.py). With --sparse=auto only float32 files are "
+                  "sparse-encoded (smaller with sparsity); int8 ones need --sparse=always (XNNPACK off).")
+flags.DEFINE_enum("sparse", "auto", ["auto", "never", "always"],
+                  "Sparse encoding of the tier files: auto = only where smaller, right and XNNPACK-runnable; "
+                  "always = also int8 files that need XNNPACK off (smaller, 3-5x slower).")
 flags.DEFINE_integer("parity_utterances", 100, "Test utterances run through Keras and LiteRT per tier.")
 flags.DEFINE_integer("eval_utterances", 0, "Test utterances for the level table (0 = all).")
 flags.DEFINE_bool("compare_individual", False, "Also train individually pruned models at the tiers.")
@@ -86,7 +89,7 @@ def main(argv: list[str]) -> None:
     config = e2e.with_paths(FLAGS.config, data_dir)
     opts = e2e.Options(tiers, FLAGS.max_minutes, FLAGS.quantization, FLAGS.parity_utterances,
                        FLAGS.eval_utterances, FLAGS.compare_individual, FLAGS.search_population,
-                       FLAGS.search_generations)
+                       FLAGS.search_generations, FLAGS.sparse)
     rows, level_rows, train_metrics = e2e.run_tiers(stages, out, config, data_dir,
                                                     os.path.join(data_dir, "test.tsv"), opts)
     preamble = (f"Synthetic corpus: {FLAGS.num_utterances or config.data.get('demo_utterances', 4000)} "
