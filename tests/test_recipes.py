@@ -109,6 +109,21 @@ def test_librispeech_run_end_to_end_and_rerun_reuses_stages(tmp_path):
         sizes[tier] = manifest["bytes_on_disk"]
         assert np.isfinite(manifest["wer"]["tflite"])
     assert sizes["small"] < sizes["big"]  # sparse encoding: the sparser tier is smaller on disk
+    # The export recipe on the same run: a byte budget resolved through the per-layer search, LibriSpeech
+    # split names (--split), and the parity/size numbers in the manifest.
+    budget = int(0.8 * json.loads((out / "tiers" / "big" / "manifest.json").read_text())["bytes_on_disk"])
+    export = subprocess.run(
+        [sys.executable, "-m", "recipes.librispeech.export",
+         "--config=omni_tf/configs/experiment.py:tiny,smoke",
+         *[a for a in cmd if a.startswith("--config.model.")], f"--workdir={out / 'train' / 'omni'}",
+         f"--data_dir={out / 'data'}", "--split=dev-other", f"--out={tmp_path / 'export'}",
+         f"--budgets=b:{budget}", "--budget_metric=float32_sparse_bytes", "--quantization=float32",
+         "--search_population=3", "--search_generations=1", "--search_max_batches=1", "--dev_utterances=2"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert export.returncode == 0, export.stderr[-3000:]
+    searched = json.loads((tmp_path / "export" / "b_float32" / "manifest.json").read_text())
+    assert searched["sparsity"]["kind"] == "per_kernel" and searched["bytes_on_disk"] <= budget * 1.05
+    assert (tmp_path / "export" / "search" / "tier_b.json").exists()
     second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
     ran = [line for line in second.stdout.splitlines() if line.endswith("running")]

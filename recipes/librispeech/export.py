@@ -1,11 +1,12 @@
 """Exports device tiers of a trained supernet to TFLite bundles (one directory per tier and quantization).
 
-Usage (from the repository root; WORK = the training workdir with ckpt/, DATA = prepared dir with dev.tsv,
-cmvn.json, spm.model):
+Usage (from the repository root; WORK = the training workdir with ckpt/, DATA = prepared dir with
+<split>.tsv (--split, default dev), cmvn.json, spm.model):
   python -m recipes.librispeech.export --config=omni_tf/configs/experiment.py:tiny --workdir=WORK \\
       --data_dir=DATA --out=WORK/tflite --tiers=s0:0,s50:2,s70:4,s90:6 --quantization=dynamic_int8,float32
   python -m recipes.librispeech.export ... --search_json=WORK/search.json     # per-kernel configs from search
-  python -m recipes.librispeech.export ... --budgets=phone:1500000,watch:600000  # bytes -> densest uniform
+  python -m recipes.librispeech.export ... --budgets=phone:1500000,watch:600000  # bytes -> searched config
+  python -m recipes.librispeech.export ... --budgets=phone:1500000 --nobudget_search  # -> densest uniform
   python -m recipes.librispeech.export --config=omni_tf/configs/experiment.py:tiny --random_init \\
       --data_dir=DATA --out=/tmp/tflite_smoke --tiers=s70:4                     # untrained smoke export
 
@@ -34,15 +35,23 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "omni_tf/configs/experiment.py:tiny", "Experiment config.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", "", "Training workdir (checkpoint in <workdir>/ckpt).")
-flags.DEFINE_string("data_dir", "", "Prepared directory (dev.tsv, cmvn.json, spm.model).")
+flags.DEFINE_string("data_dir", "", "Prepared directory (<split>.tsv, cmvn.json, spm.model).")
+flags.DEFINE_string("split", "dev", "Manifest <split>.tsv (in --data_dir) for parity, int8 calibration and "
+                    "the budget search: dev for the synthetic corpus, e.g. dev-other for LibriSpeech.")
 flags.DEFINE_string("out", "", "Bundle directory (default <workdir>/tflite).")
 flags.DEFINE_list("tiers", [], "name:level_index,... (default: every level of the sparsity set).")
 flags.DEFINE_string("search_json", "", "JSON {tier: per-kernel level config} from the search recipe.")
-flags.DEFINE_list("budgets", [], "name:bytes,... resolved to the densest uniform level within the budget.")
+flags.DEFINE_list("budgets", [], "name:budget,... in --budget_metric units (bytes), each resolved by the "
+                  "per-layer search (dev RNN-T loss) or, with --nobudget_search, the densest uniform level.")
+flags.DEFINE_bool("budget_search", True, "Resolve --budgets by searching per-layer levels.")
+flags.DEFINE_string("budget_metric", "int8_sparse_bytes", "omni_tf/sparsity/size.py metric of --budgets.")
+flags.DEFINE_integer("search_population", 12, "Budget search: population per generation.")
+flags.DEFINE_integer("search_generations", 6, "Budget search: generations.")
+flags.DEFINE_integer("search_max_batches", 8, "Budget search: dev batches for the fitness (0 = all).")
 flags.DEFINE_list("quantization", ["dynamic_int8"], f"Any of {convert.QUANT_MODES}.")
 flags.DEFINE_integer("dev_utterances", 20, "Dev utterances for parity / WER / latency.")
 flags.DEFINE_integer("calib_utterances", 20, "Dev utterances whose streaming loop calibrates full int8 "
-                     "(the ones after the parity set when dev.tsv has them).")
+                     "(the ones after the parity set when <split>.tsv has them).")
 flags.DEFINE_list("int8_keep_float", list(convert.INT8_KEEP_FLOAT),
                   f"Op groups full int8 keeps float; any of {sorted(convert.INT8_FLOAT_GROUPS)} "
                   "(empty: none).")
@@ -60,7 +69,42 @@ def levels_and_block(config) -> tuple[tuple[float, ...], str]:
     return tuple(float(s) for s in sp.levels), sp.block
 
 
-def tier_specs(levels: tuple[float, ...], model, block: str) -> dict[str, object]:
+def _split_manifest(data_dir: str) -> str:
+    path = os.path.join(data_dir, f"{FLAGS.split}.tsv")
+    if not os.path.isfile(path):
+        raise app.UsageError(f"{path} not found (--split={FLAGS.split}; prepared manifests: "
+                             f"{sorted(f for f in os.listdir(data_dir) if f.endswith('.tsv'))})")
+    return path
+
+
+def searched_configs(config, budgets: dict[str, float]) -> dict[str, dict[str, int]]:
+    """{tier: per-kernel level config}: the supernet search (``omni_tf.training.evaluation``) per budget.
+
+    Fitness = RNN-T loss on the first ``--search_max_batches`` dev batches; results also go to
+    ``<out>/search/`` (``tier_<name>.json``, ``search.md``).
+    """
+    from omni_tf.training import evaluation, sources  # noqa: PLC0415
+
+    if config.training.mode == "pruned" or FLAGS.random_init:
+        raise app.UsageError("--budgets with --budget_search needs a supernet checkpoint (mode omni)")
+    with config.unlocked():
+        config.paths.manifest_dir = FLAGS.data_dir
+        config.paths.dev_manifest = _split_manifest(FLAGS.data_dir)
+    source = sources.ManifestSource(config, split="dev", training=False)
+    model, masks = evaluation.restore_supernet(config, FLAGS.workdir)
+    batches = evaluation.load_batches(source.dataset(0), FLAGS.search_max_batches)
+    out = FLAGS.out or os.path.join(FLAGS.workdir, "tflite")
+    found = evaluation.search_tiers(model, masks, batches, budgets, FLAGS.budget_metric, "loss",
+                                    source.tokenizer, os.path.join(out, "search"),
+                                    population=FLAGS.search_population, generations=FLAGS.search_generations,
+                                    seed=config.training.seed)
+    for name, r in found.items():
+        logging.info("budget %s: %.0f %s -> searched config of size %.0f (uniform %.0f)", name, r["budget"],
+                     FLAGS.budget_metric, r["size"], r["uniform_size"])
+    return {name: {k: int(v) for k, v in r["config"].items()} for name, r in found.items()}
+
+
+def tier_specs(config, levels: tuple[float, ...], model, block: str) -> dict[str, object]:
     """{tier name: level index or per-kernel config} from --tiers / --search_json / --budgets."""
     specs: dict[str, object] = {}
     for item in FLAGS.tiers:
@@ -71,25 +115,28 @@ def tier_specs(levels: tuple[float, ...], model, block: str) -> dict[str, object
             for name, value in json.load(f).items():
                 specs[name] = {k: int(v) for k, v in value.get("config", value).items()}
     if FLAGS.budgets:
-        from omni_tf.sparsity.size import SizeModel  # noqa: PLC0415
+        budgets = {name: float(b) for name, _, b in (item.partition(":") for item in FLAGS.budgets)}
+        if FLAGS.budget_search:
+            specs.update(searched_configs(config, budgets))
+        else:
+            from omni_tf.sparsity.size import SizeModel  # noqa: PLC0415
 
-        size_model = SizeModel.from_model(model, levels, block)
-        for item in FLAGS.budgets:
-            name, _, budget = item.partition(":")
-            specs[name] = size_model.uniform_level_for_budget(float(budget), "int8_sparse_bytes")
+            size_model = SizeModel.from_model(model, levels, block)
+            for name, budget in budgets.items():
+                specs[name] = size_model.uniform_level_for_budget(budget, FLAGS.budget_metric)
     if not specs:
         specs = {f"s{round(100 * s)}": k for k, s in enumerate(levels)}
     return specs
 
 
 def dev_data(config, data_dir: str):
-    """(features, references, tokenizer, cmvn, int8 calibration features | None) from dev.tsv."""
+    """(features, references, tokenizer, cmvn, int8 calibration features | None) from <split>.tsv."""
     mean, std = features_lib.load_cmvn(os.path.join(data_dir, "cmvn.json"))
     tokenizer = Tokenizer(os.path.join(data_dir, "spm.model"))
-    all_rows = read_manifest(os.path.join(data_dir, "dev.tsv"))
+    all_rows = read_manifest(_split_manifest(data_dir))
     rows = all_rows[: FLAGS.dev_utterances]
     if not rows:
-        raise app.UsageError(f"{data_dir}/dev.tsv has no utterances")
+        raise app.UsageError(f"{_split_manifest(data_dir)} has no utterances")
     feats = [audio_features(r["path"], config.data, mean, std) for r in rows]
     calib_rows = all_rows[FLAGS.dev_utterances: FLAGS.dev_utterances + FLAGS.calib_utterances]
     calib = None
@@ -114,13 +161,13 @@ def main(argv):
     logging.set_verbosity(logging.INFO)
     config = FLAGS.config
     if not FLAGS.data_dir:
-        raise app.UsageError("give --data_dir (dev.tsv, cmvn.json, spm.model)")
+        raise app.UsageError("give --data_dir (<split>.tsv, cmvn.json, spm.model)")
     out = FLAGS.out or os.path.join(FLAGS.workdir, "tflite")
     levels, block = levels_and_block(config)
     model, survival = load_model(config, levels, block)
     feats, refs, tokenizer, cmvn, calib = dev_data(config, FLAGS.data_dir)
     failed = []
-    for name, spec in tier_specs(levels, model, block).items():
+    for name, spec in tier_specs(config, levels, model, block).items():
         for quant in FLAGS.quantization:
             tier = f"{name}_{quant}"
             try:
