@@ -185,22 +185,27 @@ def test_checkpoint_restores_weights_and_survival_levels(model, tmp_path):
 
 
 def test_sparse_int8_kept_only_where_it_agrees_and_records_delegate_option(model):
-    """1x16 int8 blocks: whatever encoding/option is chosen computes what the dense file computes."""
-    module = inference_model.build_inference_module(model, small_config(), tier=2, levels=LEVELS,
-                                                    block="1x16")
-    dense = convert.convert_module(module, "dynamic_int8", sparse="never").content
-    for policy in ("auto", "always"):
-        result = convert.convert_module(module, "dynamic_int8", sparse=policy)
-        delegates = result.interpreter_options["use_default_delegates"]
-        diff = convert.max_relative_diff(dense, result.content, default_delegates=delegates)
-        assert diff <= convert.SPARSE_RTOL
-        if result.sparse_encoded:
-            assert result.sparse_bytes < result.dense_bytes
-        else:
-            assert any("sparse" in n for n in result.notes)
-        if policy == "auto":
-            assert delegates  # auto never turns XNNPACK off
-    # "always" accepts a sparse file that is right only without delegates, and says so.
-    assert result.sparse_encoded
-    if not delegates:
-        assert "sparse file needs default delegates (XNNPACK) off" in result.notes
+    """Whatever encoding/option is chosen computes what the dense file computes under that option."""
+    delegates_off = 0
+    for block in ("1x4", "1x16"):
+        module = inference_model.build_inference_module(model, small_config(), tier=2, levels=LEVELS,
+                                                        block=block)
+        dense = convert.convert_module(module, "dynamic_int8", sparse="never").content
+        for policy in ("auto", "always"):
+            result = convert.convert_module(module, "dynamic_int8", sparse=policy)
+            delegates = result.interpreter_options["use_default_delegates"]
+            diff = convert.max_relative_diff(dense, result.content, default_delegates=delegates)
+            assert diff <= convert.SPARSE_RTOL
+            if result.sparse_encoded:
+                assert result.sparse_bytes < result.dense_bytes
+            else:
+                assert any("sparse encoding not used" in n for n in result.notes)
+            if policy == "auto":
+                assert delegates  # auto never turns XNNPACK off
+            elif not delegates:
+                assert result.sparse_encoded
+                assert "sparse file needs default delegates (XNNPACK) off" in result.notes
+                delegates_off += 1
+    # LiteRT 2.3.0: this model's 1x4 sparse dynamic-int8 file (DENSIFY ops) fails with XNNPACK and is right
+    # without it, so "always" takes it with delegates off.
+    assert delegates_off >= 1

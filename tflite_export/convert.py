@@ -25,7 +25,7 @@ what the dense file computes on random inputs, both run with the same delegate s
 ``use_default_delegates: False``. Measured with ai-edge-litert 2.3.0 (docs/EXPORT.md, "Sparse encoding"):
 float32 1x4-block files agree and run on XNNPACK (smaller and faster); float16 sparse files output NaN;
 int8 / dynamic-int8 sparse files either fail to load with XNNPACK or, when they load, compute wrong values
-(relative diff 1.59), but equal the dense file with default delegates off (3-5x slower there).
+(relative diff 1.59); with default delegates off they usually equal the dense file (3-5x slower there).
 """
 from __future__ import annotations
 
