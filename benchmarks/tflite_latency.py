@@ -55,7 +55,10 @@ flags.DEFINE_list("tiers", [], "Fresh-model tiers to run (default: all of TIER_S
 TIER_SPECS = (("f32_dense", "float32", None, 1, "never"), ("f16_dense", "float16", None, 1, "never"),
               ("int8dyn_dense", "dynamic_int8", None, 1, "never"), ("int8_dense", "int8", None, 1, "never"),
               ("f32_s80_1x4", "float32", 1, "1x4", "auto"), ("f16_s80_1x4", "float16", 1, "1x4", "auto"),
-              ("int8dyn_s80_1x16", "dynamic_int8", 1, "1x16", "auto"))
+              ("int8dyn_s80_1x16", "dynamic_int8", 1, "1x16", "auto"),
+              # --sparse=always: the 1x16 int8 files that are right only with XNNPACK off (size vs speed)
+              ("int8dyn_s80_1x16_always", "dynamic_int8", 1, "1x16", "always"),
+              ("int8_s80_1x16_always", "int8", 1, "1x16", "always"))
 
 
 def encode_op_count(content: bytes) -> int:
@@ -219,7 +222,7 @@ def bench_tier(path: str, layout, options, feats) -> dict:
             "join_ms": lat["median_ms"]["join"], "rtf_1thread": lat["rtf"],
             "tokens_per_s": tokens / lat["audio_s"],
             "encode_gflops": flops / (lat["median_ms"]["encode"] / 1e3) / 1e9,
-            "encode_ops": encode_op_count(content),
+            "encode_ops": encode_op_count(content), "xnnpack": default,
             "peak_mem_mb": peak_memory_mb(path, default)}
 
 
