@@ -300,8 +300,9 @@ def convert_module(module, mode: str, representative=None, sparse: str = "auto",
     chosen, is_sparse = dense, False
     if sparse_content is not None:
         smaller = len(sparse_content) < len(dense)
-        agrees = {delegates: _sparse_agrees(dense, sparse_content, delegates, mode, notes)
-                  for delegates in (True, False)}
+        agrees = {True: _sparse_agrees(dense, sparse_content, True, mode, notes)}
+        # without delegates only matters when XNNPACK failed (for --sparse=always, and the note)
+        agrees[False] = not agrees[True] and _sparse_agrees(dense, sparse_content, False, mode, notes)
         if agrees[True] and (smaller or sparse == "always"):
             chosen, is_sparse = sparse_content, True
         elif agrees[False] and sparse == "always":
@@ -309,9 +310,10 @@ def convert_module(module, mode: str, representative=None, sparse: str = "auto",
             options["use_default_delegates"] = False
             notes.append("sparse file needs default delegates (XNNPACK) off")
         else:
-            notes.append(f"sparse encoding not used: {len(sparse_content)} B vs dense {len(dense)} B; agrees "
-                         f"with dense with default delegates: {agrees[True]}, without: {agrees[False]}"
-                         + ("" if sparse == "always" else " (--sparse=always accepts delegates off)"))
+            why = ("not smaller" if agrees[True] else
+                   f"agrees with dense with default delegates: False, without: {agrees[False]}"
+                   + ("" if sparse == "always" else " (--sparse=always accepts delegates off)"))
+            notes.append(f"sparse encoding not used: {len(sparse_content)} B vs dense {len(dense)} B; {why}")
     return ConversionResult(chosen, mode, is_sparse, check_builtin_only(chosen, mode), len(dense),
                             None if sparse_content is None else len(sparse_content), options, notes,
                             int8_details)
