@@ -214,6 +214,13 @@ def write_report(rows: Sequence[Mapping[str, Any]], out: str, preamble: str, lev
     return table
 
 
+def print_report(rows: Sequence[Mapping[str, Any]], out: str, preamble: str,
+                 level_rows: Sequence[Mapping]) -> None:
+    """Writes ``out``/REPORT.md and pareto.png and prints the preamble and tier table."""
+    table = write_report(rows, out, preamble, level_rows)
+    print(f"\n{preamble}\n\n{table}\nwrote {out}/REPORT.md and {out}/pareto.png", flush=True)
+
+
 def load_manifests(tier_dir: str) -> dict[str, dict[str, Any]]:
     with open(os.path.join(tier_dir, "manifest.json")) as f:
         return json.load(f)
@@ -235,6 +242,13 @@ class Options:
     search_population: int = 12  # fitness evaluations per tier <= population * (generations + 1)
     search_generations: int = 6
     sparse: str = "auto"  # tflite_export sparse encoding: auto | never | always
+
+    @classmethod
+    def from_flags(cls, tiers: Mapping[str, float], flag_values: Any) -> Options:
+        """From the flags both end-to-end recipes define (run_demo, librispeech/run)."""
+        f = flag_values
+        return cls(tiers, f.max_minutes, f.quantization, f.parity_utterances, f.eval_utterances,
+                   f.compare_individual, f.search_population, f.search_generations, f.sparse)
 
     def export_inputs(self) -> dict[str, Any]:
         """Stage inputs of an export (``sparse`` only when not the default, so older runs stay reusable)."""

@@ -90,17 +90,14 @@ def main(argv: list[str]) -> None:
     config = e2e.with_paths(FLAGS.config, data_dir, train="train.tsv", dev=f"{FLAGS.dev_split}.tsv")
     if FLAGS.max_steps > 0:
         config = e2e.run_config(config, config.training.mode, FLAGS.max_steps, config.training.max_minutes)
-    opts = e2e.Options(tiers, FLAGS.max_minutes, FLAGS.quantization, FLAGS.parity_utterances,
-                       FLAGS.eval_utterances, FLAGS.compare_individual, FLAGS.search_population,
-                       FLAGS.search_generations, FLAGS.sparse)
+    opts = e2e.Options.from_flags(tiers, FLAGS)
     rows, level_rows, train_metrics = e2e.run_tiers(
         stages, out, config, data_dir, os.path.join(data_dir, f"{FLAGS.test_split}.tsv"), opts)
     preamble = (f"LibriSpeech {FLAGS.librispeech_dir}: train {','.join(FLAGS.train_splits)}, dev "
                 f"{FLAGS.dev_split}, test {FLAGS.test_split}; preset `{config.preset}`; omni training "
                 f"{train_metrics.get('step')} steps in {train_metrics.get('elapsed_s', 0) / 60:.1f} min; "
                 f"quantization {FLAGS.quantization}. Stages: {sum(stages.timings.values()) / 60:.1f} min.")
-    table = e2e.write_report(rows, out, preamble, level_rows)
-    print(f"\n{preamble}\n\n{table}\nwrote {out}/REPORT.md and {out}/pareto.png", flush=True)
+    e2e.print_report(rows, out, preamble, level_rows)
 
 
 if __name__ == "__main__":

@@ -87,9 +87,7 @@ def main(argv: list[str]) -> None:
     stages = Stages(out, log=lambda s: print(s, flush=True))
     data_dir = make_data(stages, out, FLAGS.config)
     config = e2e.with_paths(FLAGS.config, data_dir)
-    opts = e2e.Options(tiers, FLAGS.max_minutes, FLAGS.quantization, FLAGS.parity_utterances,
-                       FLAGS.eval_utterances, FLAGS.compare_individual, FLAGS.search_population,
-                       FLAGS.search_generations, FLAGS.sparse)
+    opts = e2e.Options.from_flags(tiers, FLAGS)
     rows, level_rows, train_metrics = e2e.run_tiers(stages, out, config, data_dir,
                                                     os.path.join(data_dir, "test.tsv"), opts)
     preamble = (f"Synthetic corpus: {FLAGS.num_utterances or config.data.get('demo_utterances', 4000)} "
@@ -97,8 +95,7 @@ def main(argv: list[str]) -> None:
                 f"{train_metrics.get('step')} steps in {train_metrics.get('elapsed_s', 0) / 60:.1f} min "
                 f"(stopped by {train_metrics.get('stopped_by')}); quantization {FLAGS.quantization}; "
                 f"block {config.sparsity.block}. Stages: {sum(stages.timings.values()) / 60:.1f} min.")
-    table = e2e.write_report(rows, out, preamble, level_rows)
-    print(f"\n{preamble}\n\n{table}\nwrote {out}/REPORT.md and {out}/pareto.png", flush=True)
+    e2e.print_report(rows, out, preamble, level_rows)
 
 
 if __name__ == "__main__":

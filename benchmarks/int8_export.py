@@ -1,0 +1,118 @@
+"""Full-int8 export variants of a trained checkpoint, side by side: accuracy vs float and encode latency.
+
+Usage (from the repository root; the demo's output directory as example):
+  python -m benchmarks.int8_export --config=omni_tf/configs/experiment.py:tiny,demo \\
+      --workdir=runs/demo2/train/omni --data_dir=runs/demo2/data --calib_utterances=20 --eval_utterances=200
+
+One dense-level tier, calibrated on the first ``--calib_utterances`` dev utterances and judged on the next
+``--eval_utterances``. Rows: dynamic-range int8 (reference); full int8 quantized from the TF calibrator's
+ranges as they are (default float groups); full int8 with re-measured ranges and no / the default / the
+default + residual + attention-score float groups (``tflite_export/convert.py``). Columns:
+``encoder_rel_err`` = mean |TFLite - Keras| / mean |Keras| of the encoder frames over the calibration
+encode calls without zero-padded frames; ``identical`` / ``ter_vs_keras`` / WER from ``parity.run_parity``;
+``encode_ms`` = median of 200 encode calls, 1 thread, XNNPACK.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+import omni_tf  # noqa: F401
+from omni_tf.data import features as features_lib
+from omni_tf.data.librispeech import read_manifest
+from omni_tf.text.tokenizer import Tokenizer
+from tflite_export import bundle, convert, inference_model, parity
+from tflite_export.recognizer import audio_features, module_runners
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", "omni_tf/configs/experiment.py:tiny,demo", "Experiment config.",
+                                lock_config=False)
+flags.DEFINE_string("workdir", "runs/demo/train/omni", "Training workdir (checkpoint in <workdir>/ckpt).")
+flags.DEFINE_string("data_dir", "runs/demo/data", "Prepared directory (dev.tsv, cmvn.json, spm.model).")
+flags.DEFINE_integer("calib_utterances", 20, "Dev utterances for calibration.")
+flags.DEFINE_integer("eval_utterances", 200, "Dev utterances (after the calibration ones) for WER/tokens.")
+flags.DEFINE_string("output", "", "Also write the Markdown table here.")
+
+DEFAULT = list(convert.INT8_KEEP_FLOAT)
+# (row name, re-measure ranges, float groups); None = dynamic-range int8
+VARIANTS = (("dynamic_int8", None, None),
+            ("int8, calibrator ranges as is", False, DEFAULT),
+            ("int8, re-measured, all int8", True, []),
+            ("int8, re-measured, default float groups", True, DEFAULT),
+            ("int8, re-measured, default + residual + scores", True,
+             DEFAULT + ["residual", "attention_scores"]))
+
+
+def int8_file(module, samples, remeasure: bool, groups: list[str]) -> bytes:
+    with tempfile.TemporaryDirectory() as tmp:
+        conv = convert._converter(module, os.path.join(tmp, "saved"))
+        convert._configure(conv, "int8", False, parity.representative_fn(samples))
+        if remeasure:
+            return convert.quantize_int8(conv, samples, groups)[0]
+        conv._experimental_calibrate_only = True
+        calibrated = conv.convert()
+    nodes = convert.float_kept_nodes(calibrated, groups)
+    return convert.tflite_internal.mlir_quantize(calibrated, denylisted_nodes=nodes or None)
+
+
+def encode_ms(content: bytes, feeds: dict, runs: int = 200) -> float:
+    runner = convert.make_interpreter(content, 1).get_signature_runner("encode")
+    for _ in range(10):
+        runner(**feeds)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        runner(**feeds)
+        times.append(time.perf_counter() - start)
+    return 1e3 * float(np.median(times))
+
+
+def main(argv):
+    del argv
+    config = FLAGS.config
+    levels = tuple(float(s) for s in config.sparsity.levels)
+    model, survival = inference_model.load_checkpoint(config.model, os.path.join(FLAGS.workdir, "ckpt"),
+                                                      levels, config.sparsity.block)
+    module = inference_model.build_inference_module(model, config.model, 0, levels=levels, survival=survival,
+                                                    block=config.sparsity.block, clone=False)
+    mean, std = features_lib.load_cmvn(os.path.join(FLAGS.data_dir, "cmvn.json"))
+    rows = read_manifest(os.path.join(FLAGS.data_dir, "dev.tsv"))
+    rows = rows[: FLAGS.calib_utterances + FLAGS.eval_utterances]
+    feats = [audio_features(r["path"], config.data, mean, std) for r in rows]
+    calib, evaluate = feats[: FLAGS.calib_utterances], feats[FLAGS.calib_utterances:]
+    refs = [r["text"] for r in rows[FLAGS.calib_utterances:]]
+    tokenizer = Tokenizer(os.path.join(FLAGS.data_dir, "spm.model"))
+    samples = parity.collect_representative(module, calib)
+    full_chunks = [f for n, f in samples
+                   if n == "encode" and not np.any(np.all(f["features_chunk"][0] == 0, axis=-1))]
+    keras_encode = module_runners(module)[0]
+    reference = [keras_encode(**f)["encoder_frames"] for f in full_chunks]
+    table = []
+    for name, remeasure, groups in VARIANTS:
+        if remeasure is None:
+            content = convert.convert_module(module, "dynamic_int8", sparse="never").content
+        else:
+            content = int8_file(module, samples, remeasure, groups)
+        lite = convert.make_interpreter(content, 1).get_signature_runner("encode")
+        rel = np.mean([np.abs(lite(**f)["encoder_frames"] - r).mean() / np.abs(r).mean()
+                       for f, r in zip(full_chunks, reference, strict=True)])
+        rep = parity.run_parity(module, content, "int8", evaluate, refs, tokenizer.decode)
+        table.append({"variant": name, "bytes": len(content), "encoder_rel_err": float(rel),
+                      "identical": f"{rep['identical_tokens']}/{rep['utterances']}",
+                      "ter_vs_keras": rep["token_error_rate_vs_keras"], "wer_keras": rep["wer_keras"],
+                      "wer_tflite": rep["wer_tflite"], "encode_ms": encode_ms(content, full_chunks[0])})
+        print(table[-1], flush=True)
+    text = bundle.markdown_table(table)
+    print(text)
+    if FLAGS.output:
+        with open(FLAGS.output, "w") as f:
+            f.write(text)
+
+
+if __name__ == "__main__":
+    app.run(main)
