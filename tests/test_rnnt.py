@@ -260,3 +260,24 @@ def test_bad_inputs_raise():
         rnnt_loss(x, y, [4, 4], [3, 2])
     with pytest.raises(tf.errors.InvalidArgumentError, match="logit_lengths must be >= 1"):
         rnnt_loss(x, y, [0, 4], [2, 2])
+
+
+@pytest.mark.parametrize("pad", [-1, 7, 1000])
+def test_padding_past_label_lengths_is_ignored(pad):
+    """Labels padded with -1 (or any out-of-vocabulary id) past label_lengths: same loss and grad as 0-padded."""
+    rng = np.random.default_rng(3)
+    b, t, u, v = 3, 6, 4, 5
+    logits = tf.constant(rng.normal(size=(b, t, u + 1, v)).astype(np.float32))
+    label_lengths = tf.constant([4, 2, 0], tf.int32)
+    zero = rng.integers(1, v, (b, u)).astype(np.int32) * (np.arange(u)[None] < label_lengths.numpy()[:, None])
+    padded = np.where(np.arange(u)[None] < label_lengths.numpy()[:, None], zero, pad).astype(np.int32)
+    logit_lengths = tf.constant([6, 5, 3], tf.int32)
+    out = []
+    for labels in (zero, padded):
+        with tf.GradientTape() as tape:
+            tape.watch(logits)
+            loss = rnnt_loss(logits, labels, logit_lengths, label_lengths)
+        out.append((loss.numpy(), tape.gradient(loss, logits).numpy()))
+    np.testing.assert_array_equal(out[1][0], out[0][0])
+    np.testing.assert_array_equal(out[1][1], out[0][1])
+    assert np.all(np.isfinite(out[0][0]))

@@ -172,6 +172,12 @@ def _check_inputs(logits, labels, logit_lengths, label_lengths, blank) -> list[t
     ]
 
 
+def _mask_padding(labels: tf.Tensor, label_lengths: tf.Tensor, blank: int) -> tf.Tensor:
+    """[B, U] labels with every entry at or past ``label_lengths`` set to ``blank`` (a valid gather index)."""
+    valid = tf.range(tf.shape(labels)[1])[None, :] < label_lengths[:, None]
+    return tf.where(valid, labels, tf.cast(blank, labels.dtype))
+
+
 def rnnt_loss(
     logits: tf.Tensor,
     labels: tf.Tensor,
@@ -185,7 +191,9 @@ def rnnt_loss(
     Args:
       logits: [B, T, U+1, V] unnormalized joiner outputs (float32, or float16/bfloat16: computed in float32);
         log-softmax over V is applied inside.
-      labels: [B, U] int32 label ids (entries past label_lengths are ignored).
+      labels: [B, U] int32 label ids in [0, V); entries at or past label_lengths are ignored (any value, e.g.
+        -1 padding: they are replaced by ``blank`` before any gather, so loss and gradient equal those of
+        0-padded labels).
       logit_lengths: [B] int32 valid frames per utterance, 1 <= T_b <= T.
       label_lengths: [B] int32 valid labels per utterance, 0 <= U_b <= U.
       blank: blank id in [0, V).
@@ -202,6 +210,7 @@ def rnnt_loss(
     logit_lengths = tf.cast(logit_lengths, tf.int32)
     label_lengths = tf.cast(label_lengths, tf.int32)
     checks = _check_inputs(logits, labels, logit_lengths, label_lengths, blank)
+    labels = _mask_padding(labels, label_lengths, blank)
     with tf.control_dependencies(checks):
         logits32 = tf.cast(logits, tf.float32) if logits.dtype != tf.float32 else tf.identity(logits)
     losses = _rnnt_nll(logits32, labels, logit_lengths, label_lengths, blank)
