@@ -25,7 +25,7 @@ import omni_tf  # noqa: F401
 from omni_tf.data import features as features_lib
 from omni_tf.data.librispeech import read_manifest
 from omni_tf.sparsity import size as size_lib
-from omni_tf.text.tokenizer import Tokenizer
+from omni_tf.text.tokenizer import Tokenizer, check_model_vocab
 from omni_tf.training import evaluation, loop, sources
 from recipes.stages import Stages
 from tflite_export import bundle
@@ -159,6 +159,7 @@ def export_tiers(config: ml_collections.ConfigDict, workdir: str, data_dir: str,
     if quantization == "int8":  # calibrate on dev, judge on ``manifest``
         calib, _ = utterance_features(config, data_dir, config.paths.dev_manifest.split(",")[0], 20)
     tokenizer = Tokenizer(os.path.join(data_dir, "spm.model"))
+    check_model_vocab(tokenizer, config.model.vocab_size, "config.model.vocab_size")
     cmvn = features_lib.load_cmvn(os.path.join(data_dir, "cmvn.json"))
     out = {}
     for name, spec in tiers.items():

@@ -126,3 +126,29 @@ def test_train_spm_command_line(tmp_path, sentences):
     assert out.returncode == 0, out.stderr
     assert "64 pieces" in out.stdout
     assert Tokenizer(str(tmp_path / "spm.model")).vocab_size == 64
+
+
+def test_model_vocab_check_names_both_sizes(sentences, tmp_path):
+    """A 30-piece tokenizer with a 16-output model fails at start-up (train/evaluate via ManifestSource),
+    naming the file and both sizes, instead of in the predictor's embedding gather."""
+    from omni_tf.configs import experiment
+    from omni_tf.data import features, librispeech
+    from omni_tf.text.tokenizer import VocabSizeError, check_model_vocab
+    from omni_tf.training import sources
+
+    tok = Tokenizer.train(sentences, str(tmp_path / "spm"), vocab_size=30)
+    assert tok.vocab_size == 30
+    check_model_vocab(tok, 30, "x")  # equal: fine
+    for model_size in (16, 40):
+        with pytest.raises(VocabSizeError, match=rf"spm.model has 30 pieces but the model has {model_size} "
+                                                 r"outputs \(config.model.vocab_size\)"):
+            check_model_vocab(tok, model_size, "config.model.vocab_size")
+    librispeech.write_manifest([], str(tmp_path / "train.tsv"))
+    features.save_cmvn(str(tmp_path / "cmvn.json"), [0.0] * 80, [1.0] * 80)
+    config = experiment.get_config("tiny,smoke")
+    config.paths.manifest_dir = str(tmp_path)
+    config.model.vocab_size = 16
+    with pytest.raises(VocabSizeError, match="30 pieces .* 16 outputs"):
+        sources.ManifestSource(config)
+    config.model.vocab_size = 30
+    assert sources.ManifestSource(config).tokenizer.vocab_size == 30

@@ -106,6 +106,28 @@ class Tokenizer:
         return tok
 
 
+class VocabSizeError(ValueError):
+    """The tokenizer's piece count differs from the model's output size."""
+
+
+def check_model_vocab(tokenizer: Tokenizer, model_vocab_size: int, model_source: str) -> None:
+    """Checks, at start-up, that a model with ``model_vocab_size`` outputs fits ``tokenizer``.
+
+    A tokenizer with more pieces makes label ids index past the predictor embedding (on CPU a gather error
+    on the first step; on GPU out-of-range gathers silently read zeros); one with fewer lets the model emit
+    ids it cannot decode. ``model_source`` names where the model size comes from (a config field, a file).
+
+    Raises:
+      VocabSizeError: the sizes differ (the message names the tokenizer file, both sizes and both fixes).
+    """
+    if tokenizer.vocab_size != int(model_vocab_size):
+        raise VocabSizeError(
+            f"tokenizer {tokenizer.model_path} has {tokenizer.vocab_size} pieces but the model has "
+            f"{model_vocab_size} outputs ({model_source}); they must be equal: set "
+            f"--config.model.vocab_size={tokenizer.vocab_size} or retrain the tokenizer with "
+            f"--vocab_size={model_vocab_size}")
+
+
 def train_from_manifest(manifest: str, out_prefix: str, vocab_size: int, model_type: str = "unigram",
                         hard_vocab_limit: bool = True) -> Tokenizer:
     """Trains on the ``text`` column of ``manifest``; ValueError naming the file when it has no rows."""

@@ -32,10 +32,11 @@ class ManifestSource:
 
     def __init__(self, config: ml_collections.ConfigDict, split: str = "train", training: bool = True):
         from omni_tf.data import features, pipeline  # noqa: PLC0415
-        from omni_tf.text.tokenizer import Tokenizer  # noqa: PLC0415
+        from omni_tf.text.tokenizer import Tokenizer, check_model_vocab  # noqa: PLC0415
 
         self.manifest, spm, cmvn_path = _paths(config, split)
         self.tokenizer = Tokenizer(spm)
+        check_model_vocab(self.tokenizer, config.model.vocab_size, "config.model.vocab_size")
         self.cmvn = features.load_cmvn(cmvn_path)
         self.data_config, self.training = config.data, training
         self._make = pipeline.make_dataset

@@ -27,7 +27,7 @@ from ml_collections import config_flags
 import omni_tf  # noqa: F401
 from omni_tf.data import features as features_lib
 from omni_tf.data.librispeech import read_manifest
-from omni_tf.text.tokenizer import Tokenizer
+from omni_tf.text.tokenizer import Tokenizer, check_model_vocab
 from tflite_export import bundle, convert, parity
 from tflite_export.recognizer import audio_features
 
@@ -133,6 +133,7 @@ def dev_data(config, data_dir: str):
     """(features, references, tokenizer, cmvn, int8 calibration features | None) from <split>.tsv."""
     mean, std = features_lib.load_cmvn(os.path.join(data_dir, "cmvn.json"))
     tokenizer = Tokenizer(os.path.join(data_dir, "spm.model"))
+    check_model_vocab(tokenizer, config.model.vocab_size, "config.model.vocab_size")
     all_rows = read_manifest(_split_manifest(data_dir))
     rows = all_rows[: FLAGS.dev_utterances]
     if not rows:
@@ -164,8 +165,8 @@ def main(argv):
         raise app.UsageError("give --data_dir (<split>.tsv, cmvn.json, spm.model)")
     out = FLAGS.out or os.path.join(FLAGS.workdir, "tflite")
     levels, block = levels_and_block(config)
-    model, survival = load_model(config, levels, block)
     feats, refs, tokenizer, cmvn, calib = dev_data(config, FLAGS.data_dir)
+    model, survival = load_model(config, levels, block)
     failed = []
     for name, spec in tier_specs(config, levels, model, block).items():
         for quant in FLAGS.quantization:

@@ -23,7 +23,7 @@ from absl import app, flags
 import omni_tf  # noqa: F401
 from omni_tf import metrics
 from omni_tf.data.audio import AudioError
-from omni_tf.text.tokenizer import Tokenizer
+from omni_tf.text.tokenizer import Tokenizer, check_model_vocab
 from tflite_export.bundle import validate_manifest
 from tflite_export.recognizer import LiteRTRecognizer, audio_features, frontend_config
 
@@ -49,6 +49,7 @@ class TierTranscriber:
         self.mean, self.std = frontend.get("cmvn_mean"), frontend.get("cmvn_std")
         spm = os.path.join(tier_dir, self.manifest["files"].get("spm", "spm.model"))
         self.tokenizer = Tokenizer(spm)
+        check_model_vocab(self.tokenizer, self.manifest["vocab_size"], f"{tier_dir}/manifest.json vocab_size")
         self.recognizer = LiteRTRecognizer.from_tier_dir(tier_dir, num_threads=num_threads)
 
     def __call__(self, path: str) -> str:
