@@ -264,7 +264,7 @@ def test_bad_inputs_raise():
 
 @pytest.mark.parametrize("pad", [-1, 7, 1000])
 def test_padding_past_label_lengths_is_ignored(pad):
-    """Labels padded with -1 (or any out-of-vocabulary id) past label_lengths: same loss and grad as 0-padded."""
+    """Labels padded with -1 (or any id) past label_lengths: same loss and grad as 0-padded labels."""
     rng = np.random.default_rng(3)
     b, t, u, v = 3, 6, 4, 5
     logits = tf.constant(rng.normal(size=(b, t, u + 1, v)).astype(np.float32))
