@@ -75,3 +75,41 @@ def test_decode_rejects_stereo_and_rate(tmp_path):
 def test_min_samples_for():
     assert audio.min_samples_for(0.225, 16000) == 3600
     assert audio.min_samples_for(0.0001, 16000) == 2
+
+
+@pytest.mark.parametrize("rate,channels", [(22050, 1), (44100, 1), (48000, 2), (16000, 2), (8000, 1)])
+def test_convert_resamples_and_downmixes(tmp_path, rate, channels):
+    """A 440 Hz tone at any rate / channel count comes out as the same tone at 16 kHz mono, with the length
+    ``converted_length`` promises (what the manifest plans with)."""
+    n = rate * 3 // 2 + 7
+    tone = 0.5 * np.sin(2 * np.pi * 440 * np.arange(n) / rate)
+    x = np.stack([tone * (1 + 0.5 * c) for c in range(channels)], axis=1)  # channel mean: 0.5 * 1.25 * tone
+    sf.write(str(tmp_path / "t.wav"), x.astype(np.float32), rate, subtype="FLOAT")
+    y = audio.decode(str(tmp_path / "t.wav"), 16000, convert=True)
+    assert y.dtype == np.float32
+    assert len(y) == audio.converted_length(n, rate, 16000) == round(n * 16000 / rate)
+    gain = np.mean([1 + 0.5 * c for c in range(channels)])
+    t = np.arange(len(y)) / 16000
+    middle = slice(800, len(y) - 800)  # away from the resampler's edge transients
+    np.testing.assert_allclose(y[middle], (gain * 0.5 * np.sin(2 * np.pi * 440 * t))[middle], atol=2e-3)
+    info = audio.AudioInfo(n, rate, channels)
+    expected = [s for s, on in ((f"{channels} channels -> mono", channels > 1),
+                                (f"{rate} Hz -> 16000 Hz ({audio.RESAMPLER})", rate != 16000)) if on]
+    assert audio.conversion(info, 16000) == ", ".join(expected)
+    audio.check_info("x", info, 16000, 3600, convert=True)  # accepted with convert
+
+
+def test_empty_and_short_audio_are_named_kinds(tmp_path):
+    """0 samples -> empty_file, 100 samples -> too_short (also after conversion), in decode and check_info."""
+    sf.write(str(tmp_path / "empty.wav"), np.zeros(0, np.float32), 16000)
+    sf.write(str(tmp_path / "short.wav"), np.zeros(100, np.float32), 16000)
+    sf.write(str(tmp_path / "short44.wav"), np.zeros(9000, np.float32), 44100)  # 3265 samples at 16 kHz
+    for name, kind, convert in (("empty.wav", audio.EMPTY_FILE, False), ("empty.wav", audio.EMPTY_FILE, True),
+                                ("short.wav", audio.TOO_SHORT, False),
+                                ("short44.wav", audio.TOO_SHORT, True)):
+        with pytest.raises(audio.AudioError) as e:
+            audio.decode(str(tmp_path / name), 16000, convert=convert, min_samples=3600)
+        assert e.value.kind == kind and name in str(e.value)
+    with pytest.raises(audio.AudioError, match="3265 samples"):
+        audio.check_info("x", audio.AudioInfo(9000, 44100, 1), 16000, 3600, convert=True)
+    assert len(audio.decode(str(tmp_path / "short.wav"), 16000)) == 100  # min_samples defaults to 0

@@ -222,3 +222,68 @@ def test_undecodable_transcript_file(tmp_path):
     scan = ls.scan_split(str(tmp_path / "dev"))
     kinds = sorted((p.kind, os.path.basename(p.path)) for p in scan.problems)
     assert kinds == [("missing_transcript", "1-10-0000.flac"), ("unreadable_file", "1-10.trans.txt")]
+
+
+def test_tab_separated_transcript_line(tmp_path):
+    """``<id>\\t<words>`` is the same line as ``<id> <words>`` (was: missing audio '<id>\\t<word>.flac' plus
+    missing transcript)."""
+    split = str(tmp_path / "train")
+    _chapter(split, "1", "10", ["1-10-0000\tHELLO WORLD", "1-10-0001 \t IT'S\tFINE  "],
+             ["1-10-0000", "1-10-0001"])
+    scan = ls.scan_split(split)
+    assert scan.problems == []
+    assert [(r["id"], r["text"]) for r in scan.rows] == [("1-10-0000", "HELLO WORLD"),
+                                                         ("1-10-0001", "IT'S FINE")]
+    assert ls.parse_transcript_line("  \t ") == ("", "")
+    assert ls.parse_transcript_line("1-10-0002") == ("1-10-0002", "")
+
+
+def test_tsv_stays_valid_when_a_path_holds_a_tab(tmp_path):
+    """A directory name with a tab (and a backslash): manifest and report lines keep their columns."""
+    split = str(tmp_path / "odd\tdir\\x" / "train")
+    _chapter(split, "1", "10", ["1-10-0000 HELLO", "1-10-0001 NO AUDIO"], ["1-10-0000"])
+    scan = ls.scan_split(split)
+    assert len(scan.rows) == 1 and "\t" in scan.rows[0]["path"]
+    out = tmp_path / "out"
+    out.mkdir()
+    ls.write_manifest(scan.rows, str(out / "train.tsv"))
+    with open(out / "train.tsv") as f:
+        assert [len(line.split("\t")) - line.count("\\\t") for line in f] == [7, 7]
+    assert ls.read_manifest(str(out / "train.tsv")) == scan.rows
+    _, txt = ls.write_report(scan, str(out))
+    with open(txt, newline="") as f:
+        lines = f.read().splitlines()[2:]  # after the summary and the per-kind count
+        problems = list(ls.tsv_reader(lines))
+    assert problems == [["missing_audio", os.path.join(split, "1", "10", "1-10-0001.flac"),
+                         "transcript line '1-10-0001' has no audio file"]]
+
+
+def test_prepare_convert_audio_reports_each_file(tmp_path, capsys):
+    """Without --convert_audio a 22.05 kHz and a stereo file are bad inputs; with it they are usable and each
+    is listed as converted (report JSON and TXT, summary line)."""
+    from omni_tf.data import prepare
+
+    root = tmp_path / "corpus"
+    d = _chapter(str(root / "train"), "1", "10", ["1-10-0000 A", "1-10-0001 B", "1-10-0002 C"], ["1-10-0000"])
+    _flac(os.path.join(d, "1-10-0001.flac"), n=11025, rate=22050)
+    _flac(os.path.join(d, "1-10-0002.flac"), channels=2)
+    kinds = {p.kind for p in prepare.run(str(root), str(tmp_path / "a"))["train"].problems}
+    assert kinds == {"sample_rate", "channels"}
+    scan = prepare.run(str(root), str(tmp_path / "b"), convert_audio=True)["train"]
+    assert scan.problems == [] and len(scan.rows) == 3
+    assert [(os.path.basename(p), c.split(" (")[0]) for p, c in scan.converted] == [
+        ("1-10-0001.flac", "22050 Hz -> 16000 Hz"), ("1-10-0002.flac", "2 channels -> mono")]
+    assert scan.rows[1]["sample_rate"] == 22050 and scan.rows[1]["num_samples"] == 11025  # the file as is
+    with open(tmp_path / "b" / "train.report.json") as f:
+        assert [c["path"] for c in json.load(f)["converted"]] == [p for p, _ in scan.converted]
+    assert "converted to 16 kHz mono: 2" in capsys.readouterr().out
+    assert (tmp_path / "b" / "train.report.txt").read_text().count("converted\t") == 2
+
+
+def test_prepare_rejects_empty_and_100_sample_files(tmp_path):
+    split = str(tmp_path / "train")
+    d = _chapter(split, "1", "10", ["1-10-0000 A", "1-10-0001 B"], [])
+    sf.write(os.path.join(d, "1-10-0000.flac"), np.zeros(0, np.float32), 16000)
+    sf.write(os.path.join(d, "1-10-0001.flac"), np.zeros(100, np.float32), 16000)
+    kinds = {os.path.basename(p.path): p.kind for p in ls.scan_split(split).problems}
+    assert kinds == {"1-10-0000.flac": "empty_file", "1-10-0001.flac": "too_short"}

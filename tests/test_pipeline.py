@@ -185,3 +185,70 @@ def test_wave_augmentation_with_noise_corpus(manifest, cfg, tmp_path):
         assert list(a["ids"]) == list(c["ids"]) and a["features"].shape == c["features"].shape
         np.testing.assert_allclose(a["features"], b["features"], atol=1e-4)  # seeded
         assert np.abs(a["features"] - c["features"]).mean() > 0.1
+
+
+def _corpus(root, lengths, rate=16000, channels=1, seed=0):
+    """One chapter of sine+noise utterances of the given lengths (samples); returns the scanned rows."""
+    rng = np.random.default_rng(seed)
+    d = root / "train" / "7" / "70"
+    d.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, n in enumerate(lengths):
+        x = 0.2 * np.sin(2 * np.pi * 300 * np.arange(n) / rate) + 0.02 * rng.standard_normal(n)
+        x = np.stack([x, -0.5 * x], axis=1)[:, :channels] if channels > 1 else x
+        sf.write(str(d / f"7-70-{i:04d}.flac"), x.astype(np.float32), rate)
+        lines.append(f"7-70-{i:04d} {WORDS[i]}\n")
+    (d / "7-70.trans.txt").write_text("".join(lines))
+    scan = librispeech.scan_split(str(root / "train"), convert=True)
+    assert len(scan.rows) == len(lengths) and not scan.problems
+    return scan
+
+
+def test_feature_cache_follows_audio_regenerated_in_place(cfg, tmp_path):
+    """Same ids, new audio (new lengths), prepared again into the same directory: the cache serves the new
+    features (on main it served the old ones), and the stale entries are replaced, not kept beside."""
+    cfg.feature_cache_dir = "auto"
+    manifest = str(tmp_path / "train.tsv")
+    expected = {}
+    for lengths in ([8000, 12000], [20000, 6400]):
+        librispeech.write_manifest(_corpus(tmp_path, lengths).rows, manifest)
+        batches = _run(pipeline.make_dataset(manifest, CharTokenizer(), cfg, None, training=False))
+        got = {i.decode(): int(t) for b in batches
+               for i, t in zip(b["ids"], b["feature_lengths"], strict=True)}
+        expected = {f"7-70-{i:04d}": int(features.num_frames(n, cfg)) for i, n in enumerate(lengths)}
+        assert got == expected
+        cache = pipeline.feature_cache_path(str(tmp_path / "feature_cache"), cfg)
+        assert len(os.listdir(cache)) == len(lengths)
+    cfg.feature_cache_dir = ""
+    decoded = _run(pipeline.make_dataset(manifest, CharTokenizer(), cfg, None, training=False))
+    for a, b in zip(decoded, batches, strict=True):
+        np.testing.assert_allclose(a["features"], b["features"], atol=0.02, rtol=2e-3)
+
+
+def test_converted_rows_are_planned_and_decoded_at_the_model_rate(cfg, tmp_path):
+    """A 22.05 kHz stereo corpus accepted by prepare's --convert_audio: the manifest keeps the file's rate and
+    length; the pipeline resamples (soxr) and down-mixes, and plans with the 16 kHz length."""
+    scan = _corpus(tmp_path, [22050, 33075], rate=22050, channels=2)
+    assert [r["sample_rate"] for r in scan.rows] == [22050, 22050]
+    assert [p for p, _ in scan.converted] == [r["path"] for r in scan.rows]
+    assert scan.converted[0][1].startswith("2 channels -> mono, 22050 Hz -> 16000 Hz (soxr")
+    manifest = str(tmp_path / "train.tsv")
+    librispeech.write_manifest(scan.rows, manifest)
+    got = [int(t) for b in _run(pipeline.make_dataset(manifest, CharTokenizer(), cfg, None, training=False))
+           for t in b["feature_lengths"]]
+    assert sorted(got) == [int(features.num_frames(16000, cfg)), int(features.num_frames(24000, cfg))]
+
+
+def test_unk_labels_are_counted_and_named(cfg, manifest, caplog):
+    class NoZ(CharTokenizer):
+        unk_id = 1
+
+        def encode(self, text):
+            return [1 if ch in "Z'" else self.alphabet.index(ch) + 2 for ch in text]
+
+    rows = librispeech.read_manifest(manifest)
+    tokens = [NoZ().encode(r["text"]) for r in rows]
+    assert pipeline.unk_report(rows, tokens) == (2, ["7-70-0006", "7-70-0011"])  # IT'S, ZED
+    with caplog.at_level("WARNING"):
+        pipeline.make_dataset(manifest, NoZ(), cfg, None, training=False)
+    assert "2 of 12 labels hold <unk>" in caplog.text and "rows: 7-70-0006, 7-70-0011" in caplog.text

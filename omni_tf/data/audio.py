@@ -1,9 +1,12 @@
-"""Audio decoding and checks with soundfile (libsndfile); no TensorFlow here.
+"""Audio decoding, checks and conversion to the model input (16 kHz mono) with soundfile + soxr; no TF.
 
-Policy (also in docs/BENCHMARKS.md "Input pipeline"): audio must already be 16 kHz mono. Files at another
-rate or with more than one channel are *rejected and reported* (kind ``sample_rate`` / ``channels``), not
-resampled or down-mixed: LibriSpeech is 16 kHz mono, so anything else means a wrong or damaged corpus, and
-silent conversion would hide it.
+Policy (also in README "Audio input" and docs/BENCHMARKS.md "Input pipeline"):
+- Rate and channels: ``prepare`` rejects and reports files that are not 16 kHz mono (kind ``sample_rate`` /
+  ``channels``) unless ``--convert_audio`` is given; then, as ``transcribe`` always does, the audio is
+  down-mixed (mean of the channels) and resampled with soxr (``RESAMPLER``), and each converted file is
+  reported. LibriSpeech is 16 kHz mono, so there a mismatch means a wrong or damaged corpus.
+- Length: a file with 0 samples (kind ``empty_file``) or fewer samples than the model needs (kind
+  ``too_short``, counted after conversion) is a named, counted skip in ``prepare`` and in ``transcribe``.
 
 Corruption check (``probe``): ``check="full"`` decodes every frame and compares the count with the header;
 ``check="header"`` reads the header and then seeks to and decodes the last block, which catches garbage files
@@ -16,6 +19,7 @@ import os
 
 import numpy as np
 import soundfile as sf
+import soxr
 
 # Problem kinds reported for audio files.
 EMPTY_FILE = "empty_file"
@@ -23,6 +27,10 @@ CORRUPT = "corrupt"
 SAMPLE_RATE = "sample_rate"
 CHANNELS = "channels"
 TOO_SHORT = "too_short"
+
+# The resampler of every conversion (part of the feature-cache key: another one gives other samples).
+RESAMPLER_QUALITY = "HQ"
+RESAMPLER = f"soxr {soxr.__version__} {RESAMPLER_QUALITY}"
 
 _TAIL_FRAMES = 4096
 _BLOCK_FRAMES = 1 << 16
@@ -79,32 +87,81 @@ def probe(path: str, check: str = "full") -> AudioInfo:
     return info
 
 
-def check_info(path: str, info: AudioInfo, sample_rate: int, min_samples: int) -> None:
-    """Raises AudioError (``sample_rate``, ``channels``, ``too_short``) if ``info`` is unusable."""
-    if info.sample_rate != sample_rate:
-        raise AudioError(path, SAMPLE_RATE, f"{info.sample_rate} Hz, expected {sample_rate} Hz")
-    if info.channels != 1:
-        raise AudioError(path, CHANNELS, f"{info.channels} channels, expected mono")
-    if info.num_samples < min_samples:
+def check_length(path: str, num_samples: int, sample_rate: int, min_samples: int) -> None:
+    """Raises AudioError ``empty_file`` (0 samples) or ``too_short`` (fewer than ``min_samples``)."""
+    if num_samples == 0:
+        raise AudioError(path, EMPTY_FILE, "0 samples")
+    if num_samples < min_samples:
         raise AudioError(
-            path, TOO_SHORT, f"{info.num_samples} samples ({info.duration_s * 1000:.0f} ms) < minimum "
+            path, TOO_SHORT, f"{num_samples} samples ({num_samples / sample_rate * 1000:.0f} ms) < minimum "
             f"{min_samples} samples ({min_samples / sample_rate * 1000:.0f} ms)")
 
 
-def decode(path: str, sample_rate: int | None = None) -> np.ndarray:
-    """Decodes a mono file to float32 samples in [-1, 1], shape [num_samples].
+def check_info(path: str, info: AudioInfo, sample_rate: int, min_samples: int, convert: bool = False) -> None:
+    """Raises AudioError (``sample_rate``, ``channels``, ``empty_file``, ``too_short``) for unusable ``info``.
 
-    Raises:
-      AudioError: corrupt file, wrong rate (when ``sample_rate`` is given) or more than one channel.
+    With ``convert`` any rate and channel count is accepted and the length is checked after resampling.
     """
+    if not convert and info.sample_rate != sample_rate:
+        raise AudioError(path, SAMPLE_RATE, f"{info.sample_rate} Hz, expected {sample_rate} Hz")
+    if not convert and info.channels != 1:
+        raise AudioError(path, CHANNELS, f"{info.channels} channels, expected mono")
+    check_length(path, converted_length(info.num_samples, info.sample_rate, sample_rate), sample_rate,
+                 min_samples)
+
+
+def converted_length(num_samples: int, from_rate: int, to_rate: int) -> int:
+    """Samples after resampling ``num_samples`` from ``from_rate`` to ``to_rate`` Hz: round(n * to / from)."""
+    return (2 * int(num_samples) * int(to_rate) + int(from_rate)) // (2 * int(from_rate))
+
+
+def conversion(info: AudioInfo, sample_rate: int) -> str | None:
+    """What ``decode(..., convert=True)`` does to a file described by ``info``, in words (None: nothing)."""
+    steps = []
+    if info.channels != 1:
+        steps.append(f"{info.channels} channels -> mono")
+    if info.sample_rate != sample_rate:
+        steps.append(f"{info.sample_rate} Hz -> {sample_rate} Hz ({RESAMPLER})")
+    return ", ".join(steps) or None
+
+
+def to_model_input(samples: np.ndarray, rate: int, sample_rate: int) -> np.ndarray:
+    """Down-mixes [n, channels] float32 samples (channel mean) and resamples them from ``rate`` to
+    ``sample_rate`` Hz with soxr (band-limited, linear phase); returns [converted_length(n)] float32."""
+    mono = samples.mean(axis=1, dtype=np.float32) if samples.shape[1] > 1 else samples[:, 0]
+    if rate == sample_rate:
+        return np.ascontiguousarray(mono, np.float32)
+    out = soxr.resample(mono, rate, sample_rate, quality=RESAMPLER_QUALITY).astype(np.float32)
+    n = converted_length(len(mono), rate, sample_rate)  # the manifest's count, whatever soxr rounds to
+    return out[:n] if len(out) >= n else np.pad(out, (0, n - len(out)))
+
+
+def decode(path: str, sample_rate: int | None = None, convert: bool = False, min_samples: int = 0
+           ) -> np.ndarray:
+    """Decodes ``path`` to float32 samples in [-1, 1], shape [num_samples] (at ``sample_rate`` with convert).
+
+    Args:
+      sample_rate: the rate the caller needs (None: any; not with ``convert``).
+      convert: down-mix and resample (``to_model_input``) instead of raising ``channels`` / ``sample_rate``.
+      min_samples: shortest usable length, after conversion.
+    Raises:
+      AudioError: corrupt file, wrong rate or more than one channel (without ``convert``), 0 samples
+        (``empty_file``), fewer than ``min_samples`` (``too_short``).
+    """
+    if convert and sample_rate is None:
+        raise ValueError("decode(convert=True) needs the target sample_rate")
     try:
         audio, rate = sf.read(path, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as e:
         raise AudioError(path, CORRUPT, f"libsndfile: {e}") from e
+    if convert:
+        check_length(path, converted_length(len(audio), rate, sample_rate), sample_rate, min_samples)
+        return to_model_input(audio, rate, sample_rate)
     if sample_rate is not None and rate != sample_rate:
         raise AudioError(path, SAMPLE_RATE, f"{rate} Hz, expected {sample_rate} Hz")
     if audio.shape[1] != 1:
         raise AudioError(path, CHANNELS, f"{audio.shape[1]} channels, expected mono")
+    check_length(path, len(audio), rate, min_samples)
     return audio[:, 0]
 
 

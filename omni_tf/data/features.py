@@ -53,11 +53,12 @@ def log_mel(audio: tf.Tensor, data_config) -> tf.Tensor:
 
 def features_from_paths(paths: list[str], data_config, num_parallel_calls: int = tf.data.AUTOTUNE
                         ) -> tf.data.Dataset:
-    """Dataset of log-mel [T, 80] for each audio path, in order (decoded with soundfile)."""
+    """Dataset of log-mel [T, 80] for each audio path, in order (decoded with soundfile; audio that is not
+    at ``data_config.sample_rate`` mono is converted, ``omni_tf.data.audio.decode(convert=True)``)."""
     rate = data_config.sample_rate
 
     def decode(path):
-        return audio_lib.decode(path.decode(), rate)
+        return audio_lib.decode(path.decode(), rate, convert=True)
 
     def load(path):
         wave = tf.numpy_function(decode, [path], tf.float32, stateful=False)

@@ -1,7 +1,8 @@
 """LibriSpeech-layout scan -> manifest rows, plus a report of every bad input (nothing is dropped silently).
 
 Layout: ``<root>/<split>/<speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac`` with
-``<speaker>-<chapter>.trans.txt`` per chapter (lines ``<utt_id> UPPER CASE WORDS``). A *split* is any
+``<speaker>-<chapter>.trans.txt`` per chapter (lines ``<utt_id> UPPER CASE WORDS``; any run of whitespace,
+tabs included, separates the id and the words: ``parse_transcript_line``). A *split* is any
 subdirectory of ``<root>`` holding speaker/chapter directories (``train-clean-100``, ``dev-clean``, or
 ``train``, ``dev``, ``test`` for the synthetic corpus); its manifest is ``<out_dir>/<split>.tsv``
 (split directory name verbatim), next to ``<split>.report.json`` and ``<split>.report.txt``.
@@ -9,6 +10,12 @@ subdirectory of ``<root>`` holding speaker/chapter directories (``train-clean-10
 Problem kinds (``ALL_KINDS``): audio problems from ``omni_tf.data.audio`` (empty_file, corrupt, sample_rate,
 channels, too_short) and layout/text problems below. Unreadable directories are found by *trying* to list them
 (``os.scandir``), so the check is the same for root (for whom ``os.access`` and mode bits always say yes).
+With ``convert=True`` files at another rate or with
+several channels are usable (``omni_tf.data.audio`` policy); each is listed under ``converted`` in the report.
+A manifest row describes the file as it is on disk (``num_samples`` and ``sample_rate`` of the file).
+
+Manifests and the reports' problem lines are TSV written by ``tsv_writer``: a tab, newline or backslash in a
+field (a path) is escaped with a backslash, so every line keeps its columns (``tsv_reader`` undoes it).
 """
 from __future__ import annotations
 
@@ -55,6 +62,7 @@ class SplitScan:
     split_dir: str
     rows: list[dict]
     problems: list[Problem]
+    converted: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (path, what was done)
 
     def counts(self) -> dict[str, int]:
         c = collections.Counter(p.kind for p in self.problems)
@@ -105,6 +113,14 @@ def find_splits(root: str) -> list[str]:
     return splits
 
 
+def parse_transcript_line(line: str) -> tuple[str, str]:
+    """``"<utt_id><whitespace><words>"`` -> (utt_id, words joined by single spaces); ("", "") if blank."""
+    parts = line.split(maxsplit=1)
+    if not parts:
+        return "", ""
+    return parts[0], " ".join(parts[1].split()) if len(parts) > 1 else ""
+
+
 def _read_transcripts(path: str, prefix: str, problems: list[Problem]) -> dict[str, str | None]:
     """Parses one ``*.trans.txt``; returns {utt_id: normalized text}, appending problems."""
     try:
@@ -115,10 +131,9 @@ def _read_transcripts(path: str, prefix: str, problems: list[Problem]) -> dict[s
         return {}
     out: dict[str, str | None] = {}
     for lineno, line in enumerate(lines, 1):
-        if not line.strip():
+        utt_id, text = parse_transcript_line(line)
+        if not utt_id:
             continue
-        utt_id, _, text = line.strip().partition(" ")
-        text = " ".join(text.split())
         where = f"{path}:{lineno}"
         if not utt_id.startswith(prefix):
             problems.append(Problem(where, BAD_NAME, f"id {utt_id!r} does not start with {prefix!r}"))
@@ -169,21 +184,25 @@ def _scan_chapter(chapter_dir: str, speaker: str, chapter: str, problems: list[P
     return rows
 
 
-def _probe_row(row: dict, sample_rate: int, min_samples: int, check: str) -> dict | Problem:
+def _probe_row(row: dict, sample_rate: int, min_samples: int, check: str, convert: bool) -> dict | Problem:
     try:
         info = audio.probe(row["path"], check)
-        audio.check_info(row["path"], info, sample_rate, min_samples)
+        audio.check_info(row["path"], info, sample_rate, min_samples, convert)
     except audio.AudioError as e:
         return Problem(e.path, e.kind, e.reason)
     except OSError as e:
         return Problem(row["path"], UNREADABLE_FILE, f"{type(e).__name__}: {e}")
     return dict(row, num_samples=info.num_samples, sample_rate=info.sample_rate,
-                duration_s=round(info.duration_s, 4))
+                duration_s=round(info.duration_s, 4), conversion=audio.conversion(info, sample_rate))
 
 
 def scan_split(split_dir: str, sample_rate: int = 16000, min_duration_s: float | None = None,
-               check: str = "full", num_workers: int = 2) -> SplitScan:
-    """Scans one split directory; audio is probed in ``num_workers`` threads (libsndfile releases the GIL)."""
+               check: str = "full", num_workers: int = 2, convert: bool = False) -> SplitScan:
+    """Scans one split directory; audio is probed in ``num_workers`` threads (libsndfile releases the GIL).
+
+    ``convert``: accept audio at another rate / with several channels (converted when decoded, see
+    ``omni_tf.data.audio``); such files are listed in ``SplitScan.converted``.
+    """
     split_dir = os.path.abspath(split_dir)
     min_duration_s = default_min_duration_s() if min_duration_s is None else min_duration_s
     min_samples = audio.min_samples_for(min_duration_s, sample_rate)
@@ -209,8 +228,9 @@ def scan_split(split_dir: str, sample_rate: int = 16000, min_duration_s: float |
                 continue
             candidates += _scan_chapter(ch.path, spk.name, ch.name, problems)
     with concurrent.futures.ThreadPoolExecutor(max(1, num_workers)) as pool:
-        results = list(pool.map(lambda r: _probe_row(r, sample_rate, min_samples, check), candidates))
-    rows, seen = [], {}
+        results = list(pool.map(lambda r: _probe_row(r, sample_rate, min_samples, check, convert),
+                                candidates))
+    rows, seen, converted = [], {}, []
     for r in results:
         if isinstance(r, Problem):
             problems.append(r)
@@ -219,15 +239,27 @@ def scan_split(split_dir: str, sample_rate: int = 16000, min_duration_s: float |
         else:
             seen[r["id"]] = r["path"]
             rows.append({k: r[k] for k in MANIFEST_COLUMNS})
+            if r["conversion"]:
+                converted.append((r["path"], r["conversion"]))
     rows.sort(key=lambda r: r["id"])
     problems.sort(key=lambda p: (p.path, p.kind))
-    return SplitScan(os.path.basename(split_dir), split_dir, rows, problems)
+    return SplitScan(os.path.basename(split_dir), split_dir, rows, problems, sorted(converted))
+
+
+def tsv_writer(f):
+    """csv writer of the project's TSV files: a tab, newline or backslash in a field gets a backslash."""
+    return csv.writer(f, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_NONE, escapechar="\\")
+
+
+def tsv_reader(f):
+    """csv reader undoing ``tsv_writer`` (open the file with ``newline=""``)."""
+    return csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE, escapechar="\\")
 
 
 def write_manifest(rows: list[dict], path: str) -> None:
     """Writes manifest rows as TSV with header ``MANIFEST_COLUMNS``."""
     with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_NONE, escapechar="\\")
+        w = tsv_writer(f)
         w.writerow(MANIFEST_COLUMNS)
         for r in rows:
             w.writerow([r[k] for k in MANIFEST_COLUMNS])
@@ -236,11 +268,15 @@ def write_manifest(rows: list[dict], path: str) -> None:
 def read_manifest(path: str) -> list[dict]:
     """Reads a manifest TSV; ``num_samples``/``sample_rate`` become int, ``duration_s`` float."""
     with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE, escapechar="\\")
-        if tuple(reader.fieldnames or ()) != MANIFEST_COLUMNS:
-            raise ValueError(f"{path}: header {reader.fieldnames} != {list(MANIFEST_COLUMNS)}")
+        reader = tsv_reader(f)
+        header = next(reader, [])
+        if tuple(header) != MANIFEST_COLUMNS:
+            raise ValueError(f"{path}: header {header} != {list(MANIFEST_COLUMNS)}")
         rows = []
-        for r in reader:
+        for lineno, fields in enumerate(reader, 2):
+            if len(fields) != len(MANIFEST_COLUMNS):
+                raise ValueError(f"{path}:{lineno}: {len(fields)} fields, expected {len(MANIFEST_COLUMNS)}")
+            r = dict(zip(MANIFEST_COLUMNS, fields, strict=True))
             r["num_samples"], r["sample_rate"] = int(r["num_samples"]), int(r["sample_rate"])
             r["duration_s"] = float(r["duration_s"])
             rows.append(r)
@@ -254,17 +290,21 @@ def write_report(scan: SplitScan, out_dir: str) -> tuple[str, str]:
         "split": scan.split, "split_dir": scan.split_dir, "usable": len(scan.rows),
         "usable_hours": round(scan.hours, 4), "bad": len(scan.problems), "counts": counts,
         "problems": [dataclasses.asdict(p) for p in scan.problems],
+        "converted": [{"path": p, "conversion": c} for p, c in scan.converted],
     }
     json_path = os.path.join(out_dir, f"{scan.split}.report.json")
     txt_path = os.path.join(out_dir, f"{scan.split}.report.txt")
     with open(json_path, "w", encoding="utf-8") as f:
         json.dump(report, f, indent=1)
-    with open(txt_path, "w", encoding="utf-8") as f:
+    with open(txt_path, "w", newline="", encoding="utf-8") as f:
         f.write(f"split {scan.split} ({scan.split_dir}): {len(scan.rows)} usable utterances, "
-                f"{scan.hours:.3f} h; {len(scan.problems)} bad inputs\n")
+                f"{scan.hours:.3f} h; {len(scan.problems)} bad inputs; {len(scan.converted)} converted\n")
         for kind, n in counts.items():
             if n:
                 f.write(f"  {kind}: {n}\n")
+        w = tsv_writer(f)
         for p in scan.problems:
-            f.write(f"{p.kind}\t{p.path}\t{p.reason}\n")
+            w.writerow([p.kind, p.path, p.reason])
+        for path, what in scan.converted:
+            w.writerow(["converted", path, what])
     return json_path, txt_path

@@ -16,11 +16,19 @@ skip_batches=k)`` starts exactly at batch ``k`` of epoch ``e`` (with ``repeat=Tr
 end of epoch ``e`` into later epochs). The trainer stores (epoch, batches consumed) in its checkpoint; no
 tf.data iterator state is saved.
 
-Features come either from decoding FLAC inside the pipeline (soundfile in ``tf.numpy_function``) or from a
-feature cache (``data_config.feature_cache_dir``: float16 ``.npy`` per utterance, keyed by a hash of the
-feature settings, built on first use). The cache is the default ("auto" = ``<manifest dir>/feature_cache``)
-because it measured faster (docs/BENCHMARKS.md "Input pipeline"); training with wave-level augmentation
-(speed, noise, reverb) always decodes, since those act on audio.
+Features come either from decoding FLAC inside the pipeline (soundfile in ``tf.numpy_function``; audio that
+``prepare --convert_audio`` accepted at another rate / channel count is converted, ``omni_tf.data.audio``)
+or from a feature cache (``data_config.feature_cache_dir``, built on first use). The cache is the default
+("auto" = ``<manifest dir>/feature_cache``) because it measured faster (docs/BENCHMARKS.md "Input
+pipeline"); training with wave-level augmentation (speed, noise, reverb) always decodes, since those act on
+audio. Cache layout: ``<cache dir>/<settings key>/<utt id>.<source key>.npy`` (float16 [T, 80]); the
+settings key hashes every ``config.data`` field the log-mel reads plus the resampler, the source key hashes
+the audio file's absolute path, size in bytes and modification time (ns). So audio regenerated in place
+(same ids, new content) or a changed feature setting never serves stale features; an entry of an id whose
+source changed is replaced. CMVN is applied after the cache (``cmvn.json`` is not part of the key).
+
+Labels holding ``<unk>`` (characters the tokenizer never saw) are counted and logged with their row ids
+(``unk_report``) every time a dataset is built.
 """
 from __future__ import annotations
 
@@ -91,28 +99,67 @@ def plan_epoch(num_samples: np.ndarray, data_config, training: bool, epoch: int 
 
 
 def feature_cache_path(cache_dir: str, data_config) -> str:
-    """``<cache_dir>/<hash of the feature settings>``: changing a feature setting never reuses stale files."""
-    spec = json.dumps({k: data_config[k] for k in _FEATURE_FIELDS}, sort_keys=True)
-    return os.path.join(cache_dir, hashlib.sha1(spec.encode()).hexdigest()[:12])
+    """``<cache_dir>/<hash of the feature settings + resampler>``: a changed setting never reuses files."""
+    spec = {k: data_config[k] for k in _FEATURE_FIELDS}
+    spec["resampler"] = audio_lib.RESAMPLER
+    return os.path.join(cache_dir, hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12])
 
 
-def _cache_file(cache_path: str, utt_id: str) -> str:
-    return os.path.join(cache_path, utt_id.replace(os.sep, "_") + ".npy")
+def source_key(path: str) -> str:
+    """12 hex digits of sha1(absolute path, size in bytes, mtime in ns) of an audio file.
+
+    Raises:
+      OSError: the file cannot be stat-ed.
+    """
+    st = os.stat(path)
+    spec = f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}"
+    return hashlib.sha1(spec.encode()).hexdigest()[:12]
 
 
-def build_feature_cache(rows: list[dict], data_config, cache_dir: str) -> str:
-    """Writes float16 log-mel [T, 80] ``.npy`` files for rows not yet cached; returns the cache path."""
+def _safe_id(utt_id: str) -> str:
+    return utt_id.replace(os.sep, "_")
+
+
+def build_feature_cache(rows: list[dict], data_config, cache_dir: str) -> list[str]:
+    """Writes float16 log-mel [T, 80] ``.npy`` files for rows whose audio is not cached as it is now.
+
+    Returns:
+      The cache file of each row, in order (see the module docstring for the layout and keys).
+    Raises:
+      OSError: the cache directory cannot be written or an audio file cannot be stat-ed.
+    """
     path = feature_cache_path(cache_dir, data_config)
     os.makedirs(path, exist_ok=True)
-    missing = [r for r in rows if not os.path.exists(_cache_file(path, r["id"]))]
+    files = [os.path.join(path, f"{_safe_id(r['id'])}.{source_key(r['path'])}.npy") for r in rows]
+    present = set(os.listdir(path))
+    missing = [(r, f) for r, f in zip(rows, files, strict=True) if os.path.basename(f) not in present]
     if missing:
         logging.info("feature cache %s: computing %d of %d utterances", path, len(missing), len(rows))
-        for r, f in zip(missing, features.features_from_paths([r["path"] for r in missing], data_config),
-                        strict=True):
-            tmp = _cache_file(path, r["id"]) + ".tmp.npy"
-            np.save(tmp, f.numpy().astype(np.float16))
-            os.replace(tmp, _cache_file(path, r["id"]))
-    return path
+        stale = {_safe_id(r["id"]) for r, _ in missing}
+        for name in present:  # the same ids cached from an older version of their audio
+            parts = name.rsplit(".", 2)
+            if len(parts) == 3 and parts[2] in ("npy", "tmp") and parts[0] in stale:
+                os.remove(os.path.join(path, name))
+        for (_, file), f in zip(missing, features.features_from_paths([r["path"] for r, _ in missing],
+                                                                      data_config), strict=True):
+            tmp = file[: -len(".npy")] + ".tmp"
+            with open(tmp, "wb") as out:
+                np.save(out, f.numpy().astype(np.float16))
+            os.replace(tmp, file)
+    return files
+
+
+def unk_report(rows: list[dict], tokens: Sequence[Sequence[int]], unk_id: int = 1, max_ids: int = 20
+               ) -> tuple[int, list[str]]:
+    """(number of labels holding ``unk_id``, the ids of those rows) for manifest rows and their token ids."""
+    ids = [r["id"] for r, t in zip(rows, tokens, strict=True) if unk_id in t]
+    return len(ids), ids[:max_ids]
+
+
+def _model_samples(rows: list[dict], sample_rate: int) -> np.ndarray:
+    """[n] samples per row at the model's rate (rows at another rate are resampled when decoded)."""
+    return np.array([audio_lib.converted_length(r["num_samples"], r["sample_rate"], sample_rate)
+                     for r in rows], np.int64)
 
 
 def _resolve_cache_dir(data_config, manifest_paths: Sequence[str]) -> str:
@@ -133,7 +180,7 @@ def _read_rows(manifest_path: str | Sequence[str]) -> tuple[list[str], list[dict
 def num_batches(manifest_path: str | Sequence[str], data_config, training: bool, epoch: int = 0) -> int:
     """Batches in one epoch of ``make_dataset`` with the same arguments."""
     _, rows = _read_rows(manifest_path)
-    return len(plan_epoch(np.array([r["num_samples"] for r in rows]), data_config, training, epoch)[0])
+    return len(plan_epoch(_model_samples(rows, data_config.sample_rate), data_config, training, epoch)[0])
 
 
 def make_dataset(manifest_path: str | Sequence[str], tokenizer, data_config, cmvn=None,
@@ -155,12 +202,17 @@ def make_dataset(manifest_path: str | Sequence[str], tokenizer, data_config, cmv
     manifest_paths, rows = _read_rows(manifest_path)
     if isinstance(cmvn, str):
         cmvn = features.load_cmvn(cmvn)
-    num_samples = np.array([r["num_samples"] for r in rows], np.int64)
+    num_samples = _model_samples(rows, c.sample_rate)
     too_long = int(np.sum(num_samples > c.max_duration_s * c.sample_rate))
     if training and too_long:
         logging.warning("%s: %d of %d utterances longer than max_duration_s=%s are not used for training",
                         manifest_paths, too_long, len(rows), c.max_duration_s)
     tokens = [list(tokenizer.encode(r["text"])) for r in rows]
+    num_unk, unk_ids = unk_report(rows, tokens, getattr(tokenizer, "unk_id", 1))
+    if num_unk:
+        logging.warning("%s: %d of %d labels hold <unk> (characters the tokenizer never saw), rows: %s%s",
+                        manifest_paths, num_unk, len(rows), ", ".join(unk_ids),
+                        " ..." if num_unk > len(unk_ids) else "")
     table_paths = tf.constant([r["path"] for r in rows])
     table_ids = tf.constant([r["id"] for r in rows])
     table_tokens = tf.RaggedTensor.from_row_lengths(
@@ -170,12 +222,10 @@ def make_dataset(manifest_path: str | Sequence[str], tokenizer, data_config, cmv
     use_cache = bool(cache_dir) and not (training and _wave_augmentation(c))
     if use_cache:
         try:
-            cache_path = build_feature_cache(rows, c, cache_dir)
+            table_files = tf.constant(build_feature_cache(rows, c, cache_dir))
         except OSError as e:
             logging.warning("feature cache %s unusable (%s): decoding audio in the pipeline", cache_dir, e)
             use_cache = False
-    if use_cache:
-        table_files = tf.constant([_cache_file(cache_path, r["id"]) for r in rows])
     noise_corpus = augment.NoiseCorpus(c.noise_dir, c.sample_rate) if training and c.noise and c.noise_dir \
         else None
 
@@ -196,7 +246,7 @@ def make_dataset(manifest_path: str | Sequence[str], tokenizer, data_config, cmv
             e += 1
 
     def decode(path):
-        return audio_lib.decode(path.decode(), c.sample_rate)
+        return audio_lib.decode(path.decode(), c.sample_rate, convert=True)
 
     def load(index, key, factor, seed0):
         seed = tf.stack([seed0, index])

@@ -35,14 +35,19 @@ def train_splits_of(splits: list[str], requested: list[str]) -> list[str]:
 
 def summary_line(scan: librispeech.SplitScan) -> str:
     bad = ", ".join(f"{k} {n}" for k, n in scan.counts().items() if n) or "none"
-    return f"{scan.split}: {len(scan.rows)} usable, {scan.hours:.2f} h; bad: {bad}"
+    converted = f"; converted to 16 kHz mono: {len(scan.converted)}" if scan.converted else ""
+    return f"{scan.split}: {len(scan.rows)} usable, {scan.hours:.2f} h; bad: {bad}{converted}"
 
 
 def run(librispeech_dir: str, out_dir: str, splits: list[str] | None = None,
         train_split: list[str] | None = None, min_duration_s: float | None = None, check: str = "full",
-        num_workers: int = 2, cmvn_max_utterances: int = 0, strict: bool = False
+        num_workers: int = 2, cmvn_max_utterances: int = 0, strict: bool = False, convert_audio: bool = False
         ) -> dict[str, librispeech.SplitScan]:
-    """Writes ``<split>.tsv``, reports and ``cmvn.json`` into ``out_dir``; returns the scans."""
+    """Writes ``<split>.tsv``, reports and ``cmvn.json`` into ``out_dir``; returns the scans.
+
+    ``convert_audio``: accept audio that is not 16 kHz mono (down-mixed and resampled when decoded; listed
+    per file under ``converted`` in the reports) instead of reporting it as bad.
+    """
     try:
         found = librispeech.find_splits(librispeech_dir)
     except OSError as e:
@@ -58,7 +63,7 @@ def run(librispeech_dir: str, out_dir: str, splits: list[str] | None = None,
     scans = {}
     for split in splits:
         scan = librispeech.scan_split(os.path.join(librispeech_dir, split), min_duration_s=min_duration_s,
-                                      check=check, num_workers=num_workers)
+                                      check=check, num_workers=num_workers, convert=convert_audio)
         librispeech.write_manifest(scan.rows, os.path.join(out_dir, f"{split}.tsv"))
         librispeech.write_report(scan, out_dir)
         print(summary_line(scan), flush=True)

@@ -14,7 +14,8 @@ the pipeline as ``a.tsv,b.tsv``).
 ``OUT/cmvn.json`` holds global CMVN over the train splits: ``--train_split`` (comma-separated), by default the
 split named ``train`` if present, else every split whose name starts with ``train-``.
 
-Bad inputs (corrupt/empty FLAC, wrong rate (rejected, not resampled), stereo, missing transcript or audio,
+Bad inputs (corrupt/empty FLAC, not 16 kHz or not mono (unless ``--convert_audio``: then down-mixed and
+resampled with soxr when decoded, and listed as ``converted`` per file), missing transcript or audio,
 empty or out-of-alphabet transcript, duplicate id, shorter than ``--min_duration_s`` (default: one 160 ms
 chunk + 40 ms lookahead + 25 ms window = 0.225 s), unreadable directory) are listed per split with file and
 reason. The command fails only if no usable utterance remains, or with ``--strict`` if anything was bad
@@ -36,6 +37,8 @@ flags.DEFINE_enum("check", "full", ["full", "header"], "full: decode every file;
 flags.DEFINE_integer("num_workers", 2, "Threads probing audio files.")
 flags.DEFINE_integer("cmvn_max_utterances", 0, "Use only the first N train utterances for CMVN (0 = all).")
 flags.DEFINE_bool("strict", False, "Exit non-zero if any input is bad.")
+flags.DEFINE_bool("convert_audio", False, "Accept audio that is not 16 kHz mono: down-mix and resample it "
+                  "(soxr) when decoded, listed per file in the reports; default: reject and report it.")
 flags.mark_flags_as_required(["librispeech_dir", "out_dir"])
 
 
@@ -43,7 +46,7 @@ def main(argv: list[str]) -> None:
     del argv
     try:
         run(FLAGS.librispeech_dir, FLAGS.out_dir, FLAGS.splits, FLAGS.train_split, FLAGS.min_duration_s,
-            FLAGS.check, FLAGS.num_workers, FLAGS.cmvn_max_utterances, FLAGS.strict)
+            FLAGS.check, FLAGS.num_workers, FLAGS.cmvn_max_utterances, FLAGS.strict, FLAGS.convert_audio)
     except PrepareError as e:
         raise SystemExit(f"prepare: {e}") from e
 
