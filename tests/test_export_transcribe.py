@@ -1,5 +1,6 @@
 """recipes.librispeech.transcribe: LiteRT tier over audio files / a LibriSpeech-layout tree."""
 
+import json
 import os
 
 import numpy as np
@@ -72,7 +73,88 @@ def test_transcribe_files_prints_path_tab_text_and_counts_bad_files(tier_and_tre
     bad = tmp_path / "bad.flac"
     bad.write_bytes(b"not audio")
     tx = transcribe.TierTranscriber(tier_dir)
-    assert transcribe.transcribe_files(tx, [good, str(bad)]) == 1
+    assert transcribe.transcribe_files(tx, [good, str(bad)]) == (1, {"corrupt": 1})
     captured = capsys.readouterr()
     assert captured.out == f"{good}\t{tx(good)}\n"
     assert "bad.flac" in captured.err
+
+
+def _main(*args):
+    """recipes.librispeech.transcribe.main with these flags (reset afterwards); returns the exit status."""
+    from absl import flags
+
+    flags.FLAGS(["transcribe", *args])
+    try:
+        return transcribe.main([])
+    finally:
+        flags.FLAGS.unparse_flags()
+
+
+def test_empty_and_short_audio_are_named_counted_skips(tier_and_tree, tmp_path, capsys):
+    """0 samples and 100 samples: a skip naming the kind (the same kinds and limit prepare uses), counted;
+    exit 1 when nothing was transcribed, 0 when something was (was: empty transcripts, exit 0)."""
+    tier_dir, tree, _ = tier_and_tree
+    empty, short = str(tmp_path / "empty.wav"), str(tmp_path / "short.wav")
+    sf.write(empty, np.zeros(0, np.float32), 16000)
+    sf.write(short, np.zeros(100, np.float32), 16000)
+    tx = transcribe.TierTranscriber(tier_dir)
+    assert tx.min_samples == 3600  # 160 ms chunk + 40 ms lookahead + 25 ms window, as in prepare
+    assert transcribe.transcribe_files(tx, [empty, short]) == (0, {"empty_file": 1, "too_short": 1})
+    err = capsys.readouterr().err
+    assert f"skip {empty}: {empty}: empty_file: 0 samples" in err
+    assert f"skip {short}: {short}: too_short: 100 samples" in err
+    assert _main(f"--tier_dir={tier_dir}", f"--audio={empty},{short}") == 1
+    assert "transcribed 0, skipped 2 (empty_file 1, too_short 1)" in capsys.readouterr().err
+    good = os.path.join(tree, "dev", "7", "1", "7-1-0001.flac")
+    assert _main(f"--tier_dir={tier_dir}", f"--audio={empty},{good}") == 0
+    assert "transcribed 1, skipped 1 (empty_file 1)" in capsys.readouterr().err
+
+
+def test_other_rates_and_stereo_are_converted_and_said(tier_and_tree, tmp_path, capsys):
+    """espeak-ng's 22.05 kHz WAV, a 44.1 kHz stereo file: resampled (soxr) + down-mixed, a "convert" line on
+    stderr, features = log-mel of the soxr-resampled channel mean (was: "skip ... expected 16000 Hz")."""
+    import shutil
+    import subprocess
+
+    import soxr
+
+    from omni_tf.data import features as features_lib
+
+    tier_dir, _, _ = tier_and_tree
+    tx = transcribe.TierTranscriber(tier_dir)
+    rng = np.random.default_rng(1)
+    wave = (0.1 * rng.normal(size=(44100, 2))).astype(np.float32)
+    stereo = str(tmp_path / "stereo44k.wav")
+    sf.write(stereo, wave, 44100, subtype="FLOAT")
+    paths = [stereo]
+    if shutil.which("espeak-ng"):
+        speech = str(tmp_path / "espeak.wav")
+        subprocess.run(["espeak-ng", "-w", speech, "hello world"], check=True)
+        assert sf.info(speech).samplerate == 22050
+        paths.append(speech)
+    assert transcribe.transcribe_files(tx, paths) == (len(paths), {})
+    err = capsys.readouterr().err
+    assert f"convert {stereo}: 2 channels -> mono, 44100 Hz -> 16000 Hz (soxr" in err and "skip" not in err
+    if len(paths) == 2:
+        assert f"convert {paths[1]}: 22050 Hz -> 16000 Hz (soxr" in err
+    mono16 = soxr.resample(wave.mean(axis=1), 44100, 16000, quality="HQ")
+    assert len(mono16) == 16000
+    expected = features_lib.apply_cmvn(features_lib.log_mel(mono16, tx.data_config), tx.mean, tx.std)
+    np.testing.assert_allclose(audio_features(stereo, tx.data_config, tx.mean, tx.std), expected, atol=1e-4)
+
+
+def test_tokenizer_bigger_than_the_tier_is_refused_at_start_up(tier_and_tree, tmp_path):
+    import shutil
+
+    from omni_tf.text.tokenizer import VocabSizeError
+
+    tier_dir, _, _ = tier_and_tree
+    copy = tmp_path / "tier"
+    shutil.copytree(tier_dir, copy)
+    big = Tokenizer.train(TEXTS + ["FIG HIJ KLM"], str(tmp_path / "big"), vocab_size=20, model_type="char")
+    shutil.copyfile(big.model_path, copy / "spm.model")
+    outputs = json.loads((copy / "manifest.json").read_text())["vocab_size"]
+    assert outputs == Tokenizer(os.path.join(tier_dir, "spm.model")).vocab_size < big.vocab_size
+    message = rf"has {big.vocab_size} pieces but the model has {outputs} outputs \(.*manifest.json vocab_size"
+    with pytest.raises(VocabSizeError, match=message):
+        transcribe.TierTranscriber(str(copy))

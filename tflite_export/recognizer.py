@@ -158,12 +158,17 @@ def frontend_config(frontend: Mapping[str, Any]):
 
 
 def audio_features(path: str, data_config, mean: np.ndarray | None = None,
-                   std: np.ndarray | None = None) -> np.ndarray:
-    """Audio file -> log-mel [T, 80] (+ CMVN when mean/std are given), the training front-end."""
+                   std: np.ndarray | None = None, min_samples: int = 0) -> np.ndarray:
+    """Audio file -> log-mel [T, 80] (+ CMVN when mean/std are given), the training front-end.
+
+    Audio that is not ``data_config.sample_rate`` mono is down-mixed and resampled (soxr); fewer than
+    ``min_samples`` samples after that raises ``omni_tf.data.audio.AudioError`` (``empty_file`` /
+    ``too_short``).
+    """
     from omni_tf.data import audio as audio_lib  # noqa: PLC0415
     from omni_tf.data import features as features_lib  # noqa: PLC0415
 
-    wave = audio_lib.decode(path, data_config.sample_rate)
+    wave = audio_lib.decode(path, data_config.sample_rate, convert=True, min_samples=min_samples)
     feats = features_lib.log_mel(wave, data_config)
     if mean is not None:
         feats = features_lib.apply_cmvn(feats, mean, std)

@@ -87,6 +87,15 @@ def probe(path: str, check: str = "full") -> AudioInfo:
     return info
 
 
+def read_info(path: str) -> AudioInfo:
+    """The header of ``path`` (no decoding). Raises AudioError ``corrupt`` if libsndfile cannot open it."""
+    try:
+        i = sf.info(path)
+    except (sf.LibsndfileError, RuntimeError) as e:
+        raise AudioError(path, CORRUPT, f"libsndfile: {e}") from e
+    return AudioInfo(int(i.frames), int(i.samplerate), int(i.channels))
+
+
 def check_length(path: str, num_samples: int, sample_rate: int, min_samples: int) -> None:
     """Raises AudioError ``empty_file`` (0 samples) or ``too_short`` (fewer than ``min_samples``)."""
     if num_samples == 0:

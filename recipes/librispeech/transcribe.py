@@ -9,10 +9,16 @@ Usage (from the repository root; TIER = ``<export out>/<tier>`` with model.tflit
       # WER against the tree's *.trans.txt at the end (stderr)
 
 Features: log-mel with the manifest's front-end parameters (omni_tf/data/features.py) and the manifest's CMVN.
-Unreadable audio is skipped with a message naming the file and reason, and counted in the summary.
+Audio that is not 16 kHz mono (e.g. espeak-ng's 22.05 kHz WAV, 44.1 kHz or stereo recordings) is down-mixed
+and resampled with soxr, and a "convert <path>: ..." line on stderr says so (omni_tf/data/audio.py).
+Audio that cannot be used is skipped with a "skip <path>: <kind>: <reason>" line on stderr and counted per
+kind in the summary: unreadable (``corrupt``), 0 samples (``empty_file``), shorter than one chunk +
+lookahead + window (``too_short``; the limit ``prepare`` applies too). The exit status is 1 if nothing was
+transcribed, else 0.
 """
 from __future__ import annotations
 
+import collections
 import json
 import os
 import sys
@@ -22,7 +28,9 @@ from absl import app, flags
 
 import omni_tf  # noqa: F401
 from omni_tf import metrics
+from omni_tf.data import audio as audio_lib
 from omni_tf.data.audio import AudioError
+from omni_tf.data.librispeech import default_min_duration_s, parse_transcript_line
 from omni_tf.text.tokenizer import Tokenizer, check_model_vocab
 from tflite_export.bundle import validate_manifest
 from tflite_export.recognizer import LiteRTRecognizer, audio_features, frontend_config
@@ -51,10 +59,30 @@ class TierTranscriber:
         self.tokenizer = Tokenizer(spm)
         check_model_vocab(self.tokenizer, self.manifest["vocab_size"], f"{tier_dir}/manifest.json vocab_size")
         self.recognizer = LiteRTRecognizer.from_tier_dir(tier_dir, num_threads=num_threads)
+        self.min_samples = audio_lib.min_samples_for(default_min_duration_s(
+            self.manifest.get("chunk_ms") or 160, self.manifest.get("lookahead_ms") or 0,
+            self.data_config.frame_length_ms), self.data_config.sample_rate)
 
     def __call__(self, path: str) -> str:
-        feats = audio_features(path, self.data_config, self.mean, self.std)
+        """Transcript of ``path``. Raises AudioError (named kind) for audio it cannot use; OSError."""
+        rate = self.data_config.sample_rate
+        note = audio_lib.conversion(audio_lib.read_info(path), rate)
+        feats = audio_features(path, self.data_config, self.mean, self.std, self.min_samples)
+        if note:
+            print(f"convert {path}: {note}", file=sys.stderr)
         return self.tokenizer.decode(self.recognizer.transcribe_features(feats))
+
+
+def _skip(skipped: collections.Counter, what: str, error: Exception) -> None:
+    """Prints ``skip <what>: <error>`` (the error names the file and kind) and counts its kind."""
+    kind = error.kind if isinstance(error, AudioError) else type(error).__name__
+    skipped[kind] += 1
+    print(f"skip {what}: {error}", file=sys.stderr)
+
+
+def skip_summary(transcribed: int, skipped: collections.Counter) -> str:
+    kinds = ", ".join(f"{k} {n}" for k, n in sorted(skipped.items()))
+    return f"transcribed {transcribed}, skipped {sum(skipped.values())}" + (f" ({kinds})" if kinds else "")
 
 
 def librispeech_utterances(root: str) -> list[tuple[str, str, str]]:
@@ -66,7 +94,7 @@ def librispeech_utterances(root: str) -> list[tuple[str, str, str]]:
                 continue
             with open(os.path.join(dirpath, name), encoding="utf-8") as f:
                 for line in f:
-                    utt, _, text = line.strip().partition(" ")
+                    utt, text = parse_transcript_line(line)
                     if utt:
                         items.append((utt, os.path.join(dirpath, f"{utt}.flac"), text))
     if not items:
@@ -74,28 +102,28 @@ def librispeech_utterances(root: str) -> list[tuple[str, str, str]]:
     return sorted(items)
 
 
-def transcribe_files(tx: TierTranscriber, paths: list[str]) -> int:
-    failures = 0
+def transcribe_files(tx: TierTranscriber, paths: list[str]) -> tuple[int, collections.Counter]:
+    """Prints ``<path>\t<transcript>`` per usable file; returns (transcribed, skips per kind)."""
+    done, skipped = 0, collections.Counter()
     for path in paths:
         try:
             print(f"{path}\t{tx(path)}", flush=True)
+            done += 1
         except (AudioError, OSError, ValueError) as e:
-            failures += 1
-            print(f"skip {path}: {e}", file=sys.stderr)
-    return failures
+            _skip(skipped, path, e)
+    return done, skipped
 
 
 def transcribe_tree(tx: TierTranscriber, root: str, output: str, limit: int = 0) -> dict:
     items = librispeech_utterances(root)[: limit or None]
     out = open(output, "w", encoding="utf-8") if output else sys.stdout
-    refs, hyps, skipped, t0 = [], [], 0, time.time()
+    refs, hyps, skipped, t0 = [], [], collections.Counter(), time.time()
     try:
         for i, (utt, path, ref) in enumerate(items, 1):
             try:
                 hyp = tx(path)
             except (AudioError, OSError, ValueError) as e:
-                skipped += 1
-                print(f"skip {utt} ({path}): {e}", file=sys.stderr)
+                _skip(skipped, f"{utt} ({path})", e)
                 continue
             out.write(f"{utt} {hyp}\n")
             refs.append(ref)
@@ -105,10 +133,10 @@ def transcribe_tree(tx: TierTranscriber, root: str, output: str, limit: int = 0)
     finally:
         if output:
             out.close()
-    summary = {"utterances": len(hyps), "skipped": skipped,
+    summary = {"utterances": len(hyps), "skipped": sum(skipped.values()), "skipped_by_kind": dict(skipped),
                "wer": metrics.wer(refs, hyps) if refs else None}
-    print(f"WER {summary['wer']:.4f} on {len(hyps)} utterances ({skipped} skipped)"
-          if refs else f"no utterance transcribed ({skipped} skipped)", file=sys.stderr)
+    print(f"WER {summary['wer']:.4f}; " if refs else "", skip_summary(len(hyps), skipped), sep="",
+          file=sys.stderr)
     return summary
 
 
@@ -117,10 +145,13 @@ def main(argv):
     if not FLAGS.audio and not FLAGS.librispeech_dir:
         raise app.UsageError("give --audio=FILE[,FILE] or --librispeech_dir=DIR")
     tx = TierTranscriber(FLAGS.tier_dir, FLAGS.num_threads)
-    failures = transcribe_files(tx, FLAGS.audio) if FLAGS.audio else 0
+    done = 0
+    if FLAGS.audio:
+        done, skipped = transcribe_files(tx, FLAGS.audio)
+        print(skip_summary(done, skipped), file=sys.stderr)
     if FLAGS.librispeech_dir:
-        transcribe_tree(tx, FLAGS.librispeech_dir, FLAGS.output, FLAGS.max_utterances)
-    return 1 if failures else 0
+        done += transcribe_tree(tx, FLAGS.librispeech_dir, FLAGS.output, FLAGS.max_utterances)["utterances"]
+    return 0 if done else 1
 
 
 if __name__ == "__main__":
