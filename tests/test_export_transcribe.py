@@ -101,8 +101,8 @@ def test_empty_and_short_audio_are_named_counted_skips(tier_and_tree, tmp_path, 
     assert tx.min_samples == 3600  # 160 ms chunk + 40 ms lookahead + 25 ms window, as in prepare
     assert transcribe.transcribe_files(tx, [empty, short]) == (0, {"empty_file": 1, "too_short": 1})
     err = capsys.readouterr().err
-    assert f"skip {empty}: {empty}: empty_file: 0 samples" in err
-    assert f"skip {short}: {short}: too_short: 100 samples" in err
+    assert f"skip {empty}: empty_file: 0 samples\n" in err
+    assert f"skip {short}: too_short: 100 samples (6 ms) < minimum 3600 samples (225 ms)\n" in err
     assert _main(f"--tier_dir={tier_dir}", f"--audio={empty},{short}") == 1
     assert "transcribed 0, skipped 2 (empty_file 1, too_short 1)" in capsys.readouterr().err
     good = os.path.join(tree, "dev", "7", "1", "7-1-0001.flac")

@@ -74,10 +74,13 @@ class TierTranscriber:
 
 
 def _skip(skipped: collections.Counter, what: str, error: Exception) -> None:
-    """Prints ``skip <what>: <error>`` (the error names the file and kind) and counts its kind."""
-    kind = error.kind if isinstance(error, AudioError) else type(error).__name__
+    """Prints ``skip <what>: <kind>: <reason>`` and counts the kind (AudioError kind or exception type)."""
+    if isinstance(error, AudioError):
+        kind, reason = error.kind, error.reason
+    else:
+        kind, reason = type(error).__name__, str(error)
     skipped[kind] += 1
-    print(f"skip {what}: {error}", file=sys.stderr)
+    print(f"skip {what}: {kind}: {reason}", file=sys.stderr)
 
 
 def skip_summary(transcribed: int, skipped: collections.Counter) -> str:
