@@ -92,40 +92,65 @@ def measure_latency(content: bytes, layout: Mapping[str, Any], features_list: Se
 # Android benchmark script and its output
 
 
-def android_benchmark_script(tier: str, layout: Mapping[str, Any], num_runs: int = 200,
+def android_benchmark_script(tier: str, layout: Mapping[str, Any], content: bytes, num_runs: int = 200,
                              threads: Sequence[int] = (1, 4), use_xnnpack: bool = True) -> str:
-    """adb push + one ``benchmark_model`` command per signature and thread count.
+    """adb push + one ``benchmark_model`` command per signature and thread count, valid for the stock tool.
 
+    Every command names and shapes every input of its signature (``--input_layer`` / ``--input_layer_shape``,
+    in the signature subgraph's input order, which is how the tool matches them) and gives integer inputs
+    (the predictor's ``token``) the value range 1..V-1 (real non-blank pieces; the tool's default for int32 is
+    0..99). The stock tool's rules, read from tensorflow/lite/tools/benchmark/benchmark_tflite_model.cc: a
+    ``--input_layer_value_range`` name must be one of ``--input_layer`` (else a FATAL abort), the counts of
+    names and shapes must match, the number of names must equal the signature's inputs, each shape has the
+    input's rank; value ranges are ``name,low,high`` items joined by ``:``, so names must not contain ``,``
+    or ``:`` (we use the signature input names; the tool only warns that they differ from tensor names).
+    ``tests/test_export_bundle.py`` checks generated scripts against a model of these rules.
+    Values are shell-quoted twice: ``adb shell`` joins its arguments and the device shell splits them again.
     ``use_xnnpack=False`` for files that need default delegates off (manifest ``interpreter_options``).
     """
-    remote = f"{DEVICE_DIR}/{tier}/model.tflite"
+    remote_dir = f"{DEVICE_DIR}/{tier}"
+    remote = f"{remote_dir}/model.tflite"
     vocab = int(layout["vocab_size"])
+    inputs = convert_lib.signature_inputs(content)
     lines = ["#!/bin/sh", "# Usage: BENCHMARK_MODEL=/data/local/tmp/benchmark_model sh android_benchmark.sh",
              "# (benchmark_model: the TFLite/LiteRT Android benchmark binary, pushed once by you).", "set -e",
              'BM="${BENCHMARK_MODEL:-/data/local/tmp/benchmark_model}"',
-             f"adb shell mkdir -p {DEVICE_DIR}/{tier}",
-             f'adb push "$(dirname "$0")/model.tflite" {remote}']
+             "adb shell " + shlex.quote(f"mkdir -p {shlex.quote(remote_dir)}"),
+             f'adb push "$(dirname "$0")/model.tflite" {shlex.quote(remote)}']
     for sig in ("encode", "predict", "join"):
+        names = [name for name, _, _ in inputs[sig]]
+        bad = [n for n in names if "," in n or ":" in n]
+        if bad:
+            raise ValueError(f"{tier}: input names {bad} of signature {sig} contain ',' or ':'")
+        shapes = ":".join(",".join(str(d) for d in shape) for _, shape, _ in inputs[sig])
+        ranges = ":".join(f"{name},1,{vocab - 1}" for name, _, dtype in inputs[sig]
+                          if dtype.startswith("INT"))
         for n in threads:
-            args = [f"--graph={remote}", f"--signature_to_run_for={sig}", f"--num_threads={n}",
-                    f"--use_xnnpack={str(use_xnnpack).lower()}", f"--num_runs={num_runs}", "--warmup_runs=20",
-                    "--report_peak_memory_footprint=true"]
-            if sig == "predict":
-                args.append(f"--input_layer_value_range=token,1,{vocab - 1}")
-            lines.append('adb shell "$BM" ' + " ".join(args))
+            args = [f"--graph={remote}", f"--signature_to_run_for={sig}", f"--num_threads={int(n)}",
+                    f"--use_xnnpack={str(use_xnnpack).lower()}", f"--num_runs={int(num_runs)}",
+                    "--warmup_runs=20", "--report_peak_memory_footprint=true",
+                    f"--input_layer={','.join(names)}", f"--input_layer_shape={shapes}"]
+            if ranges:
+                args.append(f"--input_layer_value_range={ranges}")
+            remote_cmd = " ".join(shlex.quote(a) for a in args)
+            lines.append('adb shell "$BM" ' + shlex.quote(remote_cmd))
     return "\n".join(lines) + "\n"
 
 
 def parse_benchmark_script(text: str) -> list[dict[str, str]]:
-    """The ``benchmark_model`` commands of a script as {flag: value} dicts (for checks and tests)."""
+    """The ``benchmark_model`` commands of a script as {flag: value} dicts (for checks and tests).
+
+    Undoes both quoting levels (the local shell's, then the device shell's).
+    """
     cmds = []
     for line in text.splitlines():
-        if not line.startswith("adb shell") or "--graph=" not in line:
+        if not line.startswith('adb shell "$BM"'):
             continue
         flags = {}
-        for tok in shlex.split(line)[3:]:
-            key, _, value = tok.partition("=")
-            flags[key.lstrip("-")] = value
+        for remote in shlex.split(line)[3:]:
+            for tok in shlex.split(remote):
+                key, _, value = tok.partition("=")
+                flags[key.lstrip("-")] = value
         cmds.append(flags)
     return cmds
 
@@ -192,6 +217,56 @@ def _tier_summary(tier: im.TierSpec, levels: Sequence[float] | None) -> dict[str
     return out
 
 
+AUTO = "auto"
+AUTO_MAX_LATENCY_RATIO = 1.2
+
+
+def select_quantization(candidates: Sequence[Mapping[str, Any]],
+                        max_latency_ratio: float = AUTO_MAX_LATENCY_RATIO) -> tuple[str, str]:
+    """``--quantization=auto``'s rule: the smallest passing file whose encode latency is within the ratio.
+
+    Args:
+      candidates: one mapping per mode with ``mode``, ``bytes`` (file size), ``parity_passed`` (bool) and
+        ``encode_ms`` (LiteRT median ms of the encode signature, 1 thread); failed conversions may be
+        given with ``parity_passed`` False.
+      max_latency_ratio: a mode qualifies if its encode_ms <= this x the fastest passing mode's.
+    Returns:
+      (chosen mode, why: one sentence with the numbers). Ties in bytes go to the faster mode.
+    Raises:
+      ValueError: no candidate passes parity.
+    """
+    passing = [c for c in candidates if c.get("parity_passed")]
+    if not passing:
+        raise ValueError("no quantization mode passes parity: " + ", ".join(
+            f"{c['mode']} ({c.get('criterion') or c.get('error')})" for c in candidates))
+    fastest = min(passing, key=lambda c: c["encode_ms"])
+    limit = max_latency_ratio * fastest["encode_ms"]
+    fast_enough = [c for c in passing if c["encode_ms"] <= limit]
+    chosen = min(fast_enough, key=lambda c: (c["bytes"], c["encode_ms"]))
+    slow = sorted(c["mode"] for c in passing if c["encode_ms"] > limit)
+    failed = sorted(c["mode"] for c in candidates if not c.get("parity_passed"))
+    why = (f"{chosen['mode']}: smallest ({chosen['bytes']} B) of the modes passing parity with encode "
+           f"{chosen['encode_ms']:.4g} ms <= {max_latency_ratio:g} x fastest passing "
+           f"({fastest['mode']}, {fastest['encode_ms']:.4g} ms)"
+           + (f"; too slow: {', '.join(slow)}" if slow else "")
+           + (f"; failed parity or conversion: {', '.join(failed)}" if failed else ""))
+    return chosen["mode"], why
+
+
+def _convert_and_check(module, layout, mode: str, dev_features, rep, *, sparse, int8_keep_float, tokenizer,
+                       references, max_wer_rel_increase, latency_runs):
+    """(ConversionResult, parity report, latency dict) of one mode; parity is not enforced here."""
+    result = convert_lib.convert_module(module, mode, rep if mode == "int8" else None, sparse=sparse,
+                                        int8_keep_float=int8_keep_float)
+    use_default = bool(result.interpreter_options.get("use_default_delegates", True))
+    decode = tokenizer.decode if tokenizer is not None else None
+    report = parity_lib.run_parity(module, result.content, mode, dev_features,
+                                   references if decode else None, decode, use_default,
+                                   max_wer_rel_increase=max_wer_rel_increase)
+    latency = measure_latency(result.content, layout, dev_features[:4], 1, latency_runs, use_default)
+    return result, report, latency
+
+
 def export_tier(model_or_ckpt, model_config, tier_name: str, tier: im.TierSpec, out_dir: str,
                 quantization: str, dev_features: Sequence[np.ndarray], *, data_config=None,
                 cmvn: tuple[np.ndarray, np.ndarray] | None = None, tokenizer=None,
@@ -201,14 +276,17 @@ def export_tier(model_or_ckpt, model_config, tier_name: str, tier: im.TierSpec, 
                 enforce_parity: bool = True, series: str = "omni",
                 calib_features: Sequence[np.ndarray] | None = None,
                 int8_keep_float: Sequence[str] = convert_lib.INT8_KEEP_FLOAT,
-                max_wer_rel_increase: float = parity_lib.MAX_WER_REL_INCREASE) -> dict[str, Any]:
+                max_wer_rel_increase: float = parity_lib.MAX_WER_REL_INCREASE,
+                auto_modes: Sequence[str] = convert_lib.QUANT_MODES) -> dict[str, Any]:
     """Builds, converts, checks and writes one tier; returns its manifest (also ``manifest.json``).
 
     Args:
       model_or_ckpt: an in-memory Transducer (not modified) or a checkpoint dir/prefix.
       model_config: the model preset used to build it.
       tier: None (the masks currently applied), a uniform level index, or {kernel_name: level_index}.
-      quantization: one of ``convert.QUANT_MODES``.
+      quantization: one of ``convert.QUANT_MODES``, or ``"auto"``: every mode of ``auto_modes`` is
+        converted, checked and timed, and ``select_quantization`` picks the file to write; the manifest's
+        ``auto`` records every candidate's bytes, parity and latency and why the choice was made.
       dev_features: CMVN-normalized features [T, 80] per dev utterance (parity, calibration, latency).
       tokenizer / references: for WER (Keras vs TFLite); ``tokenizer.model_path`` is copied as spm.model.
       series: report/Pareto series name ("omni", "individually-pruned", ...).
@@ -218,26 +296,49 @@ def export_tier(model_or_ckpt, model_config, tier_name: str, tier: im.TierSpec, 
       int8_keep_float: op groups int8 keeps float (``convert.INT8_FLOAT_GROUPS``).
       max_wer_rel_increase: parity gate of float16 / int8 modes (relative WER increase).
     Raises:
-      ParityError (nothing written) when TFLite disagrees with Keras beyond the thresholds in parity.py.
+      ParityError (nothing written) when TFLite disagrees with Keras beyond the thresholds in parity.py
+      (with ``auto``: when no mode passes).
     """
     module = im.build_inference_module(model_or_ckpt, model_config, tier, levels=levels, survival=survival,
                                        block=block)
     layout = module.describe()
-    rep = None
-    if quantization == "int8":
+    modes = list(auto_modes) if quantization == AUTO else [quantization]
+    rep, calib = None, None
+    if "int8" in modes:
         calib = dev_features if calib_features is None else calib_features
         samples = parity_lib.collect_representative(module, calib[:calib_utterances], calib_per_signature)
         rep = parity_lib.representative_fn(samples)
-    result = convert_lib.convert_module(module, quantization, rep, sparse=sparse,
-                                        int8_keep_float=int8_keep_float)
-    use_default = bool(result.interpreter_options.get("use_default_delegates", True))
-    decode = tokenizer.decode if tokenizer is not None else None
-    report = parity_lib.run_parity(module, result.content, quantization, dev_features,
-                                   references if decode else None, decode, use_default,
-                                   max_wer_rel_increase=max_wer_rel_increase)
+    checked, candidates = {}, []
+    for mode in modes:
+        try:
+            checked[mode] = _convert_and_check(
+                module, layout, mode, dev_features, rep, sparse=sparse, int8_keep_float=int8_keep_float,
+                tokenizer=tokenizer, references=references, max_wer_rel_increase=max_wer_rel_increase,
+                latency_runs=latency_runs)
+        except (ValueError, RuntimeError) as e:  # one mode failing to convert must not end auto
+            if quantization != AUTO:
+                raise
+            candidates.append({"mode": mode, "parity_passed": False, "error": f"{type(e).__name__}: {e}"})
+            continue
+        result, report, latency = checked[mode]
+        candidates.append({"mode": mode, "bytes": len(result.content),
+                           "parity_passed": bool(report["passed"]),
+                           "criterion": report.get("criterion"), "wer_tflite": report.get("wer_tflite"),
+                           "token_error_rate_vs_keras": report.get("token_error_rate_vs_keras"),
+                           "encode_ms": latency["median_ms"]["encode"], "rtf": latency["rtf"]})
+    auto = None
+    if quantization == AUTO:
+        try:
+            quantization, why = select_quantization(candidates)
+        except ValueError as e:
+            raise parity_lib.ParityError(f"{tier_name}: {e}") from e
+        auto = {"rule": f"smallest file passing parity with encode latency <= {AUTO_MAX_LATENCY_RATIO:g} x "
+                        "the fastest passing mode", "chosen": quantization, "why": why,
+                "candidates": candidates}
+    result, report, latency = checked[quantization]
     if enforce_parity:
         parity_lib.check_parity(report, tier_name)
-    latency = measure_latency(result.content, layout, dev_features[:4], 1, latency_runs, use_default)
+    use_default = bool(result.interpreter_options.get("use_default_delegates", True))
     tier_dir = os.path.join(out_dir, tier_name)
     os.makedirs(tier_dir, exist_ok=True)
     with open(os.path.join(tier_dir, "model.tflite"), "wb") as f:
@@ -248,9 +349,10 @@ def export_tier(model_or_ckpt, model_config, tier_name: str, tier: im.TierSpec, 
         shutil.copyfile(tokenizer.model_path, os.path.join(tier_dir, "spm.model"))
         files["spm"] = "spm.model"
     with open(os.path.join(tier_dir, "android_benchmark.sh"), "w") as f:
-        f.write(android_benchmark_script(tier_name, layout, use_xnnpack=use_default))
+        f.write(android_benchmark_script(tier_name, layout, result.content, use_xnnpack=use_default))
     summary = im.sparsity_summary(module.model)
     cfg = dict(model_config)
+    details = result.quantizer or {}
     manifest = {
         "tier": tier_name, "series": series, "quantization": quantization,
         "sparse_encoded": result.sparse_encoded,
@@ -264,10 +366,13 @@ def export_tier(model_or_ckpt, model_config, tier_name: str, tier: im.TierSpec, 
         "wer": {"keras": report.get("wer_keras"), "tflite": report.get("wer_tflite"), "parity": report},
         "latency": latency, "interpreter_options": result.interpreter_options,
         "conversion_notes": result.notes,
+        "quantizer": ({k: v for k, v in details.items() if k in ("library", "recipe")} or None),
         "calibration": ({"utterances": min(calib_utterances, len(calib)),
                          "source": "dev_features" if calib_features is None else "calib_features",
-                         "max_per_signature": calib_per_signature, **(result.int8 or {})}
+                         "max_per_signature": calib_per_signature,
+                         **{k: v for k, v in details.items() if k not in ("library", "recipe")}}
                         if quantization == "int8" else None),
+        "auto": auto,
         "signatures": layout, "files": files, "ops": result.op_counts, "model_config": cfg,
     }
     with open(os.path.join(tier_dir, "manifest.json"), "w") as f:

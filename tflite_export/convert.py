@@ -1,24 +1,25 @@
 """StreamingInferenceModule -> TFLite flatbuffer per quantization mode, builtin ops only.
 
-Modes (``QUANT_MODES``):
+Modes (``QUANT_MODES``). The TF converter makes the float32 file (and float16); every other mode is that
+float32 file quantized by ai-edge-quantizer (AEQ) with a recipe (``quantization_recipe``), no private
+TF/LiteRT quantization API:
 - ``float32``: no optimization.
-- ``float16``: fp16 weights (dequantized at load / by XNNPACK), float compute.
-- ``dynamic_int8``: int8 weights, per-tensor/per-channel dynamic-range activations (hybrid kernels).
-- ``int8``: integer activations and weights, calibrated with a representative dataset: tuples
-  ``(signature_key, {input: value})`` drawn from the real streaming loop over dev features, so caches and
-  predictor states are representative (``parity.collect_representative``). Float inputs/outputs are kept at
-  the interface. Three steps of our own around TFLite's quantizer (see ``quantize_int8``):
-  1. calibrate (the converter's calibrate-only mode), 2. re-measure every activation range by running the
-  calibrated float model in LiteRT with all tensors preserved (TF 2.21's calibrator records the range of a
-  tensor consumed by an in-place ADD as the ADD's range: every residual-branch output got the ~7x wider
-  residual-stream range), 3. quantize with the op groups in ``INT8_FLOAT_GROUPS`` kept float (selective
-  quantization, as ``tf.lite.experimental.QuantizationDebugger`` does, whose debug run covers one signature
-  only). Every matmul, depthwise conv, gating and the residual stream run int8; LayerNorm, the masked
-  softmax, the LSTM cell state and the output log-softmax stay float, because int8 per-tensor scales lose
-  them: LayerNorm's rsqrt spans 0.08..17 across frames, the LSTM cell state and log-probs saturate.
+- ``float16``: fp16 weights (converter; dequantized at load / by XNNPACK), float compute.
+- ``dynamic_int8``: int8 per-channel weights, activations quantized at run time (hybrid kernels).
+- ``weight_only_int8``: int8 per-channel weights with DEQUANTIZE ops in front: float compute, smaller file.
+- ``dynamic_int4``: int4 per-channel FULLY_CONNECTED weights (XNNPACK's int4 path), int8 depthwise conv.
+- ``int8``: integer activations (per tensor) and weights (per channel), calibrated with ``(signature_key,
+  {input: value})`` samples from the real streaming loop over dev features, so caches and predictor states
+  are representative (``parity.collect_representative``). Float inputs/outputs at the interface. The op
+  groups of ``INT8_KEEP_FLOAT`` (by TF name scope, ``INT8_FLOAT_GROUPS``) stay float by a ``no_quantize``
+  rule in the recipe: LayerNorm, the masked softmax, the LSTM cell state and the output log-softmax, because
+  int8 per-tensor scales lose them (LayerNorm's rsqrt spans 0.08..17 across frames, the LSTM cell state and
+  log-probs saturate). Calibration (``calibrate``) records each tensor's own min/max over all samples.
 
 Every file is checked by ``check_builtin_only`` (flatbuffer operator codes; a CUSTOM code, e.g. a Flex op,
-fails the export). ``EXPERIMENTAL_SPARSITY`` is tried for every mode. A sparse-encoded file must compute
+fails the export). Sparse encoding is tried for every mode but ``dynamic_int4`` (the converter's
+``EXPERIMENTAL_SPARSITY``; for quantized files the sparsifier the converter runs after quantizing, a
+non-public TF function, aborts the process on int4 weights). A sparse-encoded file must compute
 what the dense file computes on random inputs, both run with the same delegate setting
 (``max_relative_diff``). ``sparse="auto"`` keeps it when it is smaller and agrees with default delegates
 (XNNPACK) on; ``sparse="always"`` also accepts one that agrees only with default delegates off and records
@@ -30,21 +31,26 @@ int8 / dynamic-int8 sparse files either fail to load with XNNPACK or, when they 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-import flatbuffers
 import numpy as np
 import tensorflow as tf
 from ai_edge_litert import schema_py_generated as schema
-from tensorflow.lite.python import convert as tflite_internal  # mlir_quantize / mlir_sparsify (TF 2.21)
+from ai_edge_quantizer import calibrator, quantizer, recipe_manager
+from ai_edge_quantizer import recipe as aeq_recipe
+from ai_edge_quantizer.qtyping import TFLOperationName
+from ai_edge_quantizer.utils import qsv_utils
+from tensorflow.lite.python import convert as tflite_internal  # mlir_sparsify (TF 2.21; no public API)
 
 import omni_tf  # noqa: F401
 
-QUANT_MODES = ("float32", "float16", "dynamic_int8", "int8")
+QUANT_MODES = ("float32", "float16", "dynamic_int8", "weight_only_int8", "dynamic_int4", "int8")
+AEQ_MODES = ("dynamic_int8", "weight_only_int8", "dynamic_int4", "int8")  # quantized by ai-edge-quantizer
 # Op groups that int8 mode can keep float, by the TF name scope of their ops (first name of a fused op):
 INT8_FLOAT_GROUPS = {
     "layer_norm": r"^[\w/]*norm(_\d+)?/",                    # keras LayerNormalization (moments, rsqrt)
@@ -55,6 +61,9 @@ INT8_FLOAT_GROUPS = {
     "attention_scores": r"^[\w/]*attention_scores(_\d+)?/",  # q.k^T batch matmul
     "joint_activation": r"^[\w/]*joint_activation(_\d+)?/",  # joiner tanh
 }
+# Ops that a group also takes by type: the join's LOG_SOFTMAX output is the signature output, which the
+# converter names after the signature (``StatefulPartitionedCall_1:0``), not after its TF name scope.
+INT8_FLOAT_GROUP_OPS = {"log_softmax": "LOG_SOFTMAX"}
 INT8_KEEP_FLOAT = ("layer_norm", "softmax", "lstm_cell", "log_softmax")  # measured: docs/EXPORT.md
 SIGNATURES = ("encode", "predict", "join")
 _OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
@@ -74,7 +83,7 @@ class ConversionResult:
     sparse_bytes: int | None
     interpreter_options: dict[str, Any]
     notes: list[str]
-    int8: dict[str, Any] | None = None  # int8 mode: float-kept groups / op count, re-measured ranges
+    quantizer: dict[str, Any] | None = None  # AEQ_MODES: recipe; int8: kept float groups, calibration
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -85,9 +94,8 @@ def read_model(content: bytes) -> schema.ModelT:
     return schema.ModelT.InitFromPackedBuf(bytearray(content), 0)
 
 
-def op_counts(content: bytes) -> dict[str, int]:
-    """{op name: count} over all subgraphs; custom ops appear as ``CUSTOM:<code>``."""
-    model = read_model(content)
+def _op_names(model: schema.ModelT) -> list[str]:
+    """Operator name per operator-code index; custom ops as ``CUSTOM:<code>``."""
     names = []
     for code in model.operatorCodes or []:
         builtin = max(int(code.builtinCode), int(code.deprecatedBuiltinCode))
@@ -96,6 +104,13 @@ def op_counts(content: bytes) -> dict[str, int]:
             names.append(f"CUSTOM:{custom}")
         else:
             names.append(_OP_NAMES.get(builtin, f"BUILTIN_{builtin}"))
+    return names
+
+
+def op_counts(content: bytes) -> dict[str, int]:
+    """{op name: count} over all subgraphs; custom ops appear as ``CUSTOM:<code>``."""
+    model = read_model(content)
+    names = _op_names(model)
     counts: dict[str, int] = {}
     for sub in model.subgraphs or []:
         for op in sub.operators or []:
@@ -110,6 +125,22 @@ def check_builtin_only(content: bytes, label: str = "model") -> dict[str, int]:
     if bad:
         raise NonBuiltinOpError(f"{label}: non-builtin ops {bad} (Flex/custom ops are not allowed)")
     return counts
+
+
+def signature_inputs(content: bytes) -> dict[str, list[tuple[str, tuple[int, ...], str]]]:
+    """{signature: [(input name, shape, dtype name e.g. "INT32")]} in the order of the signature subgraph's
+    inputs (the order LiteRT's ``benchmark_model`` matches ``--input_layer`` entries to, by position)."""
+    model = read_model(content)
+    types = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    out = {}
+    for sig in model.signatureDefs or []:
+        sub = model.subgraphs[sig.subgraphIndex]
+        names = {int(t.tensorIndex): t.name.decode() if isinstance(t.name, bytes) else str(t.name)
+                 for t in sig.inputs}
+        key = sig.signatureKey.decode() if isinstance(sig.signatureKey, bytes) else str(sig.signatureKey)
+        out[key] = [(names[int(i)], tuple(int(d) for d in sub.tensors[i].shape), types[sub.tensors[i].type])
+                    for i in sub.inputs]
+    return out
 
 
 def constant_buffers(content: bytes) -> dict[str, tuple[np.ndarray, tuple[int, ...], bool]]:
@@ -145,116 +176,120 @@ def _converter(module, saved_dir: str) -> tf.lite.TFLiteConverter:
     return conv
 
 
-def _configure(conv: tf.lite.TFLiteConverter, mode: str, sparse: bool,
-               representative: Callable[[], Iterable[tuple[str, dict[str, np.ndarray]]]] | None) -> None:
+def _configure(conv: tf.lite.TFLiteConverter, mode: str, sparse: bool) -> None:
+    """Converter options for ``float32`` (also the input of ``AEQ_MODES``) or ``float16``."""
     opts = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY] if sparse else []
     if mode == "float16":
         opts.append(tf.lite.Optimize.DEFAULT)
         conv.target_spec.supported_types = [tf.float16]
-    elif mode == "dynamic_int8":
-        opts.append(tf.lite.Optimize.DEFAULT)
-    elif mode == "int8":
-        if representative is None:
-            raise ValueError("mode int8 needs a representative dataset (signature_key, inputs) generator")
-        opts.append(tf.lite.Optimize.DEFAULT)
-        conv.representative_dataset = representative
-        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
     elif mode != "float32":
-        raise ValueError(f"unknown quantization mode {mode!r}; choose one of {QUANT_MODES}")
+        raise ValueError(f"the converter makes float32 / float16 files only, not {mode!r}")
     conv.optimizations = opts
 
 
-def write_model(model: schema.ModelT) -> bytes:
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
+def quantization_recipe(mode: str, keep_float: Sequence[str] = INT8_KEEP_FLOAT) -> list[dict[str, Any]]:
+    """The ai-edge-quantizer recipe (a JSON-able list of rules; later rules win) for one of ``AEQ_MODES``.
 
-
-def measure_activation_ranges(content: bytes, samples: Iterable[tuple[str, dict[str, np.ndarray]]]
-                              ) -> dict[tuple[int, int], tuple[float, float]]:
-    """{(subgraph, tensor index): (min, max)} of every float tensor over ``(signature, feeds)`` samples.
-
-    Runs ``content`` in LiteRT without delegates and with every intermediate tensor preserved, so a tensor
-    keeps its own values even when a later op works in place.
+    - ``dynamic_int8``: int8 per-channel weights of every supported op, activations quantized at run time.
+    - ``weight_only_int8``: int8 per-channel weights dequantized to float before each op (float compute).
+    - ``dynamic_int4``: int4 per-channel FULLY_CONNECTED weights (the op XNNPACK runs with int4 weights),
+      int8 for the other weighted ops (depthwise conv).
+    - ``int8``: int8 activations (per tensor) and weights (per channel); the ops whose scope (op output
+      tensor names) matches a ``keep_float`` group of ``INT8_FLOAT_GROUPS`` (or whose type is the group's
+      ``INT8_FLOAT_GROUP_OPS`` entry) are not quantized, and the
+      signature inputs/outputs stay float.
+    Raises ValueError for another mode or an unknown group name.
     """
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType  # noqa: PLC0415
-
-    interp = Interpreter(model_content=content, experimental_preserve_all_tensors=True,
-                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-    interp.allocate_tensors()
-    runners = {key: interp.get_signature_runner(key) for key in interp.get_signature_list()}
-    float_tensors = {key: [d["index"] for d in interp.get_tensor_details(r._subgraph_index)
-                           if d["dtype"] == np.float32] for key, r in runners.items()}
-    ranges: dict[tuple[int, int], tuple[float, float]] = {}
-    for key, feeds in samples:
-        runner = runners[key]
-        runner(**feeds)
-        sub = runner._subgraph_index
-        for index in float_tensors[key]:
-            try:
-                value = interp.get_tensor(index, sub)
-            except ValueError:  # a tensor without data (e.g. an optional input)
-                continue
-            if value.size:
-                lo, hi = ranges.get((sub, index), (np.inf, -np.inf))
-                ranges[(sub, index)] = (min(lo, float(value.min())), max(hi, float(value.max())))
-    return ranges
-
-
-def recalibrate(calibrated: bytes, samples: Iterable[tuple[str, dict[str, np.ndarray]]]
-                ) -> tuple[bytes, int]:
-    """The calibrated model with every recorded activation range replaced by the measured one.
-
-    Returns (model, number of tensors whose range changed by more than 1e-4 relative).
-    """
-    ranges = measure_activation_ranges(calibrated, samples)
-    model = read_model(calibrated)
-    changed = 0
-    for sub_index, sub in enumerate(model.subgraphs or []):
-        for index, tensor in enumerate(sub.tensors or []):
-            q = tensor.quantization
-            if q is None or q.min is None or q.max is None or (sub_index, index) not in ranges:
-                continue
-            lo, hi = ranges[(sub_index, index)]
-            width = max(abs(float(q.max[0]) - float(q.min[0])), 1e-12)
-            if abs(float(q.min[0]) - lo) > 1e-4 * width or abs(float(q.max[0]) - hi) > 1e-4 * width:
-                changed += 1
-            q.min, q.max = [lo], [hi]
-    return write_model(model), changed
-
-
-def float_kept_nodes(content: bytes, groups: Sequence[str]) -> list[str]:
-    """Output tensor names of the ops in ``groups`` (keys of ``INT8_FLOAT_GROUPS``), all subgraphs."""
-    unknown = sorted(set(groups) - set(INT8_FLOAT_GROUPS))
+    unknown = sorted(set(keep_float) - set(INT8_FLOAT_GROUPS))
     if unknown:
         raise ValueError(f"unknown int8 float groups {unknown}; choose from {sorted(INT8_FLOAT_GROUPS)}")
-    if not groups:
-        return []
-    pattern = re.compile("|".join(INT8_FLOAT_GROUPS[g] for g in groups))
+    if mode == "dynamic_int8":
+        rules = aeq_recipe.dynamic_wi8_afp32()
+    elif mode == "weight_only_int8":
+        rules = aeq_recipe.weight_only_wi8_afp32()
+    elif mode == "dynamic_int4":
+        rules = (aeq_recipe.dynamic_wi8_afp32()
+                 + aeq_recipe.dynamic_wi4c_afp32(operation_name=TFLOperationName.FULLY_CONNECTED))
+    elif mode == "int8":
+        rules = aeq_recipe.static_wi8_ai8()
+        rules += [{"regex": INT8_FLOAT_GROUPS[g], "operation": "*", "algorithm_key": "no_quantize"}
+                  for g in keep_float]
+        rules += [{"regex": ".*", "operation": INT8_FLOAT_GROUP_OPS[g], "algorithm_key": "no_quantize"}
+                  for g in keep_float if g in INT8_FLOAT_GROUP_OPS]
+        rules += [{"regex": ".*", "operation": io, "algorithm_key": "no_quantize"}
+                  for io in ("INPUT", "OUTPUT")]
+    else:
+        raise ValueError(f"mode {mode!r} is not an ai-edge-quantizer mode {AEQ_MODES}")
+    return json.loads(json.dumps(rules, default=str))  # enums -> their string values
+
+
+def calibrate(float_content: bytes, rules: list[dict[str, Any]],
+              samples: Iterable[tuple[str, dict[str, np.ndarray]]]) -> dict[str, dict[str, np.ndarray]]:
+    """{tensor name: {"min", "max"}} over ``(signature, feeds)`` samples: ai-edge-quantizer's calibrator.
+
+    Every tensor's own range (the library runs LiteRT with all tensors preserved, so a tensor consumed by an
+    in-place ADD keeps its own values; TF 2.21's converter calibrator recorded the ADD's range there), and
+    the running min / max over all samples (``min_max_update``) instead of the library's default moving
+    average of per-sample ranges (smoothing 0.95), which narrows the range of tensors that change over a
+    stream, e.g. the caches that start at zeros (docs/EXPORT.md).
+    """
+    by_signature: dict[str, list[dict[str, np.ndarray]]] = {}
+    for key, feeds in samples:
+        by_signature.setdefault(key, []).append(feeds)
+    manager = recipe_manager.RecipeManager()
+    manager.load_quantization_recipe(rules)
+    cal = calibrator.Calibrator(float_content, num_threads=1, qsv_update_func=qsv_utils.min_max_update)
+    cal.calibrate(by_signature, manager)
+    return cal.get_model_qsvs()
+
+
+def quantize(float_content: bytes, mode: str,
+             samples: Sequence[tuple[str, dict[str, np.ndarray]]] | None = None,
+             keep_float: Sequence[str] = INT8_KEEP_FLOAT) -> tuple[bytes, dict[str, Any]]:
+    """The float32 file quantized by ai-edge-quantizer in ``mode`` -> (model bytes, details).
+
+    ``samples`` (mode int8 only, required there): calibration ``(signature, feeds)`` pairs from the float
+    streaming loop (``parity.collect_representative``). ``details``: the recipe, and for int8 the kept
+    float groups with the number of their ops that are float in the file (``float_group_ops``).
+    """
+    rules = quantization_recipe(mode, keep_float)
+    qsvs = None
+    if mode == "int8":
+        if not samples:
+            raise ValueError("mode int8 needs calibration samples (signature_key, inputs)")
+        qsvs = calibrate(float_content, rules, samples)
+    result = quantizer.Quantizer(float_content, rules).quantize(qsvs, enable_progress_report=False)
+    content = bytes(result.quantized_model)
+    details: dict[str, Any] = {"library": "ai-edge-quantizer", "recipe": rules}
+    if mode == "int8":
+        float_ops = float_group_ops(content, keep_float)
+        details.update(keep_float=list(keep_float), float_ops=sum(f for f, _ in float_ops.values()),
+                       calibration_samples=len(samples), calibration_update="min_max")
+    return content, details
+
+
+def float_group_ops(content: bytes, groups: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """{group: (ops with float outputs, ops)} over the ops of ``content`` matched by ``INT8_FLOAT_GROUPS``.
+
+    An op belongs to a group if the first name of its first output matches the group's scope pattern or its
+    type is the group's ``INT8_FLOAT_GROUP_OPS`` entry; QUANTIZE / DEQUANTIZE ops the quantizer inserted
+    at a group's border are not counted.
+    """
     model = read_model(content)
-    names = set()
+    codes = _op_names(model)
+    out = {g: (0, 0) for g in groups}
     for sub in model.subgraphs or []:
         for op in sub.operators or []:
-            for out in op.outputs:
-                name = sub.tensors[out].name
-                name = name.decode() if isinstance(name, bytes) else str(name)
-                if pattern.search(name.split(";")[0]):
-                    names.add(name)
-    return sorted(names)
-
-
-def quantize_int8(conv: tf.lite.TFLiteConverter, samples: Sequence[tuple[str, dict[str, np.ndarray]]],
-                  keep_float: Sequence[str] = INT8_KEEP_FLOAT) -> tuple[bytes, dict[str, Any]]:
-    """Calibrate -> re-measure ranges -> quantize with ``keep_float`` groups float (module docstring).
-
-    ``conv`` is a converter configured for int8 (``_configure``). Returns (model bytes, details).
-    """
-    conv._experimental_calibrate_only = True  # the documented QuantizationDebugger route
-    calibrated = conv.convert()
-    fixed, changed = recalibrate(calibrated, samples)
-    nodes = float_kept_nodes(fixed, keep_float)
-    content = tflite_internal.mlir_quantize(fixed, denylisted_nodes=nodes or None)
-    return content, {"keep_float": list(keep_float), "float_ops": len(nodes), "ranges_remeasured": changed}
+            if codes[op.opcodeIndex] in ("QUANTIZE", "DEQUANTIZE") or not len(op.outputs):
+                continue
+            tensor = sub.tensors[op.outputs[0]]
+            name = tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
+            for g in groups:
+                if (re.search(INT8_FLOAT_GROUPS[g], name.split(";")[0])
+                        or codes[op.opcodeIndex] == INT8_FLOAT_GROUP_OPS.get(g)):
+                    kept, total = out[g]
+                    out[g] = (kept + (tensor.type == schema.TensorType.FLOAT32), total + 1)
+    return out
 
 
 def convert_module(module, mode: str, representative=None, sparse: str = "auto",
@@ -273,26 +308,28 @@ def convert_module(module, mode: str, representative=None, sparse: str = "auto",
     if mode == "int8" and representative is None:
         raise ValueError("mode int8 needs a representative dataset (signature_key, inputs) generator")
     notes: list[str] = []
-    int8_details = None
+    details = None
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         saved = os.path.join(tmp, "saved_model")
         conv = _converter(module, saved)
-        _configure(conv, mode, False, representative)
-        if mode == "int8":
-            dense, int8_details = quantize_int8(conv, list(representative()), int8_keep_float)
-            kept = ", ".join(int8_keep_float) or "none"
-            notes.append(f"int8: {int8_details['ranges_remeasured']} activation ranges re-measured; "
-                         f"{int8_details['float_ops']} ops kept float ({kept})")
-        else:
-            dense = conv.convert()
+        _configure(conv, "float16" if mode == "float16" else "float32", False)
+        dense = conv.convert()
+        if mode in AEQ_MODES:
+            samples = list(representative()) if mode == "int8" else None
+            dense, details = quantize(dense, mode, samples, int8_keep_float)
+            if mode == "int8":
+                notes.append(f"int8 (ai-edge-quantizer): {details['float_ops']} ops kept float "
+                             f"({', '.join(int8_keep_float) or 'none'})")
         check_builtin_only(dense, f"{mode} dense")
         sparse_content = None
-        if sparse != "never" and mode == "int8":
+        if sparse != "never" and mode == "dynamic_int4":
+            notes.append("sparse encoding not tried: TF 2.21's sparsifier aborts the process on int4 weights")
+        elif sparse != "never" and mode in AEQ_MODES:
             sparse_content = tflite_internal.mlir_sparsify(dense)  # what the converter does after quantizing
         elif sparse != "never":
             conv = tf.lite.TFLiteConverter.from_saved_model(saved, signature_keys=list(SIGNATURES))
             conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-            _configure(conv, mode, True, representative)
+            _configure(conv, mode, True)
             sparse_content = conv.convert()
         if sparse_content is not None:
             check_builtin_only(sparse_content, f"{mode} sparse")
@@ -316,7 +353,7 @@ def convert_module(module, mode: str, representative=None, sparse: str = "auto",
             notes.append(f"sparse encoding not used: {len(sparse_content)} B vs dense {len(dense)} B; {why}")
     return ConversionResult(chosen, mode, is_sparse, check_builtin_only(chosen, mode), len(dense),
                             None if sparse_content is None else len(sparse_content), options, notes,
-                            int8_details)
+                            details)
 
 
 def _sparse_agrees(dense: bytes, sparse: bytes, default_delegates: bool, mode: str, notes: list[str]) -> bool:
