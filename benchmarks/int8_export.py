@@ -5,9 +5,10 @@ Usage (from the repository root; the demo's output directory as example):
       --workdir=runs/demo2/train/omni --data_dir=runs/demo2/data --calib_utterances=20 --eval_utterances=200
 
 One dense-level tier, calibrated on the first ``--calib_utterances`` dev utterances and judged on the next
-``--eval_utterances``. Rows: dynamic-range int8 (reference); full int8 quantized from the TF calibrator's
-ranges as they are (default float groups); full int8 with re-measured ranges and no / the default / the
-default + residual + attention-score float groups (``tflite_export/convert.py``). Columns:
+``--eval_utterances``. Rows: the ai-edge-quantizer modes of ``tflite_export/convert.py`` (dynamic int8, the
+reference; weight-only int8; dynamic int4), full int8 calibrated with the library's default moving-average
+ranges (default float groups), and full int8 with min/max ranges (``convert.calibrate``) and no / the
+default / the default + residual + attention-score float groups. Columns:
 ``encoder_rel_err`` = mean |TFLite - Keras| / mean |Keras| of the encoder frames over the calibration
 encode calls without zero-padded frames; ``identical`` / ``ter_vs_keras`` / WER from ``parity.run_parity``;
 ``encode_ms`` = median of 200 encode calls, 1 thread, XNNPACK.
@@ -15,11 +16,11 @@ encode calls without zero-padded frames; ``identical`` / ``ter_vs_keras`` / WER 
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 
 import numpy as np
 from absl import app, flags
+from ai_edge_quantizer import quantizer
 from ml_collections import config_flags
 
 import omni_tf  # noqa: F401
@@ -39,25 +40,28 @@ flags.DEFINE_integer("eval_utterances", 200, "Dev utterances (after the calibrat
 flags.DEFINE_string("output", "", "Also write the Markdown table here.")
 
 DEFAULT = list(convert.INT8_KEEP_FLOAT)
-# (row name, re-measure ranges, float groups); None = dynamic-range int8
-VARIANTS = (("dynamic_int8", None, None),
-            ("int8, calibrator ranges as is", False, DEFAULT),
-            ("int8, re-measured, all int8", True, []),
-            ("int8, re-measured, default float groups", True, DEFAULT),
-            ("int8, re-measured, default + residual + scores", True,
+# (row name, mode, calibration ("min_max" | "moving_average", int8 only), float groups)
+VARIANTS = (("dynamic_int8", "dynamic_int8", None, None),
+            ("weight_only_int8", "weight_only_int8", None, None),
+            ("dynamic_int4", "dynamic_int4", None, None),
+            ("int8, moving-average ranges (library default)", "int8", "moving_average", DEFAULT),
+            ("int8, min/max ranges, all int8", "int8", "min_max", []),
+            ("int8, min/max ranges, default float groups", "int8", "min_max", DEFAULT),
+            ("int8, min/max ranges, default + residual + scores", "int8", "min_max",
              DEFAULT + ["residual", "attention_scores"]))
 
 
-def int8_file(module, samples, remeasure: bool, groups: list[str]) -> bytes:
-    with tempfile.TemporaryDirectory() as tmp:
-        conv = convert._converter(module, os.path.join(tmp, "saved"))
-        convert._configure(conv, "int8", False, parity.representative_fn(samples))
-        if remeasure:
-            return convert.quantize_int8(conv, samples, groups)[0]
-        conv._experimental_calibrate_only = True
-        calibrated = conv.convert()
-    nodes = convert.float_kept_nodes(calibrated, groups)
-    return convert.tflite_internal.mlir_quantize(calibrated, denylisted_nodes=nodes or None)
+def quantized_file(float_content: bytes, samples, mode: str, calibration: str | None,
+                   groups: list[str] | None) -> bytes:
+    if calibration != "moving_average":
+        return convert.quantize(float_content, mode, samples, groups or [])[0]
+    rules = convert.quantization_recipe(mode, groups)
+    qz = quantizer.Quantizer(float_content, rules)
+    by_signature: dict[str, list] = {}
+    for key, feeds in samples:
+        by_signature.setdefault(key, []).append(feeds)
+    qsvs = qz.calibrate(by_signature, num_threads=1)
+    return bytes(qz.quantize(qsvs, enable_progress_report=False).quantized_model)
 
 
 def encode_ms(content: bytes, feeds: dict, runs: int = 200) -> float:
@@ -93,15 +97,13 @@ def main(argv):
     keras_encode = module_runners(module)[0]
     reference = [keras_encode(**f)["encoder_frames"] for f in full_chunks]
     table = []
-    for name, remeasure, groups in VARIANTS:
-        if remeasure is None:
-            content = convert.convert_module(module, "dynamic_int8", sparse="never").content
-        else:
-            content = int8_file(module, samples, remeasure, groups)
+    float_content = convert.convert_module(module, "float32", sparse="never").content
+    for name, mode, calibration, groups in VARIANTS:
+        content = quantized_file(float_content, samples, mode, calibration, groups)
         lite = convert.make_interpreter(content, 1).get_signature_runner("encode")
         rel = np.mean([np.abs(lite(**f)["encoder_frames"] - r).mean() / np.abs(r).mean()
                        for f, r in zip(full_chunks, reference, strict=True)])
-        rep = parity.run_parity(module, content, "int8", evaluate, refs, tokenizer.decode)
+        rep = parity.run_parity(module, content, mode, evaluate, refs, tokenizer.decode)
         table.append({"variant": name, "bytes": len(content), "encoder_rel_err": float(rel),
                       "identical": f"{rep['identical_tokens']}/{rep['utterances']}",
                       "ter_vs_keras": rep["token_error_rate_vs_keras"], "wer_keras": rep["wer_keras"],

@@ -5,10 +5,11 @@ Usage (from the repository root):
   python -m benchmarks.tflite_latency --preset=tiny --seconds=10 --utterances=3   # fresh tiny model tiers
 
 Without ``--bundle_dir`` a freshly initialized model of ``--preset`` is exported in-process as (``--tiers``
-selects a subset): dense float32, float16, dynamic-range int8 and full int8 (calibrated on the streaming loop
-over the benchmark's own features, ``parity.collect_representative``), then at 80% sparsity float32 and
-float16 with 1x4 blocks and dynamic int8 with 1x16 blocks (sparse encoding tried; ``convert.py`` keeps it only
-if smaller, loadable with default delegates and agreeing with the dense file). Its joiner blank logit is
+selects a subset): dense float32, float16, dynamic-range int8, full int8 (calibrated on the streaming
+loop over the benchmark's own features, ``parity.collect_representative``), weight-only int8 and dynamic
+int4, then at 80% sparsity float32 and float16 with 1x4 blocks and dynamic int8 with 1x16 blocks (sparse
+encoding tried; ``convert.py`` keeps it only if smaller, loadable with default delegates and agreeing with
+the dense file). Its joiner blank logit is
 raised by ``--blank_bias`` so that the untrained model emits a speech-like token rate (reported as
 tokens/s) instead of up to 4 symbols per frame; parity is not checked.
 
@@ -54,6 +55,8 @@ flags.DEFINE_list("tiers", [], "Fresh-model tiers to run (default: all of TIER_S
 # (name, quantization, tier (None = dense, 1 = level 0.8), block, sparse)
 TIER_SPECS = (("f32_dense", "float32", None, 1, "never"), ("f16_dense", "float16", None, 1, "never"),
               ("int8dyn_dense", "dynamic_int8", None, 1, "never"), ("int8_dense", "int8", None, 1, "never"),
+              ("int8wo_dense", "weight_only_int8", None, 1, "never"),
+              ("int4dyn_dense", "dynamic_int4", None, 1, "never"),
               ("f32_s80_1x4", "float32", 1, "1x4", "auto"), ("f16_s80_1x4", "float16", 1, "1x4", "auto"),
               ("int8dyn_s80_1x16", "dynamic_int8", 1, "1x16", "auto"),
               # --sparse=always: the 1x16 int8 files that are right only with XNNPACK off (size vs speed)

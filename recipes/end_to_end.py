@@ -37,7 +37,8 @@ OMNI_SERIES, PRUNED_SERIES = "omni", "individually-pruned"
 # files output NaN and sparse int8 files compute wrong values), so only their bytes shrink with sparsity;
 # the other modes' budgets count nonzero parameters (what a runtime with working sparse kernels would store).
 BUDGET_METRIC = {"float32": "float32_sparse_bytes", "float16": "nonzero_params",
-                 "dynamic_int8": "nonzero_params", "int8": "nonzero_params"}
+                 "dynamic_int8": "nonzero_params", "weight_only_int8": "nonzero_params",
+                 "dynamic_int4": "nonzero_params", "int8": "nonzero_params", "auto": "nonzero_params"}
 
 
 def with_paths(config: ml_collections.ConfigDict, data_dir: str, train: str = "train.tsv",
@@ -156,7 +157,7 @@ def export_tiers(config: ml_collections.ConfigDict, workdir: str, data_dir: str,
     model, masks = evaluation.restore_supernet(config, workdir)
     feats, refs = utterance_features(config, data_dir, manifest, utterances)
     calib = None
-    if quantization == "int8":  # calibrate on dev, judge on ``manifest``
+    if quantization in ("int8", bundle.AUTO):  # calibrate on dev, judge on ``manifest``
         calib, _ = utterance_features(config, data_dir, config.paths.dev_manifest.split(",")[0], 20)
     tokenizer = Tokenizer(os.path.join(data_dir, "spm.model"))
     check_model_vocab(tokenizer, config.model.vocab_size, "config.model.vocab_size")

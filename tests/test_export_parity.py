@@ -180,7 +180,9 @@ def test_int8_recipe_keeps_named_groups_float_and_calibrates_each_tensor_own_ran
         convert.quantize(float_file, "int8")
 
 
-INT4_MAX_RELATIVE_DIFF = 0.25  # measured 0.125 on this model (random weights; int4 step = max|w| / 7)
+# max |int4 - float32| / max(1, max |float32|) per output on random inputs (convert.max_relative_diff):
+# 0.11-0.25 over five random initializations of this model (int4 step = max |w| / 7 per output channel).
+INT4_MAX_RELATIVE_DIFF = 0.35
 
 
 def test_dynamic_int4_file_loads_with_signatures_and_is_close_to_float(module, float_file):

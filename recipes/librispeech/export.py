@@ -48,7 +48,8 @@ flags.DEFINE_string("budget_metric", "int8_sparse_bytes", "omni_tf/sparsity/size
 flags.DEFINE_integer("search_population", 12, "Budget search: population per generation.")
 flags.DEFINE_integer("search_generations", 6, "Budget search: generations.")
 flags.DEFINE_integer("search_max_batches", 8, "Budget search: dev batches for the fitness (0 = all).")
-flags.DEFINE_list("quantization", ["dynamic_int8"], f"Any of {convert.QUANT_MODES}.")
+flags.DEFINE_list("quantization", ["dynamic_int8"], f"Any of {convert.QUANT_MODES}, or auto: per tier "
+                  "the smallest file passing parity with encode latency <= 1.2x the fastest passing mode.")
 flags.DEFINE_integer("dev_utterances", 20, "Dev utterances for parity / WER / latency.")
 flags.DEFINE_integer("calib_utterances", 20, "Dev utterances whose streaming loop calibrates full int8 "
                      "(the ones after the parity set when <split>.tsv has them).")
@@ -141,7 +142,7 @@ def dev_data(config, data_dir: str):
     feats = [audio_features(r["path"], config.data, mean, std) for r in rows]
     calib_rows = all_rows[FLAGS.dev_utterances: FLAGS.dev_utterances + FLAGS.calib_utterances]
     calib = None
-    if "int8" in FLAGS.quantization and calib_rows:
+    if {"int8", bundle.AUTO} & set(FLAGS.quantization) and calib_rows:
         calib = [audio_features(r["path"], config.data, mean, std) for r in calib_rows]
     return feats, [r["text"] for r in rows], tokenizer, (mean, std), calib
 

@@ -43,7 +43,8 @@ flags.DEFINE_integer("seed", 0, "Corpus seed.")
 flags.DEFINE_list("tiers", ["speaker:0.6", "phone:0.75", "wearable:0.9"],
                   "name:sparsity - each tier's budget is the size of a uniform config of that sparsity.")
 flags.DEFINE_enum("quantization", "dynamic_int8", list(e2e.BUDGET_METRIC),
-                  "Export mode (tflite_export/convert.py). With --sparse=auto only float32 files are "
+                  "Export mode (tflite_export/convert.py), or auto (per tier the smallest file passing "
+                  "parity within 1.2x the fastest encode). With --sparse=auto only float32 files are "
                   "sparse-encoded (smaller with sparsity); int8 ones need --sparse=always (XNNPACK off).")
 flags.DEFINE_enum("sparse", "auto", ["auto", "never", "always"],
                   "Sparse encoding of the tier files: auto = only where smaller, right and XNNPACK-runnable; "
