@@ -1,11 +1,14 @@
-"""Word and character error rates (jiwer), corpus-level and per utterance.
+"""Word, character and token error rates (jiwer), corpus-level and per utterance.
 
-Corpus WER is total word errors (substitutions + deletions + insertions) over total reference words, not the
-mean of per-utterance rates. Text is compared after light normalisation (lower case, collapsed whitespace).
+The project's only error-rate implementation: training evaluation, the search, export parity
+(``tflite_export/parity.py``) and REPORT.md all count through this module, so every WER column means the same
+thing. Corpus WER is total word errors (substitutions + deletions + insertions) over total reference words,
+not the mean of per-utterance rates. Text is compared after light normalisation (lower case, collapsed
+whitespace); token-id sequences (``token_error_rate``) are compared as they are.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import jiwer
@@ -73,14 +76,25 @@ def utterance_counts(reference: str, hypothesis: str, unit: str = "word") -> Err
     raise ValueError(f"unit must be 'word' or 'char', got {unit!r}")
 
 
+def _sum(counts: Iterable[ErrorCounts]) -> ErrorCounts:
+    s = d = i = n = 0
+    for c in counts:
+        s, d, i, n = s + c.substitutions, d + c.deletions, i + c.insertions, n + c.reference_units
+    return ErrorCounts(s, d, i, n)
+
+
 def corpus_counts(references: Sequence[str], hypotheses: Sequence[str], unit: str = "word") -> ErrorCounts:
     """Summed edit counts over a corpus."""
     _check(references, hypotheses)
-    s = d = i = n = 0
-    for ref, hyp in zip(references, hypotheses, strict=True):
-        c = utterance_counts(ref, hyp, unit)
-        s, d, i, n = s + c.substitutions, d + c.deletions, i + c.insertions, n + c.reference_units
-    return ErrorCounts(s, d, i, n)
+    return _sum(utterance_counts(r, h, unit) for r, h in zip(references, hypotheses, strict=True))
+
+
+def token_error_rate(references: Sequence[Sequence[int]], hypotheses: Sequence[Sequence[int]]) -> float:
+    """Corpus error rate between token-id sequences (e.g. Keras vs TFLite greedy hypotheses): total token
+    edits over total reference tokens, counted like ``wer`` (``ErrorCounts.rate`` for empty references)."""
+    _check(references, hypotheses)
+    return _sum(_counts([str(int(t)) for t in r], [str(int(t)) for t in h])
+                for r, h in zip(references, hypotheses, strict=True)).rate
 
 
 def wer(references: Sequence[str], hypotheses: Sequence[str]) -> float:

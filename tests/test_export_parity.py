@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 import omni_tf  # noqa: F401
-from omni_tf import decoding
+from omni_tf import decoding, metrics
 from omni_tf.configs import model as model_configs
 from omni_tf.model import build_model
 from tflite_export import convert, inference_model, parity
@@ -210,3 +210,16 @@ def test_check_parity_raises_with_numbers(module, float_file):
     wer_report = dict(report, mode="int8", wer_keras=0.20, wer_tflite=0.21)
     assert not parity._verdict(wer_report)[0]
     assert parity._verdict(dict(wer_report, wer_tflite=0.205))[0]
+
+
+def test_parity_wer_is_the_normalized_metrics_wer(module, float_file):
+    """wer_keras / wer_tflite count like metrics.wer (the REPORT's wer_keras_test): case and spacing are
+    normalized, so a hypothesis equal to the reference up to case is 0 errors."""
+    feats = utterances(lengths=(20,))
+    report = parity.run_parity(module, float_file, "float32", feats, references=["Hello  World"],
+                               decode=lambda ids: "hello world")
+    assert report["wer_keras"] == 0.0 and report["wer_tflite"] == 0.0
+    report = parity.run_parity(module, float_file, "float32", feats, references=["Hello world again"],
+                               decode=lambda ids: "hello word")
+    assert report["wer_keras"] == pytest.approx(metrics.wer(["Hello world again"], ["hello word"]))
+    assert report["wer_keras"] == pytest.approx(2 / 3)

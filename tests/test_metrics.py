@@ -39,3 +39,11 @@ def test_errors():
         metrics.wer(["a", "b"], ["a"])
     with pytest.raises(ValueError, match="unit"):
         metrics.utterance_counts("a", "a", "phone")
+
+
+def test_token_error_rate_counts_ids_not_digits():
+    # [1 2 3] -> [1 3 3 4]: one substitution + one insertion over 3 reference tokens.
+    assert metrics.token_error_rate([[1, 2, 3]], [[1, 3, 3, 4]]) == pytest.approx(2 / 3)
+    # id 12 vs ids 1, 2: one substitution + one insertion, not a digit-level match.
+    assert metrics.token_error_rate([[12], []], [[1, 2], []]) == pytest.approx(2.0)
+    assert metrics.token_error_rate([[5, 6]], [[]]) == 1.0

@@ -8,6 +8,8 @@ Dimension key: T feature frames, U tokens. Inputs are CMVN-normalized features `
 - Thresholds (``check_parity``): float32 needs identical tokens on >= 99% of utterances; float16 and int8
   modes (weights rounded: near-tied tokens may flip) need ``WER_tflite <= 1.03 * WER_keras`` against
   reference transcripts (without references: token error rate of TFLite vs Keras hypotheses <= 3%).
+  WER and token error rate are ``omni_tf.metrics.wer`` / ``token_error_rate`` (jiwer, text normalized as
+  everywhere else), so ``wer_keras`` here and ``wer_keras_test`` in REPORT.md count the same way.
   A failing tier raises ``ParityError`` with the numbers.
 """
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from omni_tf import metrics
 from tflite_export.recognizer import LiteRTRecognizer, ModuleRecognizer, module_runners
 
 FLOAT_MODES = ("float32",)  # tokens must match; float16 / int8 round the weights and are judged by WER
@@ -26,22 +29,6 @@ MAX_WER_REL_INCREASE = 0.03
 
 class ParityError(ValueError):
     """A tier's TFLite file does not match its Keras model closely enough."""
-
-
-def _edit_distance(a: Sequence, b: Sequence) -> int:
-    prev = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        cur = [i] + [0] * len(b)
-        for j, y in enumerate(b, 1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y))
-        prev = cur
-    return prev[-1]
-
-
-def error_rate(refs: Sequence[Sequence], hyps: Sequence[Sequence]) -> float:
-    """Corpus-level edit distance / reference length (words or tokens)."""
-    errors = sum(_edit_distance(r, h) for r, h in zip(refs, hyps, strict=True))
-    return errors / max(sum(len(r) for r in refs), 1)
 
 
 def keras_tokens(module, features: np.ndarray, max_symbols_per_frame: int = 4) -> list[int]:
@@ -123,13 +110,12 @@ def run_parity(module, content: bytes, mode: str, features_list: Sequence[np.nda
         "mode": mode, "utterances": len(features_list), "identical_tokens": same,
         "max_wer_rel_increase": float(max_wer_rel_increase),
         "token_agreement": same / len(features_list),
-        "token_error_rate_vs_keras": error_rate(keras_hyps, lite_hyps),
+        "token_error_rate_vs_keras": metrics.token_error_rate(keras_hyps, lite_hyps),
         "max_abs_diff": max_abs_diffs(module, content, recorded, default_delegates),
     }
     if references is not None and decode is not None:
-        refs = [r.split() for r in references]
-        report["wer_keras"] = error_rate(refs, [decode(h).split() for h in keras_hyps])
-        report["wer_tflite"] = error_rate(refs, [decode(h).split() for h in lite_hyps])
+        report["wer_keras"] = metrics.wer(references, [decode(h) for h in keras_hyps])
+        report["wer_tflite"] = metrics.wer(references, [decode(h) for h in lite_hyps])
     report["passed"], report["criterion"] = _verdict(report)
     return report
 
