@@ -2,7 +2,7 @@
 
 Dimension key: B batch, T feature frames, T' encoder frames, D d_model, P predictor dim, V vocab.
 
-All searches use the model's contract heads (``encode`` / ``encode_chunk``, ``predict_step``, ``join_step``),
+All searches use the model's contract heads (``encode`` / ``encode_chunk``, ``predictor_step``, ``join_step``),
 so they decode exactly what the TFLite export runs. Blank is id 0; the predictor starts from SOS = blank.
 Scores are sums of log-probabilities along the chosen alignment (greedy: every chosen symbol incl. blanks;
 beam: log-sum over the merged alignments of a hypothesis, at most one symbol per frame).
@@ -47,7 +47,7 @@ def _greedy_frames(model, enc, enc_lengths, pred, state, max_symbols: int):
             if tf.reduce_any(emit):
                 emitted = emitted.write(n, tf.where(emit, token, -1))
                 n += 1
-                new_pred, new_state = model.predict_step(token, state)
+                new_pred, new_state = model.predictor_step(token, state)
                 pred = tf.where(emit[:, None], new_pred, pred)
                 state = {k: tf.where(emit[:, None], new_state[k], v) for k, v in state.items()}
             active = emit
@@ -65,7 +65,7 @@ def _functions(model) -> dict:
             ),
             "encode": tf.function(model.encode, reduce_retracing=True),
             "encode_chunk": tf.function(model.encode_chunk),
-            "predict_step": tf.function(model.predict_step, reduce_retracing=True),
+            "predictor_step": tf.function(model.predictor_step, reduce_retracing=True),
             "join_step": tf.function(model.join_step, reduce_retracing=True),
         }
     return _CACHE[model]
@@ -87,7 +87,7 @@ def greedy_search(
     fns = _functions(model)
     enc, enc_lengths = fns["encode"](features, tf.cast(feature_lengths, tf.int32))
     batch = tf.shape(enc)[0]
-    pred, state = fns["predict_step"](tf.zeros([batch], tf.int32), model.predictor_initial_state(batch))
+    pred, state = fns["predictor_step"](tf.zeros([batch], tf.int32), model.predictor_initial_state(batch))
     emissions, score, _, _ = fns["greedy"](enc, enc_lengths, pred, state, tf.constant(max_symbols_per_frame))
     hyps = _rows(emissions.numpy())
     return (hyps, score.numpy()) if return_scores else hyps
@@ -111,7 +111,7 @@ def streaming_greedy_search(model, features: tf.Tensor, max_symbols_per_frame: i
         "subsampling_factor"
     ]
     enc_state = model.encoder_initial_state(1)
-    pred, state = fns["predict_step"](tf.zeros([1], tf.int32), model.predictor_initial_state(1))
+    pred, state = fns["predictor_step"](tf.zeros([1], tf.int32), model.predictor_initial_state(1))
     tokens: list[int] = []
     for c in range((int(padded.shape[1]) - la) // cf):
         enc, enc_state = fns["encode_chunk"](padded[:, c * cf : c * cf + cf + la], enc_state)
@@ -151,7 +151,7 @@ def _modified_beam_search(fns, enc: tf.Tensor, pred0: tf.Tensor, state0: dict, b
                 expand.append((key, keys[parent], token))
         if expand:
             parent_states = {n: tf.stack([hyps[p][2][n] for _, p, _ in expand]) for n in state0}
-            out, out_state = fns["predict_step"](
+            out, out_state = fns["predictor_step"](
                 tf.constant([tok for _, _, tok in expand], tf.int32), parent_states
             )
             for i, (key, _, _) in enumerate(expand):
@@ -167,7 +167,7 @@ def beam_search(model, features: tf.Tensor, feature_lengths: tf.Tensor, beam: in
         raise ValueError(f"beam must be >= 1, got {beam}")
     fns = _functions(model)
     enc, enc_lengths = fns["encode"](features, tf.cast(feature_lengths, tf.int32))
-    pred0, state0 = fns["predict_step"](tf.zeros([1], tf.int32), model.predictor_initial_state(1))
+    pred0, state0 = fns["predictor_step"](tf.zeros([1], tf.int32), model.predictor_initial_state(1))
     hyps, scores = [], []
     for b in range(int(enc.shape[0])):
         best, score = _modified_beam_search(fns, enc[b, : int(enc_lengths[b])], pred0, state0, beam)[0]

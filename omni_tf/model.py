@@ -114,14 +114,14 @@ class Transducer(keras.Model):
     def call(self, batch: Mapping[str, tf.Tensor], training: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
         """batch: features [B,T,80], feature_lengths [B], tokens [B,U] -> (logits [B,T',U+1,V], [B])."""
         enc, enc_lengths = self.encode(batch["features"], batch["feature_lengths"], training=training)
-        pred = self.predict(batch["tokens"], training=training)
+        pred = self.predictor_forward(batch["tokens"], training=training)
         return self.join(enc[:, :, None, :], pred[:, None, :, :]), enc_lengths
 
     def encode(self, features: tf.Tensor, feature_lengths: tf.Tensor, training: bool = False):
         """features [B,T,80], lengths [B] -> (enc [B, ceil(T/CF)*chunk_enc, D], enc_lengths = ceil(len/4))."""
         return self.encoder(features, feature_lengths, training=training)
 
-    def predict(self, labels: tf.Tensor, training: bool = False) -> tf.Tensor:
+    def predictor_forward(self, labels: tf.Tensor, training: bool = False) -> tf.Tensor:
         """labels [B,U] -> [B, U+1, P] (blank 0 prepended as SOS)."""
         return self.predictor(labels, training=training)
 
@@ -140,7 +140,7 @@ class Transducer(keras.Model):
     def predictor_initial_state(self, batch: int) -> dict[str, tf.Tensor]:
         return self.predictor.initial_state(batch)
 
-    def predict_step(self, token: tf.Tensor, state: dict[str, tf.Tensor]):
+    def predictor_step(self, token: tf.Tensor, state: dict[str, tf.Tensor]):
         """token [B] int32 (0 = blank/SOS), state -> (pred [B,P], state)."""
         return self.predictor.step(token, state)
 

@@ -54,7 +54,7 @@ def test_greedy_score_is_sum_of_chosen_log_probs(model):
         model, FEATURES[2:3, :9], LENGTHS[2:3], max_symbols_per_frame=1, return_scores=True
     )
     enc, enc_lengths = model.encode(FEATURES[2:3, :9], LENGTHS[2:3])
-    pred, state = model.predict_step(tf.zeros([1], tf.int32), model.predictor_initial_state(1))
+    pred, state = model.predictor_step(tf.zeros([1], tf.int32), model.predictor_initial_state(1))
     total, tokens = 0.0, []
     for t in range(int(enc_lengths[0])):  # reference: plain python greedy, one symbol per frame
         log_probs = model.join_step(enc[:, t], pred).numpy()[0]
@@ -62,7 +62,7 @@ def test_greedy_score_is_sum_of_chosen_log_probs(model):
         total += log_probs[k]
         if k != 0:
             tokens.append(k)
-            pred, state = model.predict_step(tf.constant([k]), state)
+            pred, state = model.predictor_step(tf.constant([k]), state)
     assert hyps[0] == tokens
     np.testing.assert_allclose(scores[0], total, rtol=1e-5)
 

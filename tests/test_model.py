@@ -5,6 +5,7 @@ import inspect
 import numpy as np
 import pytest
 import tensorflow as tf
+import tf_keras as keras
 
 import omni_tf  # noqa: F401
 from omni_tf.configs import model as model_configs
@@ -89,10 +90,10 @@ def test_call_shapes_and_heads_agree():
     assert logits.shape == (2, 16, 4, 11)  # ceil(50/16)=4 chunks of 4 encoder frames
     np.testing.assert_array_equal(logit_lengths.numpy(), [13, 6])
     enc, _ = model.encode(batch["features"], batch["feature_lengths"])
-    pred = model.predict(batch["tokens"])
+    pred = model.predictor_forward(batch["tokens"])
     state = model.predictor_initial_state(2)
-    p0, state = model.predict_step(tf.zeros([2], tf.int32), state)
-    p1, _ = model.predict_step(batch["tokens"][:, 0], state)
+    p0, state = model.predictor_step(tf.zeros([2], tf.int32), state)
+    p1, _ = model.predictor_step(batch["tokens"][:, 0], state)
     np.testing.assert_allclose(p1.numpy(), pred[:, 1].numpy(), atol=1e-5)
     log_probs = model.join_step(enc[:, 5], p0).numpy()
     np.testing.assert_allclose(log_probs, tf.nn.log_softmax(logits[:, 5, 0]).numpy(), atol=1e-4)
@@ -196,3 +197,10 @@ def test_presets_build(preset, low, high):
         }
         logits, _ = model(batch)
         assert logits.shape == (1, 12, 2, config.vocab_size)
+
+
+def test_transducer_overrides_only_keras_model_hooks():
+    """Transducer's own methods never shadow a keras.Model API (``predict`` / ``predict_step`` once did:
+    ``model.predict(dataset)`` then ran the predictor network instead of Keras inference)."""
+    hooks = {"__init__", "__doc__", "__module__", "build", "call", "get_config", "from_config"}
+    assert {n for n in vars(Transducer) if hasattr(keras.Model, n)} <= hooks

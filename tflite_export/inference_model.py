@@ -145,7 +145,7 @@ def _ensure_built(model) -> None:
     enc_state = model.encoder_initial_state(1)
     frames = model.chunk_frames + model.lookahead_frames
     enc, _ = model.encode_chunk(tf.zeros([1, frames, _num_mel(model)]), enc_state)
-    pred, _ = model.predict_step(tf.zeros([1], tf.int32), model.predictor_initial_state(1))
+    pred, _ = model.predictor_step(tf.zeros([1], tf.int32), model.predictor_initial_state(1))
     model.join_step(enc[:, 0], pred)
 
 
@@ -200,7 +200,7 @@ class StreamingInferenceModule(tf.Module):
         self.predictor_state = _state_specs(model.predictor_initial_state(1), "state")
         enc, _ = model.encode_chunk(tf.zeros([1, self.input_frames, self.num_mel_bins]),
                                     model.encoder_initial_state(1))
-        pred, _ = model.predict_step(tf.zeros([1], tf.int32), model.predictor_initial_state(1))
+        pred, _ = model.predictor_step(tf.zeros([1], tf.int32), model.predictor_initial_state(1))
         self.encoder_dim, self.pred_dim = int(enc.shape[-1]), int(pred.shape[-1])
         self.vocab_size = int(model.join_step(enc[:, 0], pred).shape[-1])
 
@@ -233,7 +233,7 @@ class StreamingInferenceModule(tf.Module):
 
     def _predict(self, token, *states):
         state = {s.key: v for s, v in zip(self.predictor_state, states, strict=True)}
-        pred, new = self.model.predict_step(tf.reshape(token, [1]), state)
+        pred, new = self.model.predictor_step(tf.reshape(token, [1]), state)
         out = {"pred_out": pred}
         out.update({s.output_name: new[s.key] for s in self.predictor_state})
         return out
