@@ -2,8 +2,9 @@
 
 Dimension key: B batch, T feature frames, T' encoder frames, D d_model, P predictor dim, V vocab.
 
-All searches use the model's contract heads (``encode`` / ``encode_chunk``, ``predictor_step``, ``join_step``),
-so they decode exactly what the TFLite export runs. Blank is id 0; the predictor starts from SOS = blank.
+All searches use the model's contract heads (``encode`` / ``encode_chunk``, ``predictor_step``,
+``join_step``), so they decode exactly what the TFLite export runs. Blank is id 0; the predictor starts
+from SOS = blank.
 Scores are sums of log-probabilities along the chosen alignment (greedy: every chosen symbol incl. blanks;
 beam: log-sum over the merged alignments of a hypothesis, at most one symbol per frame).
 """

@@ -34,6 +34,23 @@ def test_update_cadence_window_and_end_step():
     assert not bool(sched.is_frozen(44)) and bool(sched.is_frozen(45))
 
 
+def test_ranking_targets_follow_the_last_ranking_point():
+    """Driven by a schedule step that can jump (a time budget), no ranking point is lost for good."""
+    sched = LevelSchedule(lv.DEFAULT_LEVELS, begin_step=10, end_step=45, frequency=10)
+    assert [sched.ranking_step(t) for t in (0, 9, 10, 19, 20, 44, 45, 90)] == [-1, -1, 10, 10, 20, 40, 45, 45]
+    np.testing.assert_allclose(sched.ranking_targets(5).numpy(), 0.0)
+    np.testing.assert_allclose(sched.ranking_targets(27).numpy(), sched.sparsities(20).numpy())
+    np.testing.assert_allclose(sched.ranking_targets(60).numpy(), lv.DEFAULT_LEVELS, atol=1e-6)
+    # The on-grid steps of a step-driven run re-rank exactly where tfmot's cadence does.
+    changes, last = [], np.zeros(7, np.float32)
+    for t in range(80):
+        targets = sched.ranking_targets(t).numpy()
+        if not np.array_equal(targets, last):
+            changes.append(t)
+            last = targets
+    assert changes == [20, 30, 40, 45]  # 10 ranks at all-zero targets: the initial (dense) state
+
+
 def test_dense_warmup():
     sched = LevelSchedule(lv.DEFAULT_LEVELS, begin_step=10, end_step=20, frequency=1)
     assert bool(sched.in_warmup(9)) and not bool(sched.in_warmup(10))

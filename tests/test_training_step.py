@@ -3,12 +3,13 @@ import json
 import os
 
 import numpy as np
+import pytest
 import tensorflow as tf
 import tf_keras as keras
 
 import omni_tf  # noqa: F401
 from omni_tf.losses.rnnt import rnnt_loss
-from omni_tf.training import loop, sources
+from omni_tf.training import loop, optim, sources
 from omni_tf.training.step import TrainStep
 from tests.training_helpers import tiny_config
 
@@ -107,3 +108,70 @@ def test_wall_clock_budget_stops_with_a_checkpoint(tmp_path):
     metrics = loop.train(config, str(tmp_path), sources.RandomFeatureSource(16, num_batches=2))
     assert metrics["stopped_by"] == "max_minutes" and metrics["step"] == 0
     assert metrics["checkpoint"].endswith("ckpt-0") and os.path.exists(metrics["checkpoint"] + ".index")
+
+
+def test_loss_scale_optimizer_skips_nonfinite_and_halves_its_scale():
+    config = tiny_config("dense")
+    strategy, state, _ = _state_and_step(config)
+    with strategy.scope():
+        opt = keras.mixed_precision.LossScaleOptimizer(keras.optimizers.Adam(1e-3), initial_scale=8.0)
+        opt.build(state.model.trainable_variables)
+    fn = TrainStep(state.model, opt, strategy, rnnt_loss, state.counters, None, clip_norm=5.0)
+    src = sources.RandomFeatureSource(16, num_batches=2, nan_batch=1)
+    before = [w.copy() for w in state.model.get_weights()]
+    out = fn([_dist(strategy, src.batch(0, 1))], np.zeros([1, 1], np.int32))
+    assert not bool(out["applied"]) and float(opt.loss_scale) == 4.0
+    for a, b in zip(before, state.model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    out = fn([_dist(strategy, src.batch(0, 0))], np.zeros([1, 1], np.int32))
+    assert bool(out["applied"]) and float(opt.loss_scale) == 4.0 and int(opt.dynamic_counter) == 1
+    assert all(np.isfinite(w).all() for w in state.model.get_weights())
+    assert state.counters.as_dict()["skipped_nonfinite"] == 1
+
+
+class _FakeTime:
+    """``time.monotonic`` advancing ``per_call`` seconds per call: the loop reads it once per step."""
+
+    def __init__(self, per_call: float):
+        self.now, self.per_call = 0.0, per_call
+
+    def monotonic(self) -> float:
+        self.now += self.per_call
+        return self.now
+
+
+def test_time_budget_ends_with_frozen_masks_and_decayed_rate_on_a_slow_or_fast_machine(tmp_path, monkeypatch):
+    """max_steps 6, masks ramp over steps 1-4 and freeze at 4, budget 1 minute. A fast machine (5 s per step)
+    runs out of steps first; a 3x slower one (20 s per step) runs out of time after 2 steps, and its schedules
+    ran on the time progress: the masks froze at their final targets during training (no late ranking at
+    stop) and the clock ends at the schedule's end, where the rate is at its floor."""
+    warnings = []
+    monkeypatch.setattr(loop.logging, "warning", lambda msg, *args: warnings.append(msg % args))
+    for per_step, stopped_by, steps in ((5.0, "max_steps", 6), (20.0, "max_minutes", 2)):
+        config = tiny_config("omni")
+        config.training.max_minutes = 1.0
+        monkeypatch.setattr(loop, "time", _FakeTime(per_step))
+        workdir = str(tmp_path / f"run_{per_step:g}")
+        metrics = loop.train(config, workdir, sources.RandomFeatureSource(16, num_batches=2))
+        assert (metrics["stopped_by"], metrics["step"], metrics["schedule_step"]) == (stopped_by, steps, 6)
+        assert not any("before the sparsity schedule ranked" in w for w in warnings), warnings
+        state = loop.TrainState(config, loop.make_strategy(config.training))
+        tf.train.Checkpoint(**state.trackables()).restore(metrics["checkpoint"]).assert_existing_objects_matched()
+        np.testing.assert_allclose(state.masks.current_sparsities.numpy(), config.sparsity.levels, atol=1e-6)
+        floor = config.training.learning_rate * config.training.min_lr_ratio
+        assert float(optim.ProgressSchedule(optim.make_schedule(config.training), state.progress)(0)) \
+            == pytest.approx(floor, rel=1e-4)
+
+
+def test_checkpoint_without_progress_clock_still_restores(tmp_path):
+    """Checkpoints written before the progress clock existed resume; the clock starts at their step."""
+    config = tiny_config("omni")
+    state = loop.TrainState(config, loop.make_strategy(config.training))
+    state.counters.step.assign(3)
+    legacy = {k: v for k, v in state.trackables().items() if k != "progress"}
+    tf.train.CheckpointManager(tf.train.Checkpoint(**legacy), str(tmp_path / "ckpt"), 3,
+                               checkpoint_name="ckpt").save(checkpoint_number=3)
+    config.training.max_steps = 4
+    metrics = loop.train(config, str(tmp_path), sources.RandomFeatureSource(16, num_batches=2))
+    assert metrics["restored_from"].endswith("ckpt-3") and metrics["step"] == 4
+    assert metrics["schedule_step"] == 4

@@ -8,11 +8,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.strategy = "one_device"  # one_device | mirrored | multi_worker
     c.device = ""  # "" picks GPU:0 if present else CPU:0
     c.max_steps = 8000
-    c.max_minutes = 0.0  # wall-clock budget; 0 = none
+    c.max_minutes = 0.0  # wall-clock budget over all resumes; 0 = none. Schedules end with it (progress.py)
     c.learning_rate = 1.5e-3
     c.warmup_steps = 800
-    c.decay = "cosine"  # cosine | noam | constant
-    c.min_lr_ratio = 0.05
+    c.decay = "cosine"  # cosine | eden | constant; on the progress clock (omni_tf/training/progress.py)
+    c.min_lr_ratio = 0.05  # cosine: final rate / learning_rate
+    c.eden_steps = 5000  # eden: steps after which the rate falls noticeably (icefall's lr_batches)
+    c.eden_progress = 0.3  # eden: its second factor's scale in progress (0 = off; icefall's lr_epochs)
     c.adam_epsilon = 1e-9
     c.weight_decay = 1e-6
     c.clip_norm = 5.0

@@ -11,6 +11,12 @@ so all levels ramp by the same factor and stay ordered. Rankings are recomputed 
 ``t == end_step`` even when ``frequency`` does not divide the window, so the frozen ranking always uses the
 final targets; after ``end_step`` they stay frozen. With ``dense_warmup`` the trainer trains only the dense
 model before ``begin_step`` (every subnet is dense then anyway: all current targets are 0).
+
+The trainer drives the schedule with the *schedule step* of ``omni_tf.training.progress`` (the step, or ahead
+of it when a time budget binds), which may advance by more than one per train step; it therefore asks for
+``ranking_targets(t)`` (the targets of the last ranking point at or before ``t``) and re-ranks when they
+differ from the masks' current targets, so no ranking point is skipped for good and ``end_step`` is never
+missed.
 """
 from __future__ import annotations
 
@@ -71,6 +77,21 @@ class LevelSchedule:
     def __call__(self, step: int | tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """``(update_now bool [], current sparsities float32 [K])`` - tfmot's ``(should_prune, sparsity)``."""
         return self.should_update(step), self.sparsities(step)
+
+    def ranking_step(self, step: int) -> int:
+        """The last ranking point ``<= step``: ``begin_step + k * frequency`` inside the window,
+        ``end_step`` from it on, and -1 before ``begin_step`` (no ranking yet)."""
+        step = int(step)
+        if step < self.begin_step:
+            return -1
+        if step >= self.end_step:
+            return self.end_step
+        return self.begin_step + (step - self.begin_step) // self.frequency * self.frequency
+
+    def ranking_targets(self, step: int) -> tf.Tensor:
+        """float32 ``[K]``: the targets the rankings should hold at ``step`` (``sparsities`` at
+        ``ranking_step(step)``; zeros before ``begin_step``, the final set ``S`` from ``end_step``)."""
+        return self.sparsities(max(self.ranking_step(step), 0))
 
     def in_warmup(self, step: int | tf.Tensor) -> tf.Tensor:
         """Bool scalar: dense-only training at ``step`` (``dense_warmup`` and ``step < begin_step``)."""

@@ -1,11 +1,17 @@
 """Supernet training: ``train(config, workdir) -> metrics`` for modes dense / pruned / omni.
 
-Phases: strategy -> state (model, Adam, masks, counters; restored from ``<workdir>/ckpt`` when present) ->
-loop (per step: re-rank on the schedule, sample subnets keyed on (seed, step), one ``TrainStep``, log,
-summarise, checkpoint) -> final checkpoint + metrics. Restarting the same command resumes exactly: weights,
-optimizer moments, survival levels, step and data position (epoch, batches consumed) come from the
-checkpoint, subnet sampling is a pure function of (seed, step), and the data source is deterministic per
-epoch, so the resumed epoch is re-built and the consumed batches skipped.
+Phases: strategy -> state (model, Adam, masks, counters, progress clock; restored from ``<workdir>/ckpt``
+when present) -> loop (per step: re-rank on the sparsity schedule, sample subnets keyed on (seed, step), one
+``TrainStep``, advance the progress clock, log, summarise, checkpoint) -> final checkpoint + metrics.
+Restarting the same command resumes exactly: weights, optimizer moments, survival levels, step, data
+position (epoch, batches consumed) and the progress clock come from the checkpoint, subnet sampling is a
+pure function of (seed, step), and the data source is deterministic per epoch, so the resumed epoch is
+re-built and the consumed batches skipped.
+
+Schedules run on the progress clock (``omni_tf.training.progress``): the learning rate, the sparsity ramp
+and the dense warm-up read the *schedule step*, which is the step unless ``max_minutes`` binds first, then
+runs ahead of it so that the rate has decayed and the masks are frozen and fine-tuned when the budget ends,
+on a machine of any speed. ``max_minutes`` counts the training time of every invocation of the workdir.
 
 Modes: ``dense`` (no masks), ``pruned`` (levels ``(0, target_sparsity)``, always the target level after the
 dense warm-up: the individually pruned baseline), ``omni`` (the supernet; ``config.sparsity.sampler``).
@@ -31,6 +37,7 @@ from omni_tf.sparsity.masking import SupernetMasks
 from omni_tf.sparsity.schedule import LevelSchedule
 from omni_tf.training import optim, summaries
 from omni_tf.training.checkpoint import CheckpointKeeper, TrainCounters
+from omni_tf.training.progress import TrainingProgress
 from omni_tf.training.sources import ManifestSource
 from omni_tf.training.step import TrainStep
 
@@ -79,10 +86,10 @@ class TrainState:
         with strategy.scope():
             self.model = build_model(config.model)
             self.model.build()
-            self.optimizer = optim.make_optimizer(t)
+            self.progress = TrainingProgress(t.max_steps, t.max_minutes)
+            self.optimizer = optim.make_optimizer(t, self.progress, loss_scale=self.mixed)
             self.optimizer.build(self.model.trainable_variables)
             self.counters = TrainCounters()
-            self.loss_scale = optim.DynamicLossScale() if self.mixed else None
         # Survival levels are plain local variables, outside the scope: MultiWorkerMirrored cannot broadcast
         # int8 initial values, and they are only read/written in cross-replica context. Every worker computes
         # the same rankings from the same (mirrored) kernels.
@@ -96,11 +103,11 @@ class TrainState:
                                           sp.power, sp.get("dense_warmup", True))
 
     def trackables(self) -> dict[str, Any]:
-        objs = {"model": self.model, "optimizer": self.optimizer, "counters": self.counters}
+        # A LossScaleOptimizer saves like its Adam plus a "loss_scale" child (current scale, good steps).
+        objs = {"model": self.model, "optimizer": self.optimizer, "counters": self.counters,
+                "progress": self.progress}
         if self.masks is not None:
             objs["masks"] = self.masks
-        if self.loss_scale is not None:
-            objs["loss_scale"] = self.loss_scale
         return objs
 
 
@@ -180,51 +187,59 @@ def run(config: ml_collections.ConfigDict, workdir: str, source: DataSource,
     strategy = make_strategy(t)
     state = TrainState(config, strategy)
     keeper = CheckpointKeeper(workdir, state.trackables(), t.keep_checkpoints, strategy)
-    restored = keeper.restore_or_initialize()
+    restored = _restore(keeper, state)
     chief = keeper.chief
-    counters, masks = state.counters, state.masks
+    counters, masks, clock = state.counters, state.masks, state.progress
     if restored:
         logging.info("resumed from %s at %s", restored, counters.as_dict())
     step_fn = TrainStep(state.model, state.optimizer, strategy, rnnt_loss, counters, masks,
-                        config.sparsity.distill_weight if t.mode == "omni" else 0.0, t.clip_norm,
-                        state.loss_scale)
+                        config.sparsity.distill_weight if t.mode == "omni" else 0.0, t.clip_norm)
     writer = summaries.SummaryWriter(workdir, enabled=chief)
     batches = _Batches(source, strategy, counters)
+    # meter: the recent rate (reset at every log line and after this invocation's first step, whose time is
+    # tracing plus the one-off feature-cache build); total_meter: every step, for the final metrics.
     meter, total_meter = summaries.RateMeter(), summaries.RateMeter()
-    start, stopped_by, out = time.monotonic(), "max_steps", None
+    start, out = time.monotonic(), None
+    seconds_before = float(clock.seconds.numpy())  # trained by earlier invocations of this workdir
+
+    def trained_seconds() -> float:
+        return _agree(strategy, seconds_before + time.monotonic() - start)
+
     sampler = make_level_sampler(config, masks)
     distill = t.mode == "omni" and config.sparsity.distill_weight > 0
-    step = last_saved = int(counters.step.numpy())
-    while step < t.max_steps:
-        if t.max_minutes and time.monotonic() - start > 60.0 * t.max_minutes:
-            stopped_by = "max_minutes"
-            break
+    step = last_saved = first_step = int(counters.step.numpy())
+    clock.update(step, trained_seconds())
+    while (stopped_by := clock.done(step)) is None:
+        schedule_step = int(clock.schedule_step.numpy())
         warmup = False
         if state.schedule is not None:
-            update, sparsities = state.schedule(step)
-            if bool(update):
-                masks.update_rankings(sparsities)
-            warmup = bool(state.schedule.in_warmup(step))
+            targets = state.schedule.ranking_targets(schedule_step).numpy()
+            if not np.array_equal(targets, masks.current_sparsities.numpy()):
+                masks.update_rankings(targets)
+            warmup = bool(state.schedule.in_warmup(schedule_step))
         levels = sample_levels(sampler, step, warmup, distill)
         micro = [batches.next() for _ in range(max(1, t.grad_accum_steps))]
         step_fn.element_spec = step_fn.element_spec or batches.element_spec
         out = step_fn(micro, levels)
         step += 1
+        clock.update(step, trained_seconds())
         applied = bool(out["applied"])
         if not applied:
             _log_nonfinite(out, step)
         utts, frames = int(out["utts"]), int(out["frames"])
         meter.add(1, utts, frames)
         total_meter.add(1, utts, frames)
+        if step == first_step + 1:
+            meter.reset()
         if on_step is not None:
             on_step(step, out)
         if chief and step % max(1, t.summary_every) == 0:
             _write_summaries(writer, step, out, levels, state, meter.rates())
         if chief and step % max(1, t.log_every) == 0:
             r = meter.rates()
-            lr = _current_lr(state)
-            logging.info(summaries.progress_line(step, t.max_steps, float(out["loss"]), lr, r["steps_per_s"],
-                                                 r["utts_per_s"], time.monotonic() - start))
+            logging.info(summaries.progress_line(
+                step, t.max_steps, float(out["loss"]), _current_lr(state), r["steps_per_s"], r["utts_per_s"],
+                float(clock.seconds.numpy()), budget_s=60.0 * t.max_minutes, progress=clock.value))
             meter.reset()
         if step % max(1, t.checkpoint_every) == 0 and step < t.max_steps:
             keeper.save(step)
@@ -234,6 +249,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, source: DataSource,
     writer.flush()
     rates = total_meter.rates()
     metrics = {"step": step, "stopped_by": stopped_by, "elapsed_s": time.monotonic() - start,
+               "trained_s": float(clock.seconds.numpy()), "schedule_step": int(clock.schedule_step.numpy()),
                "skipped_nonfinite": int(counters.skipped_nonfinite.numpy()),
                "optimizer_iterations": int(state.optimizer.iterations.numpy()),
                "loss": float(out["loss"]) if out is not None else float("nan"),
@@ -243,6 +259,32 @@ def run(config: ml_collections.ConfigDict, workdir: str, source: DataSource,
             json.dump(metrics, f, indent=1)
     keras.mixed_precision.set_global_policy("float32")
     return metrics
+
+
+def _restore(keeper: CheckpointKeeper, state: TrainState) -> str | None:
+    """Restores the newest checkpoint; one written before the progress clock existed restores without it,
+    and the clock starts at the restored step (its training time is unknown: counted as 0)."""
+    path = keeper.latest
+    if path is None or any(name.startswith("progress/") for name, _ in tf.train.list_variables(path)):
+        return keeper.restore_or_initialize()
+    legacy = {k: v for k, v in state.trackables().items() if k != "progress"}
+    try:
+        tf.train.Checkpoint(**legacy).restore(path).assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.OpError) as e:
+        raise ValueError(f"checkpoint {path} does not match this model/config: {e}") from e
+    state.progress.schedule_step.assign(state.counters.step)
+    logging.warning("checkpoint %s has no progress clock (written by an older version): schedules continue "
+                    "from step %d, the time budget from 0", path, int(state.counters.step.numpy()))
+    return path
+
+
+def _agree(strategy: tf.distribute.Strategy, seconds: float) -> float:
+    """The same training time on every worker (their mean), so that all take the same schedule step and stop
+    at the same step; the local time with a single worker."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return seconds
+    per_replica = strategy.run(lambda: tf.constant(seconds, tf.float32))
+    return float(strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None))
 
 
 def _current_lr(state: TrainState) -> float:

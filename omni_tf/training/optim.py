@@ -1,91 +1,128 @@
-"""Optimizer pieces: warm-up + decay learning-rate schedule, Adam, dynamic loss scale for mixed precision.
+"""Optimizer pieces: learning-rate schedules on the training progress, Adam, loss scaling for float16.
 
-Gradient clipping is done by the train step (after the cross-replica sum and the finite check), so the
-optimizer here is built without ``clipnorm``.
+Every schedule is a Keras ``LearningRateSchedule`` of one argument, the 1-based index of the update being
+made on the *schedule step* of ``omni_tf.training.progress`` (equal to the step unless a ``max_minutes``
+budget binds, then ahead of it so that the decay ends with the budget). ``ProgressSchedule`` feeds the
+optimizer from the checkpointed ``TrainingProgress`` instead of ``optimizer.iterations``, so the rate is a
+pure function of the progress and a restored checkpoint resumes at the same rate.
+
+``training.decay``:
+- ``cosine``: tf_keras ``CosineDecay`` with its linear warm-up (0 -> ``learning_rate`` over
+  ``warmup_steps``), then a half cosine down to ``learning_rate * min_lr_ratio`` at ``max_steps``.
+- ``eden``: icefall's Eden schedule (``Eden`` below), which needs no step horizon.
+- ``constant``: the warm-up, then ``learning_rate``.
+
+Loss scaling for mixed float16 is tf_keras' ``LossScaleOptimizer`` (dynamic scale: halved on non-finite
+gradients, doubled after 2000 finite steps). Gradient clipping is done by the train step (after the
+cross-replica sum and the finite check), so the optimizer is built without ``clipnorm``.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 import tensorflow as tf
 import tf_keras as keras
 
 import omni_tf  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from omni_tf.training.progress import TrainingProgress
 
-DECAYS = ("cosine", "noam", "constant")
+DECAYS = ("cosine", "eden", "constant")
 
 
-class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up to ``peak_lr`` over ``warmup_steps``, then cosine, noam (1/sqrt) or constant decay.
+class Eden(keras.optimizers.schedules.LearningRateSchedule):
+    """Eden learning rate (icefall, ``egs/librispeech/ASR/zipformer/optim.py``, D. Povey 2022).
 
-    cosine: from peak to ``peak_lr * min_lr_ratio`` at ``total_steps``; noam: ``peak * sqrt(warmup / step)``
-    floored at ``peak_lr * min_lr_ratio``. ``step`` counts applied updates from 0.
+        lr(s) = peak * ((s^2 + S^2) / S^2)^-0.25 * ((p^2 + P^2) / P^2)^-0.25 * min(s / warmup_steps, 1)
+
+    ``s`` is the 1-based update index (schedule step), ``S = lr_steps`` the step count after which the rate
+    falls noticeably; the decay is a power law in the step and needs no horizon. icefall's second factor runs
+    on epochs and its documentation allows any measure of the data seen instead, set to a fraction of the
+    run; here it runs on the training progress ``p = s / max_steps`` with ``P = lr_progress`` (0 turns the
+    factor off, leaving the step term alone). The warm-up is linear from 0, like the cosine schedule's
+    (icefall's starts at half the rate).
+
+    Raises ValueError for a non-positive ``peak_lr``, ``lr_steps`` or ``max_steps``, or negative
+    ``warmup_steps`` / ``lr_progress``.
     """
 
-    def __init__(self, peak_lr: float, warmup_steps: int, total_steps: int, decay: str = "cosine",
-                 min_lr_ratio: float = 0.05):
+    def __init__(self, peak_lr: float, lr_steps: float, warmup_steps: int, max_steps: int,
+                 lr_progress: float = 0.0):
         super().__init__()
-        if decay not in DECAYS:
-            raise ValueError(f"decay must be one of {DECAYS}, got {decay!r}")
-        if peak_lr <= 0 or warmup_steps < 0 or total_steps < 1 or not 0 <= min_lr_ratio <= 1:
-            raise ValueError(f"bad schedule: peak_lr={peak_lr} warmup_steps={warmup_steps} "
-                             f"total_steps={total_steps} min_lr_ratio={min_lr_ratio}")
-        self.peak_lr, self.warmup_steps = float(peak_lr), int(warmup_steps)
-        self.total_steps = int(total_steps)
-        self.decay, self.min_lr_ratio = decay, float(min_lr_ratio)
+        if peak_lr <= 0 or lr_steps <= 0 or max_steps < 1 or warmup_steps < 0 or lr_progress < 0:
+            raise ValueError(f"bad Eden schedule: peak_lr={peak_lr} lr_steps={lr_steps} "
+                             f"warmup_steps={warmup_steps} max_steps={max_steps} lr_progress={lr_progress}")
+        self.peak_lr, self.lr_steps, self.warmup_steps = float(peak_lr), float(lr_steps), int(warmup_steps)
+        self.max_steps, self.lr_progress = int(max_steps), float(lr_progress)
 
     def __call__(self, step):
-        step = tf.cast(step, tf.float32) + 1.0  # the first update uses a nonzero rate
-        peak, floor = self.peak_lr, self.peak_lr * self.min_lr_ratio
-        warm = float(max(self.warmup_steps, 1))
-        warmup_lr = peak * tf.minimum(step / warm, 1.0)
-        if self.decay == "constant":
-            decayed = tf.constant(peak)
-        elif self.decay == "noam":
-            decayed = tf.maximum(peak * tf.sqrt(warm / tf.maximum(step, warm)), floor)
-        else:
-            span = float(max(self.total_steps - self.warmup_steps, 1))
-            frac = tf.clip_by_value((step - self.warmup_steps) / span, 0.0, 1.0)
-            decayed = floor + 0.5 * (peak - floor) * (1.0 + tf.cos(math.pi * frac))
-        return tf.where(step <= self.warmup_steps, warmup_lr, decayed)
+        s = tf.cast(step, tf.float32)
+        lr = self.peak_lr * ((s**2 + self.lr_steps**2) / self.lr_steps**2) ** -0.25
+        if self.lr_progress > 0:
+            p, big_p = s / self.max_steps, self.lr_progress
+            lr *= ((p**2 + big_p**2) / big_p**2) ** -0.25
+        if self.warmup_steps > 0:
+            lr *= tf.minimum(s / self.warmup_steps, 1.0)
+        return lr
 
     def get_config(self) -> dict:
-        return {"peak_lr": self.peak_lr, "warmup_steps": self.warmup_steps, "total_steps": self.total_steps,
-                "decay": self.decay, "min_lr_ratio": self.min_lr_ratio}
+        return {"peak_lr": self.peak_lr, "lr_steps": self.lr_steps, "warmup_steps": self.warmup_steps,
+                "max_steps": self.max_steps, "lr_progress": self.lr_progress}
 
 
-def make_schedule(training_config: Mapping) -> WarmupDecay:
-    t = training_config
-    return WarmupDecay(t["learning_rate"], t["warmup_steps"], t["max_steps"], t["decay"], t["min_lr_ratio"])
+class ProgressSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """The optimizer's rate: ``inner(schedule_step + 1)`` read from a ``TrainingProgress``.
 
-
-def make_optimizer(training_config: Mapping) -> keras.optimizers.Adam:
-    """Adam on the warm-up schedule; decoupled weight decay when ``weight_decay > 0``."""
-    wd = float(training_config["weight_decay"])
-    return keras.optimizers.Adam(
-        learning_rate=make_schedule(training_config), beta_1=0.9, beta_2=0.98,
-        epsilon=float(training_config.get("adam_epsilon", 1e-9)),
-        weight_decay=wd if wd > 0 else None)
-
-
-class DynamicLossScale(tf.Module):
-    """Loss scale for float16: halves on non-finite gradients, doubles after ``growth_interval`` good steps.
-
-    Variables are created in the caller's strategy scope and checkpointed with the optimizer.
+    The optimizer's own ``iterations`` argument is ignored (skipped updates and time budgets do not move
+    it the same way); the inner schedule sees the 1-based index of the update being made, so the first
+    update has a nonzero warm-up rate.
     """
 
-    def __init__(self, initial: float = 2.0**15, growth_interval: int = 2000, name: str = "loss_scale"):
-        super().__init__(name=name)
-        agg = tf.VariableAggregation.ONLY_FIRST_REPLICA
-        self.scale = tf.Variable(initial, trainable=False, dtype=tf.float32, aggregation=agg)
-        self.good_steps = tf.Variable(0, trainable=False, dtype=tf.int64, aggregation=agg)
-        self.growth_interval = growth_interval
+    def __init__(self, inner: keras.optimizers.schedules.LearningRateSchedule, progress: TrainingProgress):
+        super().__init__()
+        self.inner, self.progress = inner, progress
 
-    def update(self, finite: tf.Tensor) -> None:
-        """Cross-replica update after a step whose gradients were (not) all finite."""
-        grow = tf.logical_and(finite, self.good_steps + 1 >= self.growth_interval)
-        self.scale.assign(tf.where(finite, tf.where(grow, self.scale * 2.0, self.scale),
-                                   tf.maximum(self.scale * 0.5, 1.0)))
-        self.good_steps.assign(tf.where(tf.logical_and(finite, tf.logical_not(grow)),
-                                        self.good_steps + 1, tf.zeros_like(self.good_steps)))
+    def __call__(self, step):
+        del step  # the progress, not the optimizer's iteration count, drives the schedule
+        return self.inner(tf.cast(self.progress.schedule_step, tf.float32) + 1.0)
+
+    def get_config(self) -> dict:
+        return {"inner": keras.optimizers.schedules.serialize(self.inner)}
+
+
+def make_schedule(training_config: Mapping) -> keras.optimizers.schedules.LearningRateSchedule:
+    """The step -> rate schedule named by ``training.decay`` (see module docstring).
+
+    Raises ValueError for an unknown decay or a bad rate / step count.
+    """
+    t = training_config
+    peak, warmup, total = float(t["learning_rate"]), int(t["warmup_steps"]), int(t["max_steps"])
+    if t["decay"] not in DECAYS:
+        raise ValueError(f"training.decay must be one of {DECAYS}, got {t['decay']!r}")
+    if peak <= 0 or warmup < 0 or total < 1 or not 0 <= t["min_lr_ratio"] <= 1:
+        raise ValueError(f"bad schedule: learning_rate={peak} warmup_steps={warmup} max_steps={total} "
+                         f"min_lr_ratio={t['min_lr_ratio']}")
+    if t["decay"] == "eden":
+        return Eden(peak, t["eden_steps"], warmup, total, t["eden_progress"])
+    decay_steps = max(total - warmup, 1) if t["decay"] == "cosine" else 1
+    alpha = float(t["min_lr_ratio"]) if t["decay"] == "cosine" else 1.0  # constant: floor = peak
+    if warmup == 0:
+        return keras.optimizers.schedules.CosineDecay(peak, decay_steps, alpha=alpha)
+    return keras.optimizers.schedules.CosineDecay(0.0, decay_steps, alpha=alpha, warmup_target=peak,
+                                                  warmup_steps=warmup)
+
+
+def make_optimizer(training_config: Mapping, progress: TrainingProgress,
+                   loss_scale: bool = False) -> keras.optimizers.Optimizer:
+    """Adam on ``ProgressSchedule(make_schedule(...), progress)``; decoupled weight decay when
+    ``weight_decay > 0``; wrapped in a dynamic ``keras.mixed_precision.LossScaleOptimizer`` when
+    ``loss_scale`` (mixed float16)."""
+    wd = float(training_config["weight_decay"])
+    adam = keras.optimizers.Adam(
+        learning_rate=ProgressSchedule(make_schedule(training_config), progress), beta_1=0.9, beta_2=0.98,
+        epsilon=float(training_config["adam_epsilon"]), weight_decay=wd if wd > 0 else None)
+    return keras.mixed_precision.LossScaleOptimizer(adam) if loss_scale else adam
+
+
+def inner_optimizer(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:
+    """The Adam inside a ``LossScaleOptimizer`` (the optimizer itself otherwise)."""
+    return getattr(optimizer, "inner_optimizer", optimizer)

@@ -13,7 +13,10 @@ by M and by S, so the cross-replica sum is the mean loss of the step, whatever t
 
 Non-finite loss or gradients: every replica sees the same all-reduced gradients, so every replica takes the
 same branch of a cross-replica ``tf.cond`` that skips ``apply_gradients``; the skip is counted in
-``counters.skipped_nonfinite``. With a ``DynamicLossScale`` (mixed float16) the scale is halved as well.
+``counters.skipped_nonfinite``. With a ``keras.mixed_precision.LossScaleOptimizer`` (mixed float16) the loss
+is scaled by it and the gradients unscaled; every step goes through its ``apply_gradients``, which skips the
+non-finite ones itself and halves its scale (a step skipped here for a non-finite loss with finite gradients
+is handed to it as non-finite gradients, so both skip the same steps).
 """
 from __future__ import annotations
 
@@ -21,9 +24,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import tensorflow as tf
+import tf_keras as keras
 
 from omni_tf.training.checkpoint import TrainCounters
-from omni_tf.training.optim import DynamicLossScale
 
 Batch = dict[str, Any]
 
@@ -53,18 +56,18 @@ class TrainStep:
     ``grad_norm`` (before clipping), ``applied`` (bool), ``utts`` and ``frames`` (global counts), plus
     ``per_utt_loss`` / ``ids``: lists of this process's per-replica tensors (to name bad utterances).
     Masks and optimizer slots must be built before the first call (no variable creation inside).
+    ``optimizer`` may be a ``keras.mixed_precision.LossScaleOptimizer`` (loss scaling for float16).
     ``element_spec`` (the distributed dataset's, with None batch/time dims) fixes the trace signature;
     without it shapes are relaxed by ``reduce_retracing`` (a few traces).
     """
 
     def __init__(self, model: tf.keras.Model, optimizer: Any, strategy: tf.distribute.Strategy,
                  loss_fn: Callable[..., tf.Tensor], counters: TrainCounters, masks: Any | None = None,
-                 distill_weight: float = 0.0, clip_norm: float = 0.0,
-                 loss_scale: DynamicLossScale | None = None, element_spec: Any = None):
+                 distill_weight: float = 0.0, clip_norm: float = 0.0, element_spec: Any = None):
         self.model, self.optimizer, self.strategy = model, optimizer, strategy
         self.loss_fn, self.counters, self.masks = loss_fn, counters, masks
         self.distill_weight, self.clip_norm = float(distill_weight), float(clip_norm)
-        self.loss_scale = loss_scale
+        self.scaled = isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer)
         self.element_spec = element_spec
         self._fns: dict[tuple[int, int], Callable] = {}
 
@@ -97,12 +100,12 @@ class TrainStep:
                 total = per_utt + self.distill_weight * distillation_kl(
                     logits, teacher, logit_lengths, batch["token_lengths"])
             loss = tf.reduce_sum(total) / n_global * scale
-            scaled = loss * self.loss_scale.scale if self.loss_scale is not None else loss
+            scaled = self.optimizer.get_scaled_loss(loss) if self.scaled else loss
         new = tape.gradient(scaled, variables)
         new = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
                for g, v in zip(new, variables, strict=True)]
-        if self.loss_scale is not None:
-            new = [g / self.loss_scale.scale for g in new]
+        if self.scaled:
+            new = self.optimizer.get_unscaled_gradients(new)
         if grads is not None:
             new = [a + b for a, b in zip(grads, new, strict=True)]
         frames = tf.reduce_sum(tf.cast(batch["feature_lengths"], tf.float32))
@@ -157,11 +160,17 @@ class TrainStep:
             st.run(self._apply, args=(grads,))
             return tf.constant(True)
 
-        applied = tf.cond(ok, apply_update, lambda: tf.constant(False))
+        def apply_scaled(grads):  # the LossScaleOptimizer skips non-finite gradients, updates its scale
+            poison = tf.where(ok, tf.constant(0.0), tf.constant(float("nan")))
+            self._apply([g + tf.cast(poison, g.dtype) for g in grads])
+
+        if self.scaled:
+            st.run(apply_scaled, args=(grads,))
+            applied = ok
+        else:
+            applied = tf.cond(ok, apply_update, lambda: tf.constant(False))
         self.counters.step.assign_add(1)
         self.counters.skipped_nonfinite.assign_add(tf.where(applied, tf.constant(0, tf.int64), 1))
-        if self.loss_scale is not None:
-            self.loss_scale.update(applied)
         sub = first(sub)[0]
         return {
             "loss": tf.reduce_mean(sub), "subnet_loss": sub, "grad_norm": first(norm)[0], "applied": applied,

@@ -27,16 +27,33 @@ def format_duration(seconds: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def progress_line(step: int, total: int, loss: float, lr: float, steps_per_s: float, utts_per_s: float,
-                  elapsed_s: float) -> str:
-    """``step 120/8000 (1.5%) loss 42.1000 lr 1.20e-04 2.31 steps/s 36.9 utts/s elapsed 0:00:52 ETA 0:56:51``.
+def eta_seconds(step: int, total: int, steps_per_s: float, trained_s: float = 0.0,
+                budget_s: float = 0.0) -> tuple[float, str]:
+    """``(seconds left, limit)`` until the first of the run's limits: ``total - step`` steps at the recent
+    rate ``steps_per_s`` ("max_steps"), or the rest of a time budget ``budget_s > 0`` after ``trained_s``
+    seconds ("max_minutes"). ``(nan, "")`` when neither is known (no rate yet, no budget)."""
+    by_steps = (total - step) / steps_per_s if steps_per_s > 0 else float("inf")
+    by_time = max(budget_s - trained_s, 0.0) if budget_s > 0 else float("inf")
+    if by_steps == by_time == float("inf"):
+        return float("nan"), ""
+    return (by_steps, "max_steps") if by_steps <= by_time else (by_time, "max_minutes")
 
-    ETA assumes the current rate for the remaining ``total - step`` steps.
+
+def progress_line(step: int, total: int, loss: float, lr: float, steps_per_s: float, utts_per_s: float,
+                  elapsed_s: float, budget_s: float = 0.0, progress: float | None = None) -> str:
+    """``step 120/8000 (1.5%) loss 42.1000 lr 1.20e-04 2.31 steps/s 36.9 utts/s elapsed 0:00:52 ETA 0:56:51
+    (max_steps)``.
+
+    ``steps_per_s`` is the recent rate (the loop leaves the first step's tracing and feature-cache build out
+    of it); ``elapsed_s`` the training time so far; the ETA is that of whichever limit comes first
+    (``eta_seconds``). The percentage is the training ``progress`` that drives the schedules when given
+    (``omni_tf.training.progress``), else ``step / total``.
     """
-    frac = step / total if total else 0.0
-    eta = (total - step) / steps_per_s if steps_per_s > 0 else float("nan")
+    frac = progress if progress is not None else (step / total if total else 0.0)
+    eta, limit = eta_seconds(step, total, steps_per_s, elapsed_s, budget_s)
     return (f"step {step}/{total} ({100 * frac:.1f}%) loss {loss:.4f} lr {lr:.2e} {steps_per_s:.2f} steps/s "
-            f"{utts_per_s:.1f} utts/s elapsed {format_duration(elapsed_s)} ETA {format_duration(eta)}")
+            f"{utts_per_s:.1f} utts/s elapsed {format_duration(elapsed_s)} ETA {format_duration(eta)}"
+            + (f" ({limit})" if limit else ""))
 
 
 class RateMeter:
