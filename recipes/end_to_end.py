@@ -258,6 +258,12 @@ class Options:
                 **({"sparse": self.sparse} if self.sparse != "auto" else {})}
 
 
+def train_seconds(train_metrics: Mapping[str, Any]) -> float:
+    """A training stage's time over every invocation of its workdir (``trained_s``; records written before
+    it existed: ``elapsed_s``, the last invocation's)."""
+    return float(train_metrics.get("trained_s", train_metrics.get("elapsed_s", 0.0)))
+
+
 def run_tiers(stages: Stages, out: str, config: ml_collections.ConfigDict, data_dir: str, test_manifest: str,
               opts: Options) -> tuple[list[dict], list[dict], dict]:
     """train omni -> budgets -> search -> evaluate -> export (-> individually pruned baselines).
@@ -284,7 +290,7 @@ def run_tiers(stages: Stages, out: str, config: ml_collections.ConfigDict, data_
     stages.run("export", opts.export_inputs(), lambda: export_tiers(
         config, workdir, data_dir, tier_configs, tier_dir, opts.quantization, test_manifest,
         opts.parity_utterances, OMNI_SERIES, opts.sparse))
-    seconds = train_metrics.get("elapsed_s")
+    seconds = train_seconds(train_metrics)
     rows = [report_row(load_manifests(os.path.join(tier_dir, t)), evals.get(t), seconds) for t in tiers]
     level_rows = [{**r, "series": OMNI_SERIES} for r in levels if r["name"] not in tiers]
     if opts.compare_individual:
@@ -311,5 +317,5 @@ def _individually_pruned(stages: Stages, out: str, config: ml_collections.Config
                lambda: export_tiers(c, workdir, data_dir, {name: 1}, os.path.join(out, "tiers"),
                                     opts.quantization, test_manifest, opts.parity_utterances, PRUNED_SERIES,
                                     opts.sparse))
-    row = report_row(load_manifests(os.path.join(out, "tiers", name)), ev[-1], metrics.get("elapsed_s"))
+    row = report_row(load_manifests(os.path.join(out, "tiers", name)), ev[-1], train_seconds(metrics))
     return row, [{**r, "series": f"{PRUNED_SERIES} {tier}"} for r in ev]

@@ -264,9 +264,9 @@ def load_checkpoint(model_config, ckpt_path: str, levels: tuple[float, ...] | No
     """``build_model(model_config)`` restored from a training checkpoint (dir or prefix).
 
     The training checkpoint (``omni_tf.training.checkpoint``) is ``tf.train.Checkpoint(model=...,
-    masks=SupernetMasks, optimizer=..., counters=...)``. With ``levels`` the survival levels are restored too
-    (returned as ``{kernel_name: int8 [in, out]}``); a checkpoint without masks (mode dense) gives None.
-    Returns (model, survival | None).
+    masks=SupernetMasks, optimizer=..., counters=..., progress=...)``. With ``levels`` the survival levels are
+    restored too (returned as ``{kernel_name: int8 [in, out]}``); a checkpoint without masks (mode dense)
+    gives None. Returns (model, survival | None).
     """
     from omni_tf.model import build_model  # noqa: PLC0415
 

@@ -84,7 +84,7 @@ def _synthetic_demo(c: ml_collections.ConfigDict) -> None:
     c.model.dropout = 0.0
     c.data.specaugment = False
     c.data.demo_utterances = 8000  # read by run_demo (corpus size; 7200 train utterances, 5.4 h)
-    c.training.max_steps = 2500  # cosine horizon; run_demo also stops at --max_minutes (1.3-4.8 steps/s seen)
+    c.training.max_steps = 2500  # cosine horizon, or --max_minutes when it binds first (1.3-4.8 steps/s seen)
     c.training.warmup_steps = 100
     c.training.learning_rate = 3e-3
     c.training.checkpoint_every = 250

@@ -1,7 +1,8 @@
 """Checkpoints of the whole training state, and resume.
 
-One ``tf.train.Checkpoint`` holds the model, the optimizer (moments + iterations), the supernet survival
-levels (``SupernetMasks``), the loss scale, and a ``TrainCounters`` module: step, data position (epoch and
+One ``tf.train.Checkpoint`` holds the model, the optimizer (moments + iterations; with mixed float16 the
+``LossScaleOptimizer``'s scale too), the supernet survival levels (``SupernetMasks``), the progress clock of
+the schedules (``omni_tf.training.progress``), and a ``TrainCounters`` module: step, data position (epoch and
 batches consumed in it), skipped-update counts. Sampling randomness is stateless, keyed on (seed, step), so
 no RNG state is saved.
 

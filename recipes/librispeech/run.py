@@ -10,7 +10,7 @@ Usage:
   python -m recipes.librispeech.run --librispeech_dir=/data/LibriSpeech --out=/data/omni_paper \
       --config.training.strategy=mirrored --compare_individual
   TF_CONFIG=... python -m recipes.librispeech.run ... --config.training.strategy=multi_worker
-  # smoke: any LibriSpeech-layout tree, a few steps (what tests/test_recipes_run.py does)
+  # smoke: any LibriSpeech-layout tree, a few steps (what tests/test_recipes.py does)
   python -m recipes.librispeech.run --librispeech_dir=TREE --out=/tmp/ls --max_steps=4 \
       --config=omni_tf/configs/experiment.py:tiny,smoke
 
@@ -95,7 +95,7 @@ def main(argv: list[str]) -> None:
         stages, out, config, data_dir, os.path.join(data_dir, f"{FLAGS.test_split}.tsv"), opts)
     preamble = (f"LibriSpeech {FLAGS.librispeech_dir}: train {','.join(FLAGS.train_splits)}, dev "
                 f"{FLAGS.dev_split}, test {FLAGS.test_split}; preset `{config.preset}`; omni training "
-                f"{train_metrics.get('step')} steps in {train_metrics.get('elapsed_s', 0) / 60:.1f} min; "
+                f"{train_metrics.get('step')} steps in {e2e.train_seconds(train_metrics) / 60:.1f} min; "
                 f"quantization {FLAGS.quantization}. Stages: {sum(stages.timings.values()) / 60:.1f} min.")
     e2e.print_report(rows, out, preamble, level_rows)
 

@@ -7,17 +7,20 @@ Usage (from the repository root):
   python -m recipes.synthetic.run_demo --out=runs/demo --tiers=watch:0.9,phone:0.7 \
       --config.model.num_layers=4                                               # any config field
 
-Stages (``<out>/stages/*.json`` records each finished one; running the same command again reuses them, and
-an interrupted training stage resumes from its checkpoint):
-  1 corpus   espeak-ng LibriSpeech-layout corpus in <out>/corpus (reused if made with the same flags)
-  2 prepare  manifests, bad-input reports, CMVN in <out>/data
-  3 spm      SentencePiece model <out>/data/spm.model
-  4 train    the omni supernet within --max_minutes (progress line with ETA)
-  5 levels   WER of every uniform sparsity level on the test split
-  6 search   per-layer levels for each tier's byte budget (--tiers: name:sparsity of the dense int8 size)
-  7 export   per tier: TFLite (--quantization), parity vs Keras, local LiteRT latency
-  8 compare  (--compare_individual) individually pruned models at the tiers' sparsities, same step budget
-  9 report   <out>/REPORT.md and <out>/pareto.png; the table is printed
+Stages (``<out>/stages/<name>.json`` records each finished one; running the same command again reuses them,
+and an interrupted training stage resumes from its checkpoint), in order:
+  corpus    espeak-ng LibriSpeech-layout corpus in <out>/corpus
+  prepare   manifests, bad-input reports, CMVN in <out>/data
+  spm       SentencePiece model <out>/data/spm.model
+  train     the omni supernet within --max_minutes (progress line with rate and ETA; the learning rate
+            and the sparsity ramp end with the budget, omni_tf/training/progress.py)
+  budgets   each tier's byte budget: the size of the uniform config at its sparsity (--tiers name:sparsity)
+  search    per-layer levels within each tier's budget
+  levels    WER of every uniform sparsity level and of the tier configs on the test split
+  export    per tier: TFLite (--quantization), parity vs Keras, local LiteRT latency
+  train_pruned_<tier>, levels_pruned_<tier>, export_pruned_<tier>
+            (--compare_individual) an individually pruned model per tier, same step budget
+Then (every run, not a stage) <out>/REPORT.md and <out>/pareto.png are written and the table printed.
 """
 from __future__ import annotations
 
@@ -93,7 +96,7 @@ def main(argv: list[str]) -> None:
                                                     os.path.join(data_dir, "test.tsv"), opts)
     preamble = (f"Synthetic corpus: {FLAGS.num_utterances or config.data.get('demo_utterances', 4000)} "
                 f"utterances (seed {FLAGS.seed}); preset `{config.preset}`; omni training "
-                f"{train_metrics.get('step')} steps in {train_metrics.get('elapsed_s', 0) / 60:.1f} min "
+                f"{train_metrics.get('step')} steps in {e2e.train_seconds(train_metrics) / 60:.1f} min "
                 f"(stopped by {train_metrics.get('stopped_by')}); quantization {FLAGS.quantization}; "
                 f"block {config.sparsity.block}. Stages: {sum(stages.timings.values()) / 60:.1f} min.")
     e2e.print_report(rows, out, preamble, level_rows)
