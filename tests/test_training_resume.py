@@ -49,8 +49,11 @@ def wait(proc: subprocess.Popen, log_path: str, timeout: float = 150) -> None:
 
 def checkpoint_values(prefix: str) -> dict[str, np.ndarray]:
     reader = tf.train.load_checkpoint(prefix)
+    # progress/seconds is the wall-clock training time: it differs between any two runs (and does not steer
+    # the schedules without a max_minutes budget).
     return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
-            if "save_counter" not in k and "_CHECKPOINTABLE_OBJECT_GRAPH" not in k}
+            if "save_counter" not in k and "_CHECKPOINTABLE_OBJECT_GRAPH" not in k
+            and not k.startswith("progress/seconds")}
 
 
 def assert_same_state(a: dict, b: dict, atol: float = 1e-5) -> None:
