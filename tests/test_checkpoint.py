@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 import omni_tf  # noqa: F401
+from omni_tf.training import checkpoint
 from omni_tf.training.checkpoint import CheckpointKeeper, TrainCounters
 
 
@@ -56,3 +57,87 @@ def test_mismatched_checkpoint_names_the_path(tmp_path):
     other = {"counters": TrainCounters(), "weights": tf.Variable(tf.zeros([4]))}
     with pytest.raises(ValueError, match="ckpt-1 does not match"):
         CheckpointKeeper(str(tmp_path), other).restore_or_initialize()
+
+
+def _three_checkpoints(tmp_path):
+    objs = _objects()
+    keeper = CheckpointKeeper(str(tmp_path), objs, max_to_keep=5)
+    for step in (1, 2, 3):
+        objs["weights"].assign(tf.fill([3], float(step)))
+        keeper.save(step)
+    return tmp_path / "ckpt"
+
+
+def _break(ckpt_dir, step: int, how: str) -> None:
+    if how == "index_deleted":
+        os.remove(ckpt_dir / f"ckpt-{step}.index")
+    else:  # data truncated
+        data = ckpt_dir / f"ckpt-{step}.data-00000-of-00001"
+        os.truncate(data, os.path.getsize(data) // 2)
+
+
+@pytest.mark.parametrize("how", ["index_deleted", "data_truncated"])
+def test_broken_latest_falls_back_with_a_warning_naming_it(tmp_path, how, monkeypatch):
+    ckpt_dir = _three_checkpoints(tmp_path)
+    _break(ckpt_dir, 3, how)
+    warnings = []
+    monkeypatch.setattr(checkpoint.logging, "warning", lambda msg, *a: warnings.append(msg % a))
+    fresh = _objects()
+    path = CheckpointKeeper(str(tmp_path), fresh).restore_or_initialize()
+    assert path.endswith("ckpt-2")
+    np.testing.assert_array_equal(fresh["weights"].numpy(), [2.0, 2.0, 2.0])
+    assert len(warnings) == 1 and str(ckpt_dir / "ckpt-3") in warnings[0]
+    # Evaluation and export resolve the same way.
+    assert checkpoint.resolve_checkpoint(str(ckpt_dir)).endswith("ckpt-2")
+
+
+def test_only_broken_checkpoints_fail_naming_each(tmp_path):
+    ckpt_dir = _three_checkpoints(tmp_path)
+    _break(ckpt_dir, 3, "data_truncated")
+    for step in (1, 2):
+        _break(ckpt_dir, step, "index_deleted")
+    with pytest.raises(checkpoint.CheckpointError) as err:
+        CheckpointKeeper(str(tmp_path), _objects()).restore_or_initialize()
+    assert [p for p, _ in err.value.broken] == [str(ckpt_dir / f"ckpt-{s}") for s in (3, 2, 1)]
+    for step in (1, 2, 3):
+        assert str(ckpt_dir / f"ckpt-{step}") in str(err.value)
+    with pytest.raises(checkpoint.CheckpointError, match="ckpt-3"):
+        checkpoint.resolve_checkpoint(str(ckpt_dir / "ckpt-3"))  # an explicit prefix is checked too
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        checkpoint.resolve_checkpoint(str(tmp_path / "empty"))
+
+
+def test_temp_folder_of_an_interrupted_save_is_removed_on_next_save(tmp_path):
+    ckpt_dir = _three_checkpoints(tmp_path)
+    temp = ckpt_dir / "ckpt-4_temp"
+    temp.mkdir()
+    (temp / "part-00000-of-00001.data-00000-of-00001").write_bytes(b"\x00" * 64)
+    keeper = CheckpointKeeper(str(tmp_path), _objects(4.0), max_to_keep=5)
+    assert keeper.restore_or_initialize().endswith("ckpt-3")
+    keeper.save(4)
+    assert not temp.exists() and (ckpt_dir / "ckpt-4.index").exists()
+
+
+def test_evaluation_and_export_fall_back_past_a_broken_latest(tmp_path):
+    from omni_tf.model import build_model
+    from omni_tf.sparsity.masking import SupernetMasks
+    from omni_tf.training import evaluation
+    from tests.training_helpers import tiny_config
+    from tflite_export import inference_model
+
+    config = tiny_config("omni")
+    model = build_model(config.model)
+    model.build()
+    masks = SupernetMasks(model, evaluation.supernet_levels(config), config.sparsity.block)
+    keeper = CheckpointKeeper(str(tmp_path), {"model": model, "masks": masks}, max_to_keep=5)
+    kernel = model.prunable_kernels()[0][1]
+    for step in (1, 2):
+        kernel.assign(tf.fill(kernel.shape, float(step)))
+        keeper.save(step)
+    _break(tmp_path / "ckpt", 2, "index_deleted")
+    restored, _ = evaluation.restore_supernet(config, str(tmp_path))
+    np.testing.assert_array_equal(restored.prunable_kernels()[0][1].numpy(), 1.0)
+    exported, survival = inference_model.load_checkpoint(config.model, str(tmp_path / "ckpt"),
+                                                         evaluation.supernet_levels(config))
+    np.testing.assert_array_equal(exported.prunable_kernels()[0][1].numpy(), 1.0)
+    assert survival is not None

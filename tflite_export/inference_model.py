@@ -269,12 +269,11 @@ def load_checkpoint(model_config, ckpt_path: str, levels: tuple[float, ...] | No
     gives None. Returns (model, survival | None).
     """
     from omni_tf.model import build_model  # noqa: PLC0415
+    from omni_tf.training.checkpoint import resolve_checkpoint  # noqa: PLC0415
 
     model = build_model(model_config)
     _ensure_built(model)
-    prefix = tf.train.latest_checkpoint(ckpt_path) if tf.io.gfile.isdir(ckpt_path) else ckpt_path
-    if not prefix:
-        raise FileNotFoundError(f"{ckpt_path}: no checkpoint found")
+    prefix = resolve_checkpoint(ckpt_path)  # newest readable; FileNotFoundError / CheckpointError
     objects = {"model": model}
     masks = None
     if levels is not None:

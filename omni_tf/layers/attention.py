@@ -18,6 +18,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 import omni_tf  # noqa: F401
+from omni_tf.layers.dropout import SeededDropout
 from omni_tf.layers.masked_dense import MaskedDense, build_child, matmul_last
 
 # Added to masked scores before the softmax. exp(LARGE_NEGATIVE + s - max) underflows to exactly 0 in float32
@@ -81,7 +82,7 @@ class ChunkedMultiHeadAttention(keras.layers.Layer):
         self.key = MaskedDense(d_model, name="key")
         self.value = MaskedDense(d_model, name="value")
         self.out = MaskedDense(d_model, name="output")
-        self.attn_drop = keras.layers.Dropout(self.dropout)
+        self.attn_drop = SeededDropout(self.dropout)
 
     def build(self, input_shape):
         for dense in (self.query, self.key, self.value, self.out):

@@ -15,6 +15,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 import omni_tf  # noqa: F401
+from omni_tf.layers.dropout import SeededDropout
 from omni_tf.layers.masked_dense import MaskedDense, add_kernel_and_mask, build_child
 
 
@@ -108,7 +109,7 @@ class Predictor(keras.layers.Layer):
         self.num_layers, self.dropout = int(num_layers), float(dropout)
         self.embedding = MaskedEmbedding(self.vocab_size, self.embed_dim, name="embedding")
         self.lstms = [MaskedLSTM(self.hidden, name=f"lstm_{i}") for i in range(self.num_layers)]
-        self.drop = keras.layers.Dropout(self.dropout)
+        self.drop = SeededDropout(self.dropout)
 
     def build(self, input_shape):
         build_child(self.embedding, (None,))

@@ -17,6 +17,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 import omni_tf  # noqa: F401
+from omni_tf.layers.dropout import SeededDropout
 from omni_tf.layers.masked_dense import MaskedDense, build_child
 
 
@@ -61,7 +62,7 @@ class StackingSubsampling(keras.layers.Layer):
         self.dropout = float(dropout)
         self.window = self.factor + self.lookahead_frames
         self.proj = MaskedDense(self.d_model, name="proj")
-        self.drop = keras.layers.Dropout(self.dropout)
+        self.drop = SeededDropout(self.dropout)
 
     def build(self, input_shape):
         build_child(self.proj, (None, None, self.window * int(input_shape[-1])))

@@ -15,6 +15,7 @@ import tf_keras as keras
 
 import omni_tf  # noqa: F401
 from omni_tf.layers.attention import ChunkedMultiHeadAttention
+from omni_tf.layers.dropout import SeededDropout
 from omni_tf.layers.masked_dense import MaskedDense, build_child
 
 
@@ -32,7 +33,7 @@ class FeedForward(keras.layers.Layer):
         self.d_model, self.ff_dim, self.dropout = int(d_model), int(ff_dim), float(dropout)
         self.dense_in = MaskedDense(self.ff_dim, activation="swish", name="dense_in")
         self.dense_out = MaskedDense(self.d_model, name="dense_out")
-        self.drop = keras.layers.Dropout(self.dropout)
+        self.drop = SeededDropout(self.dropout)
 
     def build(self, input_shape):
         build_child(self.dense_in, (None, None, self.d_model))
@@ -159,7 +160,7 @@ class TransformerBlock(keras.layers.Layer):
         )
         self.ffn_norm = keras.layers.LayerNormalization(epsilon=1e-5, name="ffn_norm")
         self.ffn = FeedForward(d_model, ff_dim, dropout, name="ffn")
-        self.drop = keras.layers.Dropout(self.dropout)
+        self.drop = SeededDropout(self.dropout)
 
     def build(self, input_shape):
         shape = (None, None, self.d_model)

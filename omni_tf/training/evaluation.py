@@ -24,7 +24,7 @@ from omni_tf.losses.rnnt import rnnt_loss
 from omni_tf.model import build_model
 from omni_tf.sparsity import search, size
 from omni_tf.sparsity.masking import SupernetMasks
-from omni_tf.training.checkpoint import CKPT_SUBDIR
+from omni_tf.training.checkpoint import CKPT_SUBDIR, resolve_checkpoint
 
 Batch = dict[str, np.ndarray]
 
@@ -37,10 +37,9 @@ def supernet_levels(config: ml_collections.ConfigDict) -> tuple[float, ...]:
 
 
 def restore_supernet(config: ml_collections.ConfigDict, workdir: str, checkpoint: str | None = None):
-    """(model, masks) with weights and survival levels of ``checkpoint`` (default: latest in workdir)."""
-    path = checkpoint or tf.train.latest_checkpoint(os.path.join(workdir, CKPT_SUBDIR))
-    if path is None:
-        raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, CKPT_SUBDIR)}")
+    """(model, masks) with weights and survival levels of ``checkpoint`` (default: the newest readable one in
+    ``<workdir>/ckpt``, see ``checkpoint.resolve_checkpoint``: FileNotFoundError / CheckpointError)."""
+    path = resolve_checkpoint(checkpoint or os.path.join(workdir, CKPT_SUBDIR))
     model = build_model(config.model)
     model.build()
     masks = SupernetMasks(model, supernet_levels(config), config.sparsity.block)

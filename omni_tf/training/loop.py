@@ -193,7 +193,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, source: DataSource,
     if restored:
         logging.info("resumed from %s at %s", restored, counters.as_dict())
     step_fn = TrainStep(state.model, state.optimizer, strategy, rnnt_loss, counters, masks,
-                        config.sparsity.distill_weight if t.mode == "omni" else 0.0, t.clip_norm)
+                        config.sparsity.distill_weight if t.mode == "omni" else 0.0, t.clip_norm,
+                        seed=int(t.seed))
     writer = summaries.SummaryWriter(workdir, enabled=chief)
     batches = _Batches(source, strategy, counters)
     # meter: the recent rate (reset at every log line and after this invocation's first step, whose time is

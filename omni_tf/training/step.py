@@ -17,6 +17,9 @@ same branch of a cross-replica ``tf.cond`` that skips ``apply_gradients``; the s
 is scaled by it and the gradients unscaled; every step goes through its ``apply_gradients``, which skips the
 non-finite ones itself and halves its scale (a step skipped here for a non-finite loss with finite gradients
 is handed to it as non-finite gradients, so both skip the same steps).
+
+Dropout is stateless: each forward pass runs in ``dropout_seed(fold_in(seed, step, subnet, micro-batch,
+replica))`` (``omni_tf.layers.dropout``), so its masks are a function of saved counters and resume is exact.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from typing import Any
 import tensorflow as tf
 import tf_keras as keras
 
+from omni_tf.layers.dropout import dropout_seed
 from omni_tf.training.checkpoint import TrainCounters
 
 Batch = dict[str, Any]
@@ -58,17 +62,19 @@ class TrainStep:
     Masks and optimizer slots must be built before the first call (no variable creation inside).
     ``optimizer`` may be a ``keras.mixed_precision.LossScaleOptimizer`` (loss scaling for float16).
     ``element_spec`` (the distributed dataset's, with None batch/time dims) fixes the trace signature;
-    without it shapes are relaxed by ``reduce_retracing`` (a few traces).
+    without it shapes are relaxed by ``reduce_retracing`` (a few traces). ``seed`` keys the dropout masks.
     """
 
     def __init__(self, model: tf.keras.Model, optimizer: Any, strategy: tf.distribute.Strategy,
                  loss_fn: Callable[..., tf.Tensor], counters: TrainCounters, masks: Any | None = None,
-                 distill_weight: float = 0.0, clip_norm: float = 0.0, element_spec: Any = None):
+                 distill_weight: float = 0.0, clip_norm: float = 0.0, element_spec: Any = None,
+                 seed: int = 0):
         self.model, self.optimizer, self.strategy = model, optimizer, strategy
         self.loss_fn, self.counters, self.masks = loss_fn, counters, masks
         self.distill_weight, self.clip_norm = float(distill_weight), float(clip_norm)
         self.scaled = isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer)
         self.element_spec = element_spec
+        self.seed = int(seed)
         self._fns: dict[tuple[int, int], Callable] = {}
 
     def __call__(self, micro_batches: Sequence[Batch], levels: tf.Tensor) -> dict[str, Any]:
@@ -85,13 +91,15 @@ class TrainStep:
 
     # -- replica functions -------------------------------------------------------------------------------
     def _forward_backward(self, batch: Batch, grads: list[tf.Tensor] | None, teacher: tf.Tensor | None,
-                          scale: float):
-        """One subnet on one micro-batch on this replica; ``scale = 1 / (M * S)``."""
+                          scale: float, seed: tf.Tensor):
+        """One subnet on one micro-batch on this replica; ``scale = 1 / (M * S)``; ``seed [2]`` of the
+        (step, subnet, micro-batch), folded with the replica id for the dropout masks."""
         ctx = tf.distribute.get_replica_context()
         n_local = tf.cast(tf.shape(batch["tokens"])[0], tf.float32)
         n_global = ctx.all_reduce(tf.distribute.ReduceOp.SUM, n_local)
         variables = self.model.trainable_variables
-        with tf.GradientTape() as tape:
+        replica_seed = tf.random.experimental.stateless_fold_in(seed, ctx.replica_id_in_sync_group)
+        with tf.GradientTape() as tape, dropout_seed(replica_seed):
             logits, logit_lengths = self.model(batch, training=True)
             logits = tf.cast(logits, tf.float32)
             per_utt = self.loss_fn(logits, batch["tokens"], logit_lengths, batch["token_lengths"])
@@ -134,14 +142,17 @@ class TrainStep:
         grads, teachers, subnet_losses = None, [None] * num_micro, []
         utts = frames = None
         per_utt_losses, ids = [], []
+        fold = tf.random.experimental.stateless_fold_in
+        step_seed = tf.stack([tf.constant(self.seed, tf.int64), tf.identity(self.counters.step)])
         for s in range(num_subnets):
             if self.masks is not None:
                 self.masks.apply_levels(levels[s])
             loss_s = None
             for i, batch in enumerate(micro_batches):
                 teacher = teachers[i] if (s > 0 and self.distill_weight > 0) else None
+                seed = fold(fold(step_seed, s), i)
                 grads, loss, logits, per_utt, n, f = st.run(self._forward_backward,
-                                                            args=(batch, grads, teacher, scale))
+                                                            args=(batch, grads, teacher, scale, seed))
                 if s == 0 and self.distill_weight > 0:
                     teachers[i] = logits
                 loss_s = loss if loss_s is None else st.run(tf.add, args=(loss_s, loss))
