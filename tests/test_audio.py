@@ -113,3 +113,16 @@ def test_empty_and_short_audio_are_named_kinds(tmp_path):
     with pytest.raises(audio.AudioError, match="3265 samples"):
         audio.check_info("x", audio.AudioInfo(9000, 44100, 1), 16000, 3600, convert=True)
     assert len(audio.decode(str(tmp_path / "short.wav"), 16000)) == 100  # min_samples defaults to 0
+
+
+@pytest.mark.parametrize("check", ["full", "header"])
+def test_non_finite_sample_is_its_own_kind(tmp_path, check):
+    path = str(tmp_path / "nan.flac")  # a float WAV under a .flac name: soundfile reads it by content
+    x = np.zeros(20000, np.float32)
+    x[-5] = np.nan
+    sf.write(path, x, 16000, format="WAV", subtype="FLOAT")
+    with pytest.raises(audio.AudioError, match="sample 19995 is nan") as err:
+        audio.probe(path, check)
+    assert err.value.kind == audio.NON_FINITE and err.value.path == path
+    with pytest.raises(audio.AudioError, match="non_finite"):
+        audio.decode(path, 16000)

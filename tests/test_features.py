@@ -1,4 +1,7 @@
 """Tests for omni_tf.data.features: log-mel vs an independent numpy reference, CMVN vs numpy."""
+import json
+import os
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -108,3 +111,16 @@ def test_cmvn_from_manifest_equals_direct(cfg, tmp_path):
     np.testing.assert_allclose(std, s2, rtol=2e-5)
     _, _, count1 = features.compute_cmvn_from_manifest(rows, cfg, max_utterances=1)
     assert count1 == len(feats[0])
+
+
+def test_cmvn_save_and_load_reject_non_finite_naming_the_file(tmp_path):
+    path = str(tmp_path / "cmvn.json")
+    mean = np.zeros(80)
+    mean[3] = np.nan
+    with pytest.raises(ValueError, match=f"{path}: CMVN .* finite"):
+        features.save_cmvn(path, mean, np.ones(80))
+    assert not os.path.exists(path)
+    with open(path, "w") as f:  # what today's prepare wrote for a NaN sample
+        json.dump({"mean": [float("nan")] * 80, "std": [float("nan")] * 80}, f)
+    with pytest.raises(ValueError, match=f"{path}: CMVN"):
+        features.load_cmvn(path)

@@ -287,3 +287,30 @@ def test_prepare_rejects_empty_and_100_sample_files(tmp_path):
     sf.write(os.path.join(d, "1-10-0001.flac"), np.zeros(100, np.float32), 16000)
     kinds = {os.path.basename(p.path): p.kind for p in ls.scan_split(split).problems}
     assert kinds == {"1-10-0000.flac": "empty_file", "1-10-0001.flac": "too_short"}
+
+
+def _float_wav_named_flac(path, poison: float, at: int, n: int = 8000):
+    x = np.random.default_rng(1).uniform(-0.3, 0.3, n).astype(np.float32)
+    x[at] = poison
+    sf.write(str(path), x, 16000, format="WAV", subtype="FLOAT")
+
+
+@pytest.mark.parametrize("check", ["full", "header"])
+@pytest.mark.parametrize("poison", [float("nan"), float("inf"), 3e38])
+def test_prepare_reports_non_finite_samples_and_features(tmp_path, capsys, check, poison):
+    from omni_tf.data import features, prepare
+
+    ids = ["1-10-0000", "1-10-0001", "1-10-0002"]
+    d = _chapter(str(tmp_path / "raw" / "train"), "1", "10", [f"{u} HELLO" for u in ids], ids[:2])
+    # Mid-stream: check=header decodes only the last block, so the CMVN pass must catch it from the features.
+    _float_wav_named_flac(os.path.join(d, "1-10-0002.flac"), poison, at=1234)
+    out = str(tmp_path / "out")
+    scans = prepare.run(str(tmp_path / "raw"), out, check=check)
+    assert [r["id"] for r in ls.read_manifest(os.path.join(out, "train.tsv"))] == ids[:2]
+    (problem,) = scans["train"].problems
+    assert problem.kind == "non_finite" and problem.path.endswith("1-10-0002.flac")
+    mean, std = features.load_cmvn(os.path.join(out, "cmvn.json"))
+    assert np.isfinite(mean).all() and np.isfinite(std).all()
+    assert "bad: non_finite 1" in capsys.readouterr().out
+    report = json.load(open(os.path.join(out, "train.report.json")))
+    assert report["counts"]["non_finite"] == 1

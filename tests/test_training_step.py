@@ -175,3 +175,22 @@ def test_checkpoint_without_progress_clock_still_restores(tmp_path):
     metrics = loop.train(config, str(tmp_path), sources.RandomFeatureSource(16, num_batches=2))
     assert metrics["restored_from"].endswith("ckpt-3") and metrics["step"] == 4
     assert metrics["schedule_step"] == 4
+
+
+def test_consecutive_skipped_steps_stop_training_naming_the_utterances(tmp_path):
+    config = tiny_config("dense")
+    config.training.max_consecutive_skips = 3
+    config.training.max_steps = 10
+    # Every batch of the epoch is poisoned (the model of an all-NaN cmvn.json): today this ran to exit 0.
+    src = sources.RandomFeatureSource(16, num_batches=1, nan_batch=0)
+    with pytest.raises(loop.NonFiniteError, match=r"3 consecutive updates skipped \(steps 1-3\)") as err:
+        loop.train(config, str(tmp_path), src)
+    assert "e0-b0-u0" in str(err.value) and "e1-b0-u3" in str(err.value)
+    assert "max_consecutive_skips=3" in str(err.value)
+
+
+def test_isolated_skips_do_not_stop_training(tmp_path):
+    config = tiny_config("dense")
+    config.training.max_consecutive_skips, config.training.max_steps = 2, 4
+    metrics = loop.train(config, str(tmp_path), sources.RandomFeatureSource(16, num_batches=2, nan_batch=1))
+    assert metrics["step"] == 4 and metrics["skipped_nonfinite"] == 2

@@ -18,6 +18,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.adam_epsilon = 1e-9
     c.weight_decay = 1e-6
     c.clip_norm = 5.0
+    # Stop with an error naming the utterances after this many consecutive updates skipped for a NaN/Inf
+    # loss or gradient (a poisoned input or CMVN, or divergence); 0 = never stop.
+    c.max_consecutive_skips = 50
     c.grad_accum_steps = 1
     c.mixed_precision = False
     c.checkpoint_every = 250

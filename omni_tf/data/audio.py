@@ -11,6 +11,11 @@ Policy (also in README "Audio input" and docs/BENCHMARKS.md "Input pipeline"):
 Corruption check (``probe``): ``check="full"`` decodes every frame and compares the count with the header;
 ``check="header"`` reads the header and then seeks to and decodes the last block, which catches garbage files
 and truncated FLAC streams at a fraction of the cost, but not damage in the middle of a stream.
+
+Non-finite samples (NaN / Inf, possible in float WAV files whatever their name) are rejected as kind
+``non_finite`` wherever samples are decoded: ``probe`` (every block with ``check="full"``, the last block with
+``"header"``) and ``decode``; one such sample would turn the CMVN statistics and every loss it touches into
+NaN.
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ CORRUPT = "corrupt"
 SAMPLE_RATE = "sample_rate"
 CHANNELS = "channels"
 TOO_SHORT = "too_short"
+NON_FINITE = "non_finite"
 
 # The resampler of every conversion (part of the feature-cache key: another one gives other samples).
 RESAMPLER_QUALITY = "HQ"
@@ -55,11 +61,24 @@ class AudioInfo:
         return self.num_samples / self.sample_rate
 
 
+def check_finite(path: str, samples: np.ndarray, offset: int = 0) -> None:
+    """Raises AudioError (``non_finite``) naming the first NaN/Inf sample of ``samples`` ([N] or [N, C],
+    starting at sample ``offset`` of the file)."""
+    flat = np.asarray(samples).reshape(len(samples), -1)
+    bad = ~np.isfinite(flat)
+    if bad.any():
+        first = int(np.flatnonzero(bad.any(axis=1))[0])
+        last = offset + len(flat) - 1
+        raise AudioError(path, NON_FINITE, f"sample {offset + first} is {flat[first][bad[first]][0]} "
+                         f"({int(bad.sum())} non-finite values in samples {offset}..{last})")
+
+
 def probe(path: str, check: str = "full") -> AudioInfo:
     """Reads the header of ``path`` and verifies the stream decodes (see module docstring for ``check``).
 
     Raises:
-      AudioError: kind ``empty_file`` (0 bytes) or ``corrupt`` (undecodable, or fewer frames than the header).
+      AudioError: kind ``empty_file`` (0 bytes), ``corrupt`` (undecodable, or fewer frames than the header)
+        or ``non_finite`` (a NaN/Inf sample among those decoded).
     """
     if check not in ("full", "header"):
         raise ValueError(f"check must be 'full' or 'header', got {check!r}")
@@ -76,10 +95,14 @@ def probe(path: str, check: str = "full") -> AudioInfo:
                     block = f.read(_BLOCK_FRAMES, dtype="float32", always_2d=True)
                     if len(block) == 0:
                         break
+                    check_finite(path, block, decoded)
                     decoded += len(block)
             else:
                 f.seek(max(0, info.num_samples - _TAIL_FRAMES))
-                decoded = f.tell() + len(f.read(_TAIL_FRAMES, dtype="float32", always_2d=True))
+                start = f.tell()
+                tail = f.read(_TAIL_FRAMES, dtype="float32", always_2d=True)
+                check_finite(path, tail, start)
+                decoded = start + len(tail)
     except (sf.LibsndfileError, RuntimeError) as e:
         raise AudioError(path, CORRUPT, f"libsndfile: {e}") from e
     if decoded != info.num_samples:
@@ -145,17 +168,18 @@ def to_model_input(samples: np.ndarray, rate: int, sample_rate: int) -> np.ndarr
     return out[:n] if len(out) >= n else np.pad(out, (0, n - len(out)))
 
 
-def decode(path: str, sample_rate: int | None = None, convert: bool = False, min_samples: int = 0
-           ) -> np.ndarray:
+def decode(path: str, sample_rate: int | None = None, convert: bool = False, min_samples: int = 0,
+           finite: bool = True) -> np.ndarray:
     """Decodes ``path`` to float32 samples in [-1, 1], shape [num_samples] (at ``sample_rate`` with convert).
 
     Args:
       sample_rate: the rate the caller needs (None: any; not with ``convert``).
       convert: down-mix and resample (``to_model_input``) instead of raising ``channels`` / ``sample_rate``.
       min_samples: shortest usable length, after conversion.
+      finite: check for NaN/Inf samples (False: for a caller that checks the features and reports the file).
     Raises:
       AudioError: corrupt file, wrong rate or more than one channel (without ``convert``), 0 samples
-        (``empty_file``), fewer than ``min_samples`` (``too_short``).
+        (``empty_file``), fewer than ``min_samples`` (``too_short``), a NaN/Inf sample (``non_finite``).
     """
     if convert and sample_rate is None:
         raise ValueError("decode(convert=True) needs the target sample_rate")
@@ -163,6 +187,8 @@ def decode(path: str, sample_rate: int | None = None, convert: bool = False, min
         audio, rate = sf.read(path, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as e:
         raise AudioError(path, CORRUPT, f"libsndfile: {e}") from e
+    if finite:
+        check_finite(path, audio)
     if convert:
         check_length(path, converted_length(len(audio), rate, sample_rate), sample_rate, min_samples)
         return to_model_input(audio, rate, sample_rate)

@@ -7,7 +7,7 @@ Contract (docs/DESIGN.md): ``log_mel(audio [..., N]) -> [..., T, 80]`` with ``T 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import tensorflow as tf  # omni_tf/__init__ (imported first) set TF_USE_LEGACY_KERAS
@@ -51,14 +51,15 @@ def log_mel(audio: tf.Tensor, data_config) -> tf.Tensor:
     return tf.math.log(tf.maximum(mel, data_config.log_floor))
 
 
-def features_from_paths(paths: list[str], data_config, num_parallel_calls: int = tf.data.AUTOTUNE
-                        ) -> tf.data.Dataset:
+def features_from_paths(paths: list[str], data_config, num_parallel_calls: int = tf.data.AUTOTUNE,
+                        finite: bool = True) -> tf.data.Dataset:
     """Dataset of log-mel [T, 80] for each audio path, in order (decoded with soundfile; audio that is not
-    at ``data_config.sample_rate`` mono is converted, ``omni_tf.data.audio.decode(convert=True)``)."""
+    at ``data_config.sample_rate`` mono is converted, ``omni_tf.data.audio.decode(convert=True)``; a NaN/Inf
+    sample fails the dataset unless ``finite=False``)."""
     rate = data_config.sample_rate
 
     def decode(path):
-        return audio_lib.decode(path.decode(), rate, convert=True)
+        return audio_lib.decode(path.decode(), rate, convert=True, finite=finite)
 
     def load(path):
         wave = tf.numpy_function(decode, [path], tf.float32, stateful=False)
@@ -99,33 +100,63 @@ def compute_cmvn(features: Iterable, dim: int = 80) -> tuple[np.ndarray, np.ndar
     return acc.result()
 
 
-def compute_cmvn_from_manifest(rows: list[dict], data_config, max_utterances: int = 0
+def compute_cmvn_from_manifest(rows: list[dict], data_config, max_utterances: int = 0,
+                               on_non_finite: Callable[[dict, str], None] | None = None
                                ) -> tuple[np.ndarray, np.ndarray, int]:
-    """CMVN over manifest rows (first ``max_utterances`` if > 0): (mean, std, num_frames)."""
+    """CMVN over manifest rows (first ``max_utterances`` if > 0): (mean, std, num_frames).
+
+    An utterance whose features hold NaN/Inf (e.g. huge float samples overflowing the power spectrum) is left
+    out of the statistics and passed to ``on_non_finite(row, reason)``; without a callback it raises
+    ``ValueError`` naming the file.
+    """
     rows = rows[:max_utterances] if max_utterances > 0 else rows
     acc = CmvnAccumulator(data_config.num_mel_bins)
-    for f in features_from_paths([r["path"] for r in rows], data_config).prefetch(4):
-        acc.update(f.numpy())
+    feats = features_from_paths([r["path"] for r in rows], data_config, finite=False).prefetch(4)
+    for row, f in zip(rows, feats, strict=True):
+        f = f.numpy()
+        bad = ~np.isfinite(f)
+        if bad.any():
+            reason = (f"{int(bad.sum())} non-finite log-mel values in {int(bad.any(axis=1).sum())} of "
+                      f"{len(f)} frames (first: frame {int(np.flatnonzero(bad.any(axis=1))[0])})")
+            try:  # name the sample when the audio itself holds the NaN/Inf
+                audio_lib.decode(row["path"], data_config.sample_rate, convert=True)
+            except audio_lib.AudioError as e:
+                reason = f"{e.reason}; {reason}" if e.kind == audio_lib.NON_FINITE else reason
+            if on_non_finite is None:
+                raise ValueError(f"{row['path']}: {reason}")
+            on_non_finite(row, reason)
+            continue
+        acc.update(f)
     mean, std = acc.result()
     return mean, std, acc.count
 
 
+def _check_stats(path: str, mean: np.ndarray, std: np.ndarray) -> None:
+    if mean.shape != std.shape or mean.ndim != 1 or not np.all(np.isfinite(mean)) \
+            or not np.all(np.isfinite(std)) or np.any(std <= 0):
+        raise ValueError(f"{path}: CMVN mean/std must be equal-length vectors of finite values with std > 0 "
+                         f"(non-finite mean values: {int(np.sum(~np.isfinite(mean)))}, std: "
+                         f"{int(np.sum(~np.isfinite(std)))})")
+
+
 def save_cmvn(path: str, mean, std, **metadata) -> None:
-    """Writes ``{"mean": [...], "std": [...], **metadata}`` as JSON."""
+    """Writes ``{"mean": [...], "std": [...], **metadata}`` as JSON; ValueError naming ``path`` (nothing
+    written) if the statistics are not finite or std <= 0."""
+    _check_stats(path, np.asarray(mean, np.float64), np.asarray(std, np.float64))
     with open(path, "w", encoding="utf-8") as f:
         json.dump(dict(mean=[float(v) for v in mean], std=[float(v) for v in std], **metadata), f, indent=1)
 
 
 def load_cmvn(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """(mean [D], std [D]) float32 from a ``save_cmvn`` file; ValueError naming the file if malformed."""
+    """(mean [D], std [D]) float32 from a ``save_cmvn`` file; ValueError naming the file if malformed or not
+    finite."""
     with open(path, encoding="utf-8") as f:
         d = json.load(f)
     try:
         mean, std = np.asarray(d["mean"], np.float32), np.asarray(d["std"], np.float32)
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{path}: not a CMVN file ({e})") from e
-    if mean.shape != std.shape or mean.ndim != 1 or np.any(std <= 0):
-        raise ValueError(f"{path}: mean/std must be equal-length vectors with std > 0")
+    _check_stats(path, mean, std)
     return mean, std
 
 

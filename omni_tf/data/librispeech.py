@@ -8,7 +8,8 @@ subdirectory of ``<root>`` holding speaker/chapter directories (``train-clean-10
 (split directory name verbatim), next to ``<split>.report.json`` and ``<split>.report.txt``.
 
 Problem kinds (``ALL_KINDS``): audio problems from ``omni_tf.data.audio`` (empty_file, corrupt, sample_rate,
-channels, too_short) and layout/text problems below. Unreadable directories are found by *trying* to list them
+channels, too_short, non_finite: a NaN/Inf sample, or NaN/Inf features found by prepare's CMVN pass) and
+layout/text problems below. Unreadable directories are found by *trying* to list them
 (``os.scandir``), so the check is the same for root (for whom ``os.access`` and mode bits always say yes).
 With ``convert=True`` files at another rate or with
 several channels are usable (``omni_tf.data.audio`` policy); each is listed under ``converted`` in the report.
@@ -39,7 +40,8 @@ UNREADABLE_DIR = "unreadable_dir"
 UNREADABLE_FILE = "unreadable_file"  # transcript file that cannot be read or decoded as UTF-8
 UNEXPECTED_FILE = "unexpected_file"
 ALL_KINDS = (
-    audio.EMPTY_FILE, audio.CORRUPT, audio.SAMPLE_RATE, audio.CHANNELS, audio.TOO_SHORT, MISSING_TRANSCRIPT,
+    audio.EMPTY_FILE, audio.CORRUPT, audio.SAMPLE_RATE, audio.CHANNELS, audio.TOO_SHORT, audio.NON_FINITE,
+    MISSING_TRANSCRIPT,
     MISSING_AUDIO, EMPTY_TRANSCRIPT, BAD_CHARACTERS, DUPLICATE_ID, BAD_NAME, UNREADABLE_DIR, UNREADABLE_FILE,
     UNEXPECTED_FILE)
 

@@ -1,5 +1,9 @@
 """Prepares a LibriSpeech-layout corpus: manifests, bad-input reports and train CMVN stats per split.
 
+Non-finite inputs are caught here, before anything is written: NaN/Inf samples by the scan (``audio.probe``)
+and NaN/Inf features of train utterances by the CMVN pass; both are reported as kind ``non_finite`` and left
+out of the manifest and the statistics, and ``cmvn.json`` is only written with finite statistics.
+
 The library side of ``recipes/librispeech/prepare.py`` (which documents the command line and the policies);
 ``run`` is what the end-to-end recipes call in-process.
 """
@@ -7,11 +11,12 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 from absl import logging
 
 from omni_tf.configs import data as data_config_lib
 from omni_tf.configs import model as model_config_lib
-from omni_tf.data import features, librispeech
+from omni_tf.data import audio, features, librispeech
 
 
 class PrepareError(Exception):
@@ -39,6 +44,28 @@ def summary_line(scan: librispeech.SplitScan) -> str:
     return f"{scan.split}: {len(scan.rows)} usable, {scan.hours:.2f} h; bad: {bad}{converted}"
 
 
+def _train_cmvn(scans: dict[str, librispeech.SplitScan], trains: list[str], max_utterances: int
+                ) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """CMVN over the train splits' rows; an utterance with non-finite features moves from its split's rows to
+    its problems (kind ``non_finite``). None when no finite frame is left."""
+    bad: dict[str, str] = {}
+    rows = [r for s in trains for r in scans[s].rows]
+    try:
+        mean, std, frames = features.compute_cmvn_from_manifest(
+            rows, data_config_lib.get_config(), max_utterances,
+            on_non_finite=lambda row, reason: bad.__setitem__(row["id"], reason))
+    except ValueError as e:  # zero frames: every utterance read was bad
+        logging.warning("no CMVN statistics: %s", e)
+        mean = std = frames = None
+    for s in trains:
+        scan = scans[s]
+        scan.problems += [librispeech.Problem(r["path"], audio.NON_FINITE, f"features: {bad[r['id']]}")
+                          for r in scan.rows if r["id"] in bad]
+        scan.rows = [r for r in scan.rows if r["id"] not in bad]
+        scan.problems.sort(key=lambda p: (p.path, p.kind))
+    return None if mean is None else (mean, std, frames)
+
+
 def run(librispeech_dir: str, out_dir: str, splits: list[str] | None = None,
         train_split: list[str] | None = None, min_duration_s: float | None = None, check: str = "full",
         num_workers: int = 2, cmvn_max_utterances: int = 0, strict: bool = False, convert_audio: bool = False
@@ -60,20 +87,20 @@ def run(librispeech_dir: str, out_dir: str, splits: list[str] | None = None,
     if min_duration_s is None or min_duration_s < 0:
         min_duration_s = default_min_duration_s()
     os.makedirs(out_dir, exist_ok=True)
-    scans = {}
-    for split in splits:
-        scan = librispeech.scan_split(os.path.join(librispeech_dir, split), min_duration_s=min_duration_s,
-                                      check=check, num_workers=num_workers, convert=convert_audio)
+    scans = {split: librispeech.scan_split(os.path.join(librispeech_dir, split), check=check,
+                                           min_duration_s=min_duration_s, num_workers=num_workers,
+                                           convert=convert_audio)
+             for split in splits}
+    train_rows = [r for s in trains for r in scans[s].rows]
+    cmvn = _train_cmvn(scans, trains, cmvn_max_utterances) if train_rows else None
+    for split, scan in scans.items():
         librispeech.write_manifest(scan.rows, os.path.join(out_dir, f"{split}.tsv"))
         librispeech.write_report(scan, out_dir)
         print(summary_line(scan), flush=True)
-        scans[split] = scan
     if not any(s.rows for s in scans.values()):
         raise PrepareError(f"no usable utterance in {splits}; see {out_dir}/<split>.report.txt")
-    train_rows = [r for s in trains for r in scans[s].rows]
-    if train_rows:
-        mean, std, frames = features.compute_cmvn_from_manifest(train_rows, data_config_lib.get_config(),
-                                                                cmvn_max_utterances)
+    if cmvn is not None:
+        mean, std, frames = cmvn
         features.save_cmvn(os.path.join(out_dir, "cmvn.json"), mean, std, num_frames=frames, splits=trains)
         print(f"cmvn.json: {frames} frames from {trains}", flush=True)
     else:

@@ -170,7 +170,13 @@ class _Batches:
         raise ValueError("data source yielded an empty epoch")
 
 
-def _log_nonfinite(out: dict[str, Any], step: int) -> None:
+class NonFiniteError(RuntimeError):
+    """``training.max_consecutive_skips`` consecutive updates were skipped for NaN/Inf loss or gradients."""
+
+
+def _log_nonfinite(out: dict[str, Any], step: int) -> list[str]:
+    """Warns naming the utterances with a non-finite loss in this step's batches (this worker's); returns
+    their ids."""
     bad = []
     for losses, ids in zip(out["per_utt_loss"], out["ids"], strict=True):
         for l_rep, id_rep in zip(losses, ids, strict=True):
@@ -178,6 +184,22 @@ def _log_nonfinite(out: dict[str, Any], step: int) -> None:
             bad += [i.decode() if isinstance(i, bytes) else str(i) for i in id_rep.numpy()[mask]]
     logging.warning("step %d: non-finite loss/gradients, update skipped; utterances: %s", step,
                     ", ".join(bad) if bad else "(none non-finite on this worker: gradient overflow)")
+    return bad
+
+
+def _stop_after_skips(max_skips: int, skipped: list[tuple[int, list[str]]]) -> None:
+    """Raises ``NonFiniteError`` when the last ``max_skips`` (> 0) steps were all skipped; ``skipped`` holds
+    (step, utterance ids) of the current run of consecutive skips."""
+    if max_skips <= 0 or len(skipped) < max_skips:
+        return
+    ids = sorted({i for _, bad in skipped for i in bad})
+    named = ", ".join(ids[:20]) + (f" ... ({len(ids)} in all)" if len(ids) > 20 else "") if ids else \
+        "none non-finite on this worker (gradient overflow or divergence)"
+    raise NonFiniteError(
+        f"{len(skipped)} consecutive updates skipped (steps {skipped[0][0]}-{skipped[-1][0]}) for a "
+        f"non-finite loss or gradient (training.max_consecutive_skips={max_skips}); utterances with a "
+        f"non-finite loss: {named}. Check those inputs (prepare reports non_finite audio), cmvn.json and "
+        "the learning rate.")
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, source: DataSource,
@@ -209,6 +231,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, source: DataSource,
     sampler = make_level_sampler(config, masks)
     distill = t.mode == "omni" and config.sparsity.distill_weight > 0
     step = last_saved = first_step = int(counters.step.numpy())
+    skipped: list[tuple[int, list[str]]] = []  # the current run of consecutive skipped updates
     clock.update(step, trained_seconds())
     while (stopped_by := clock.done(step)) is None:
         schedule_step = int(clock.schedule_step.numpy())
@@ -225,8 +248,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, source: DataSource,
         step += 1
         clock.update(step, trained_seconds())
         applied = bool(out["applied"])
-        if not applied:
-            _log_nonfinite(out, step)
+        skipped = [] if applied else [*skipped, (step, _log_nonfinite(out, step))]
+        _stop_after_skips(t.max_consecutive_skips, skipped)
         utts, frames = int(out["utts"]), int(out["frames"])
         meter.add(1, utts, frames)
         total_meter.add(1, utts, frames)
