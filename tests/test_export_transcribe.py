@@ -158,3 +158,118 @@ def test_tokenizer_bigger_than_the_tier_is_refused_at_start_up(tier_and_tree, tm
     message = rf"has {big.vocab_size} pieces but the model has {outputs} outputs \(.*manifest.json vocab_size"
     with pytest.raises(VocabSizeError, match=message):
         transcribe.TierTranscriber(str(copy))
+
+
+# -- bounded-memory streaming: a fake three-signature model (numpy, stateful) stands in for LiteRT ----------
+FAKE_LAYOUT = {
+    "chunk_frames": 16, "lookahead_frames": 4, "chunk_enc": 4, "num_mel_bins": 80,
+    "encoder_state": [{"input": "cache", "output": "new_cache", "shape": [1, 8], "dtype": "float32"}],
+    "predictor_state": [{"input": "h", "output": "new_h", "shape": [1, 8], "dtype": "float32"}]}
+
+
+def fake_recognizer(record=None):
+    from tflite_export.recognizer import StreamingGreedy
+
+    def encode(features_chunk, cache):
+        w = features_chunk[0]
+        frames = w[:16].reshape(4, 4, 80).mean(1)[:, :8] + 0.1 * w[16:].mean() + cache
+        return {"encoder_frames": frames[None], "new_cache": 0.5 * cache + frames.mean(0, keepdims=True)}
+
+    def predict(token, h):
+        new_h = 0.9 * h + 0.01 * float(token[0, 0])
+        return {"pred_out": new_h, "new_h": new_h}
+
+    def join(encoder_frame, pred_out):
+        v = (encoder_frame + pred_out)[0, :5].copy()
+        v[0] = 0.5
+        return {"log_probs": v[None]}
+
+    return StreamingGreedy(encode, predict, join, FAKE_LAYOUT, record=record)
+
+
+@pytest.mark.parametrize("num_frames", [0, 3, 16, 20, 37, 64, 100])
+def test_streamed_windows_equal_whole_utterance_windows(num_frames):
+    from tflite_export.recognizer import chunk_windows
+
+    feats = np.random.default_rng(num_frames).normal(size=[num_frames, 80]).astype(np.float32)
+    whole_calls, stream_calls = [], []
+    want_tokens = fake_recognizer(lambda n, f: whole_calls.append((n, f))).decode_frames(
+        fake_recognizer().encoder_frames(feats))
+    # Reference: the whole-utterance rule (chunk_windows) fed one window at a time.
+    rec = fake_recognizer()
+    wins, valid = chunk_windows(feats, 16, 4)
+    cache, want = rec._init("encoder_state"), []
+    for win in wins:
+        out = rec.encode(features_chunk=win[None], **cache)
+        want.append(out["encoder_frames"][0])
+        cache = {"cache": out["new_cache"]}
+    want = np.concatenate(want)[:valid]
+    rng = np.random.default_rng(1)
+    cuts = np.sort(rng.integers(0, num_frames + 1, 4))
+    chunks = np.split(feats, cuts)  # uneven chunks, some empty
+    got = np.concatenate(list(fake_recognizer().stream_encoder_frames(chunks)))
+    np.testing.assert_array_equal(got, want)
+    rec = fake_recognizer(lambda n, f: stream_calls.append((n, f)))
+    assert rec.decode_stream(rec.stream_encoder_frames(chunks)) == want_tokens
+    assert len(stream_calls) == len(whole_calls) + len(wins)
+
+
+def _write_noise(path, seconds: float, rate: int = 16000, channels: int = 1) -> None:
+    rng = np.random.default_rng(0)
+    total = int(seconds * rate)
+    with sf.SoundFile(str(path), "w", rate, channels, "PCM_16") as f:
+        for start in range(0, total, rate * 10):
+            f.write((0.1 * rng.normal(size=(min(rate * 10, total - start), channels))).astype(np.float32))
+
+
+@pytest.mark.parametrize("rate,channels", [(16000, 1), (44100, 2), (22050, 1)])
+def test_transcribe_file_equals_whole_file_path(tier_and_tree, tmp_path, rate, channels):
+    from tflite_export.recognizer import stream_audio_features
+
+    tier_dir, _, _ = tier_and_tree
+    tx = transcribe.TierTranscriber(tier_dir)
+    path = tmp_path / "long.wav"
+    _write_noise(path, 7.3, rate, channels)
+    whole = audio_features(str(path), tx.data_config, tx.mean, tx.std)
+    chunks = list(stream_audio_features(str(path), tx.data_config, tx.mean, tx.std, block_samples=5000))
+    assert len(chunks) > 20
+    # Blocks of 16 kHz mono audio give the same samples; soxr's streaming and one-shot outputs differ by
+    # float rounding only.
+    np.testing.assert_allclose(np.concatenate(chunks), whole, rtol=0, atol=2e-5 if rate == 16000 else 1e-3)
+    assert tx(str(path)) == tx.tokenizer.decode(tx.recognizer.transcribe_features(whole))
+
+
+MEMORY_SCRIPT = """
+import resource, sys, types
+import omni_tf
+from omni_tf.configs import data as data_configs
+from recipes.librispeech import transcribe
+from tests.test_export_transcribe import fake_recognizer
+
+tx = transcribe.TierTranscriber.__new__(transcribe.TierTranscriber)
+tx.data_config, tx.mean, tx.std, tx.min_samples = data_configs.get_config(), None, None, 0
+tx.tokenizer = types.SimpleNamespace(decode=lambda ids: str(len(ids)))
+tx.recognizer = fake_recognizer()
+for path in sys.argv[1:]:
+    tx(path)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)  # peak KiB so far
+"""
+
+
+def test_transcribe_peak_memory_does_not_grow_with_length(tmp_path):
+    """Peak RSS after a 10-minute file exceeds the 1-minute file's by < 40 MB (the whole-file path grew
+    ~43 MB per minute of audio)."""
+    import subprocess
+    import sys
+
+    paths = [tmp_path / "warmup.wav", tmp_path / "1min.wav", tmp_path / "10min.wav"]
+    for p, seconds in zip(paths, (5, 60, 600), strict=True):
+        _write_noise(p, seconds)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, *map(str, paths)], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, one_min, ten_min = (int(x) for x in proc.stdout.split())
+    print("peak KiB", one_min, ten_min)
+    assert ten_min - one_min < 40 * 1024, (one_min, ten_min)

@@ -8,17 +8,22 @@ Chunking follows ``omni_tf.model`` exactly: features ``[T, 80]`` are zero-padded
 encoder frames are decoded. Greedy: the predictor starts from blank (id 0) on the zero state; per encoder
 frame, up to ``max_symbols_per_frame`` non-blank argmaxes are emitted, each advancing the predictor.
 
+Streaming end to end: ``transcribe_file`` reads the audio in blocks, featurizes chunk by chunk
+(``stream_audio_features``), encodes each window as soon as its frames (and lookahead) have arrived and
+decodes encoder frames as they come, so memory stays flat with the recording's length.
+
 Usage::
 
     rec = LiteRTRecognizer.from_tier_dir("exp/tiers/tier_0.7")
     tokens = rec.transcribe_features(features)    # features [T, 80], CMVN applied
+    tokens = rec.transcribe_file("long.flac", data_config, mean, std)
 """
 from __future__ import annotations
 
 import json
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -60,21 +65,49 @@ class StreamingGreedy:
     def _init(self, key: str) -> dict[str, np.ndarray]:
         return {s["input"]: np.zeros(s["shape"], s["dtype"]) for s in self.layout[key]}
 
+    def stream_encoder_frames(self, feature_chunks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """Feature chunks [t_i, 80] (any sizes, in order) -> valid encoder frames [k_i, D] as windows fill.
+
+        The windows are those of ``chunk_windows`` over the concatenated features, so the concatenated output
+        equals ``encoder_frames(concatenated features)``; memory is one chunk plus one window, whatever the
+        length.
+        """
+        cf, la = self.layout["chunk_frames"], self.layout["lookahead_frames"]
+        sub = cf // self.layout["chunk_enc"]
+        cache = self._init("encoder_state")
+        buf = np.zeros([0, self.layout.get("num_mel_bins", 80)], np.float32)
+        total = windows = 0
+
+        def encode(win: np.ndarray) -> np.ndarray:
+            nonlocal cache, windows
+            out = self._call("encode", self.encode, {"features_chunk": win[None], **cache})
+            cache = {s["input"]: np.asarray(out[s["output"]]) for s in self.layout["encoder_state"]}
+            windows += 1
+            return np.asarray(out["encoder_frames"])[0]
+
+        for chunk in feature_chunks:
+            chunk = np.asarray(chunk, np.float32)
+            total += len(chunk)
+            buf = np.concatenate([buf, chunk])
+            while len(buf) >= cf + la:  # every frame of such a window is valid (window c < ceil(T/cf))
+                yield encode(buf[: cf + la])
+                buf = buf[cf:]
+        emitted = windows * self.layout["chunk_enc"]
+        remaining = max(math.ceil(total / cf), 1) - windows
+        padded = np.zeros([remaining * cf + la, buf.shape[1]], np.float32)
+        padded[: len(buf)] = buf
+        valid = math.ceil(total / sub)
+        for c in range(remaining):
+            frames = encode(padded[c * cf: c * cf + cf + la])
+            yield frames[: max(0, valid - emitted)]
+            emitted += len(frames)
+
     def encoder_frames(self, features: np.ndarray) -> np.ndarray:
         """features [T, 80] -> valid encoder frames [ceil(T/f), D] (f = chunk_frames / chunk_enc)."""
-        wins, valid = chunk_windows(np.asarray(features, np.float32), self.layout["chunk_frames"],
-                                    self.layout["lookahead_frames"],
-                                    self.layout["chunk_frames"] // self.layout["chunk_enc"])
-        cache = self._init("encoder_state")
-        outs = []
-        for win in wins:
-            out = self._call("encode", self.encode, {"features_chunk": win[None], **cache})
-            outs.append(np.asarray(out["encoder_frames"])[0])
-            cache = {s["input"]: np.asarray(out[s["output"]]) for s in self.layout["encoder_state"]}
-        return np.concatenate(outs, 0)[:valid]
+        return np.concatenate(list(self.stream_encoder_frames([features])), 0)
 
-    def decode_frames(self, frames: np.ndarray) -> list[int]:
-        """Greedy over encoder frames [T', D] -> token ids (blank 0 never emitted)."""
+    def decode_stream(self, frame_blocks: Iterable[np.ndarray]) -> list[int]:
+        """Greedy over encoder frames given as blocks [k_i, D] -> token ids (blank 0 never emitted)."""
         specs = self.layout["predictor_state"]
 
         def step(token: int, state: dict[str, np.ndarray]):
@@ -83,7 +116,7 @@ class StreamingGreedy:
 
         pred, state = step(0, self._init("predictor_state"))
         tokens: list[int] = []
-        for frame in frames:
+        for frame in (f for block in frame_blocks for f in block):
             for _ in range(self.max_symbols):
                 logp = self._call("join", self.join, {"encoder_frame": frame[None].astype(np.float32),
                                                       "pred_out": pred})
@@ -94,8 +127,19 @@ class StreamingGreedy:
                 pred, state = step(k, state)
         return tokens
 
+    def decode_frames(self, frames: np.ndarray) -> list[int]:
+        """Greedy over encoder frames [T', D] -> token ids (blank 0 never emitted)."""
+        return self.decode_stream([frames])
+
     def transcribe_features(self, features: np.ndarray) -> list[int]:
-        return self.decode_frames(self.encoder_frames(features))
+        return self.decode_stream(self.stream_encoder_frames([features]))
+
+    def transcribe_file(self, path: str, data_config, mean: np.ndarray | None = None,
+                        std: np.ndarray | None = None, min_samples: int = 0) -> list[int]:
+        """Audio file -> token ids, streaming end to end (``stream_audio_features``): memory does not grow
+        with the recording's length."""
+        feats = stream_audio_features(path, data_config, mean, std, min_samples)
+        return self.decode_stream(self.stream_encoder_frames(feats))
 
 
 class LiteRTRecognizer(StreamingGreedy):
@@ -155,6 +199,25 @@ def frontend_config(frontend: Mapping[str, Any]):
         if key in config and not key.startswith("cmvn"):
             config[key] = value
     return config
+
+
+def stream_audio_features(path: str, data_config, mean: np.ndarray | None = None,
+                          std: np.ndarray | None = None, min_samples: int = 0, block_samples: int = 1 << 16
+                          ) -> Iterator[np.ndarray]:
+    """``audio_features`` chunk by chunk: log-mel [t_i, 80] (+ CMVN) from ``block_samples`` blocks read,
+    down-mixed and resampled as they come (``audio.read_blocks``) and featurized with the window overlap
+    carried over (``features.log_mel_stream``). The concatenation equals ``audio_features(path, ...)``;
+    memory is bounded by the block size. Raises AudioError as ``audio_features`` (length errors before the
+    first chunk)."""
+    from omni_tf.data import audio as audio_lib  # noqa: PLC0415
+    from omni_tf.data import features as features_lib  # noqa: PLC0415
+
+    blocks = audio_lib.read_blocks(path, data_config.sample_rate, block_samples, convert=True,
+                                   min_samples=min_samples)
+    for feats in features_lib.log_mel_stream(blocks, data_config):
+        if mean is not None:
+            feats = features_lib.apply_cmvn(feats, mean, std)
+        yield np.asarray(feats, np.float32)
 
 
 def audio_features(path: str, data_config, mean: np.ndarray | None = None,

@@ -14,13 +14,14 @@ and truncated FLAC streams at a fraction of the cost, but not damage in the midd
 
 Non-finite samples (NaN / Inf, possible in float WAV files whatever their name) are rejected as kind
 ``non_finite`` wherever samples are decoded: ``probe`` (every block with ``check="full"``, the last block with
-``"header"``) and ``decode``; one such sample would turn the CMVN statistics and every loss it touches into
-NaN.
+``"header"``), ``decode`` and ``read_blocks`` (block by block, for long recordings); one such sample would
+turn the CMVN statistics and every loss it touches into NaN.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Iterator
 
 import numpy as np
 import soundfile as sf
@@ -64,7 +65,8 @@ class AudioInfo:
 def check_finite(path: str, samples: np.ndarray, offset: int = 0) -> None:
     """Raises AudioError (``non_finite``) naming the first NaN/Inf sample of ``samples`` ([N] or [N, C],
     starting at sample ``offset`` of the file)."""
-    flat = np.asarray(samples).reshape(len(samples), -1)
+    samples = np.asarray(samples)
+    flat = samples.reshape(len(samples), samples.size // max(1, len(samples)))
     bad = ~np.isfinite(flat)
     if bad.any():
         first = int(np.flatnonzero(bad.any(axis=1))[0])
@@ -198,6 +200,50 @@ def decode(path: str, sample_rate: int | None = None, convert: bool = False, min
         raise AudioError(path, CHANNELS, f"{audio.shape[1]} channels, expected mono")
     check_length(path, len(audio), rate, min_samples)
     return audio[:, 0]
+
+
+def read_blocks(path: str, sample_rate: int, block_samples: int = _BLOCK_FRAMES, convert: bool = False,
+                min_samples: int = 0) -> Iterator[np.ndarray]:
+    """``decode`` block by block: float32 arrays [<= block_samples] whose concatenation equals ``decode(path,
+    sample_rate, convert, min_samples)`` (with ``convert``, to soxr's streaming-vs-one-shot rounding).
+
+    Memory is one block (plus soxr's filter state), whatever the file length. Rate, channels and length are
+    checked from the header before the first block; non-finite samples per block, naming the sample.
+
+    Raises:
+      AudioError: as ``decode``.
+    """
+    try:
+        with sf.SoundFile(path) as f:
+            info = AudioInfo(int(f.frames), int(f.samplerate), int(f.channels))
+            check_info(path, info, sample_rate, min_samples, convert)
+            resampler = soxr.ResampleStream(info.sample_rate, sample_rate, 1, "float32", RESAMPLER_QUALITY) \
+                if info.sample_rate != sample_rate else None
+            consumed = emitted = 0
+            held = np.zeros([0], np.float32)  # resampled tail held back until the length is known
+            while True:
+                block = f.read(block_samples, dtype="float32", always_2d=True)
+                check_finite(path, block, consumed)
+                consumed += len(block)
+                mono = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
+                if resampler is None:
+                    if len(mono) == 0:
+                        return
+                    yield np.ascontiguousarray(mono, np.float32)
+                    continue
+                last = len(block) == 0
+                held = np.concatenate([held, resampler.resample_chunk(mono, last=last)])
+                if last:  # the count decode() gives: round(n * to / from) of the samples actually decoded
+                    n = max(0, converted_length(consumed, info.sample_rate, sample_rate) - emitted)
+                    yield held[:n] if len(held) >= n else np.pad(held, (0, n - len(held)))
+                    return
+                keep = min(len(held), 64)
+                if len(held) > keep:
+                    emitted += len(held) - keep
+                    yield held[: len(held) - keep]
+                    held = held[len(held) - keep:]
+    except (sf.LibsndfileError, RuntimeError) as e:
+        raise AudioError(path, CORRUPT, f"libsndfile: {e}") from e
 
 
 def min_samples_for(min_duration_s: float, sample_rate: int) -> int:

@@ -3,11 +3,12 @@
 Contract (docs/DESIGN.md): ``log_mel(audio [..., N]) -> [..., T, 80]`` with ``T = 1 + (N - 400) // 160`` at
 16 kHz: 25 ms periodic-Hann window, 10 ms hop, 512-point FFT, power spectrum, HTK-mel filterbank
 (``tf.signal.linear_to_mel_weight_matrix``, 20-7600 Hz), ``log(max(mel, log_floor))``; no padding at the ends.
+``log_mel_stream`` computes the same features chunk by chunk from sample blocks (bounded memory).
 """
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import tensorflow as tf  # omni_tf/__init__ (imported first) set TF_USE_LEGACY_KERAS
@@ -49,6 +50,26 @@ def log_mel(audio: tf.Tensor, data_config) -> tf.Tensor:
     power = tf.math.real(stft) ** 2 + tf.math.imag(stft) ** 2
     mel = tf.tensordot(power, mel_matrix(data_config), axes=1)
     return tf.math.log(tf.maximum(mel, data_config.log_floor))
+
+
+def log_mel_stream(blocks: Iterable[np.ndarray], data_config) -> Iterator[np.ndarray]:
+    """Log-mel of a long signal given as consecutive sample blocks, chunk by chunk: yields float32
+    [t_i, num_mel_bins] whose concatenation equals ``log_mel`` of the concatenated blocks (same frames,
+    same per-frame arithmetic; tested to float32 rounding).
+
+    Memory: one block plus the window overlap (``frame_length - frame_step`` samples carried to the next
+    chunk), independent of the signal's length. Blocks may have any sizes (also 0); a chunk may be empty.
+    """
+    length, step = frame_params(data_config)
+    carry = np.zeros([0], np.float32)
+    for block in blocks:
+        buf = np.concatenate([carry, np.asarray(block, np.float32).reshape(-1)])
+        frames = int(num_frames(len(buf), data_config))
+        if frames == 0:
+            carry = buf
+            continue
+        yield log_mel(buf[: (frames - 1) * step + length], data_config).numpy()
+        carry = buf[frames * step:]
 
 
 def features_from_paths(paths: list[str], data_config, num_parallel_calls: int = tf.data.AUTOTUNE,

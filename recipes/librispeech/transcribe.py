@@ -15,6 +15,8 @@ Audio that cannot be used is skipped with a "skip <path>: <kind>: <reason>" line
 kind in the summary: unreadable (``corrupt``), 0 samples (``empty_file``), shorter than one chunk +
 lookahead + window (``too_short``; the limit ``prepare`` applies too). The exit status is 1 if nothing was
 transcribed, else 0.
+Audio is read in blocks and featurized, encoded and decoded chunk by chunk (``transcribe_file``), so memory
+does not grow with a recording's length.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ from omni_tf.data.audio import AudioError
 from omni_tf.data.librispeech import default_min_duration_s, parse_transcript_line
 from omni_tf.text.tokenizer import Tokenizer, check_model_vocab
 from tflite_export.bundle import validate_manifest
-from tflite_export.recognizer import LiteRTRecognizer, audio_features, frontend_config
+from tflite_export.recognizer import LiteRTRecognizer, frontend_config
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("tier_dir", None, "Exported tier directory (model.tflite, manifest.json, spm.model).")
@@ -67,10 +69,11 @@ class TierTranscriber:
         """Transcript of ``path``. Raises AudioError (named kind) for audio it cannot use; OSError."""
         rate = self.data_config.sample_rate
         note = audio_lib.conversion(audio_lib.read_info(path), rate)
-        feats = audio_features(path, self.data_config, self.mean, self.std, self.min_samples)
+        tokens = self.recognizer.transcribe_file(path, self.data_config, self.mean, self.std,
+                                                 self.min_samples)
         if note:
             print(f"convert {path}: {note}", file=sys.stderr)
-        return self.tokenizer.decode(self.recognizer.transcribe_features(feats))
+        return self.tokenizer.decode(tokens)
 
 
 def _skip(skipped: collections.Counter, what: str, error: Exception) -> None:
