@@ -109,7 +109,7 @@ def test_only_broken_checkpoints_fail_naming_each(tmp_path):
 
 def test_temp_folder_of_an_interrupted_save_is_removed_on_next_save(tmp_path):
     ckpt_dir = _three_checkpoints(tmp_path)
-    temp = ckpt_dir / "ckpt-4_temp"
+    temp = ckpt_dir / "ckpt-7_temp"  # killed while saving step 7; the restart resumes from 3
     temp.mkdir()
     (temp / "part-00000-of-00001.data-00000-of-00001").write_bytes(b"\x00" * 64)
     keeper = CheckpointKeeper(str(tmp_path), _objects(4.0), max_to_keep=5)
