@@ -126,3 +126,18 @@ def test_non_finite_sample_is_its_own_kind(tmp_path, check):
     assert err.value.kind == audio.NON_FINITE and err.value.path == path
     with pytest.raises(audio.AudioError, match="non_finite"):
         audio.decode(path, 16000)
+
+
+def test_read_blocks_equals_decode_and_names_a_late_nan(tmp_path):
+    path = str(tmp_path / "x.wav")
+    x = np.random.default_rng(0).uniform(-0.5, 0.5, 10000).astype(np.float32)
+    sf.write(path, x, 16000, subtype="FLOAT")
+    blocks = list(audio.read_blocks(path, 3000, 16000))
+    assert [len(b) for b in blocks] == [3000, 3000, 3000, 1000]
+    np.testing.assert_array_equal(np.concatenate(blocks), audio.decode(path, 16000))
+    x[7777] = np.inf
+    sf.write(path, x, 16000, subtype="FLOAT")
+    with pytest.raises(audio.AudioError, match="sample 7777 is inf"):
+        list(audio.read_blocks(path, 3000, 16000))
+    with pytest.raises(audio.AudioError, match="sample_rate"):
+        list(audio.read_blocks(path, 3000, 8000))

@@ -124,3 +124,14 @@ def test_cmvn_save_and_load_reject_non_finite_naming_the_file(tmp_path):
         json.dump({"mean": [float("nan")] * 80, "std": [float("nan")] * 80}, f)
     with pytest.raises(ValueError, match=f"{path}: CMVN"):
         features.load_cmvn(path)
+
+
+@pytest.mark.parametrize("sizes", [[1000, 7, 0, 399, 401, 3000, 160], [16000], [100, 100], []])
+def test_log_mel_stream_equals_log_mel(cfg, sizes):
+    x = np.random.default_rng(len(sizes)).uniform(-0.5, 0.5, sum(sizes)).astype(np.float32)
+    blocks = np.split(x, np.cumsum(sizes)[:-1]) if sizes else []
+    chunks = list(features.log_mel_stream(blocks, cfg))
+    whole = features.log_mel(x, cfg).numpy()
+    got = np.concatenate(chunks) if chunks else np.zeros([0, 80], np.float32)
+    assert got.shape == whole.shape
+    np.testing.assert_allclose(got, whole, rtol=0, atol=2e-5)
