@@ -132,12 +132,12 @@ def test_read_blocks_equals_decode_and_names_a_late_nan(tmp_path):
     path = str(tmp_path / "x.wav")
     x = np.random.default_rng(0).uniform(-0.5, 0.5, 10000).astype(np.float32)
     sf.write(path, x, 16000, subtype="FLOAT")
-    blocks = list(audio.read_blocks(path, 3000, 16000))
+    blocks = list(audio.read_blocks(path, 16000, 3000))
     assert [len(b) for b in blocks] == [3000, 3000, 3000, 1000]
     np.testing.assert_array_equal(np.concatenate(blocks), audio.decode(path, 16000))
     x[7777] = np.inf
     sf.write(path, x, 16000, subtype="FLOAT")
     with pytest.raises(audio.AudioError, match="sample 7777 is inf"):
-        list(audio.read_blocks(path, 3000, 16000))
+        list(audio.read_blocks(path, 16000, 3000))
     with pytest.raises(audio.AudioError, match="sample_rate"):
-        list(audio.read_blocks(path, 3000, 8000))
+        list(audio.read_blocks(path, 8000, 3000))
