@@ -113,9 +113,16 @@ class Transducer(keras.Model):
     # --- training path --------------------------------------------------------------------------------------
     def call(self, batch: Mapping[str, tf.Tensor], training: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
         """batch: features [B,T,80], feature_lengths [B], tokens [B,U] -> (logits [B,T',U+1,V], [B])."""
+        logits, enc_lengths, _ = self.forward(batch, training=training)
+        return logits, enc_lengths
+
+    def forward(self, batch: Mapping[str, tf.Tensor], training: bool = False
+                ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """``call`` that also returns the encoder output: (logits [B,T',U+1,V], enc_lengths [B],
+        enc [B,T',D]); training-only heads (``omni_tf/losses/ctc.py``) read ``enc``."""
         enc, enc_lengths = self.encode(batch["features"], batch["feature_lengths"], training=training)
         pred = self.predictor_forward(batch["tokens"], training=training)
-        return self.join(enc[:, :, None, :], pred[:, None, :, :]), enc_lengths
+        return self.join(enc[:, :, None, :], pred[:, None, :, :]), enc_lengths, enc
 
     def encode(self, features: tf.Tensor, feature_lengths: tf.Tensor, training: bool = False):
         """features [B,T,80], lengths [B] -> (enc [B, ceil(T/CF)*chunk_enc, D], enc_lengths = ceil(len/4))."""

@@ -76,3 +76,58 @@ def test_sampler_for_mode_and_errors():
         sampling.sampler_for_mode("sparse", c, N)
     with pytest.raises(ValueError):
         sampling.make_sampler("uniform", N, K, subnets_per_step=0)
+
+
+LEVELS = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def test_tiers_sampler_trains_dense_and_every_tier_each_step():
+    s = sampling.make_sampler("tiers", N, len(LEVELS), seed=4, levels=LEVELS, train_levels=(0.9, 0.6, 0.75))
+    assert s.num_subnets == 4
+    for step in (0, 1, 57):
+        rows = s(step).numpy()
+        assert rows.shape == (4, N)
+        assert np.all(rows[0] == 0) and np.all(rows[1] == 3) and np.all(rows[3] == 6)  # dense, 0.6, 0.9
+        assert set(np.unique(rows[2])) <= {4, 5}  # 0.75 lies between 0.7 (4) and 0.8 (5): per-kernel mix
+    np.testing.assert_array_equal(s(9).numpy(), sampling.make_sampler(
+        "tiers", N, len(LEVELS), seed=4, levels=LEVELS, train_levels=(0.6, 0.75, 0.9))(9).numpy())
+    # The mix takes hi with probability (0.75 - 0.7) / (0.8 - 0.7) = 0.5: over many steps about half.
+    wide = sampling.make_sampler("tiers", 400, len(LEVELS), seed=0, levels=LEVELS, train_levels=(0.75,))
+    assert abs(float(np.mean(wide(3).numpy()[1] == 5)) - 0.5) < 0.1
+
+
+def test_tiers_random_is_dense_sparsest_and_one_other_tier():
+    s = sampling.make_sampler("tiers_random", N, len(LEVELS), seed=1, levels=LEVELS,
+                              train_levels=(0.5, 0.6, 0.7, 0.9))
+    assert s.num_subnets == 3
+    seen = set()
+    for step in range(40):
+        idx = s.tier_indices(step).numpy()
+        assert idx[0] == 3 and 0 <= idx[1] < 3  # sparsest tier, then one of the others
+        rows = s(step).numpy()
+        assert np.all(rows[0] == 0) and np.all(rows[1] == 6)
+        assert np.all(rows[2] == LEVELS.index(s.train_levels[idx[1]]))
+        seen.add(int(idx[1]))
+        # a pure function of (seed, step): a fresh ("resumed") sampler replays
+        twin = sampling.make_sampler("tiers_random", N, len(LEVELS), seed=1, levels=LEVELS,
+                                     train_levels=(0.5, 0.6, 0.7, 0.9))
+        np.testing.assert_array_equal(twin(step).numpy(), rows)
+    assert seen == {0, 1, 2}
+    one = sampling.make_sampler("tiers_random", N, len(LEVELS), levels=LEVELS, train_levels=(0.7,))
+    assert one.num_subnets == 2 and np.all(one(0).numpy()[1] == 4)
+
+
+def test_tiers_sampler_rejects_bad_train_levels():
+    with pytest.raises(ValueError, match="train_levels"):
+        sampling.make_sampler("tiers", N, len(LEVELS), levels=LEVELS, train_levels=())
+    with pytest.raises(ValueError, match="outside the level range"):
+        sampling.make_sampler("tiers", N, len(LEVELS), levels=LEVELS, train_levels=(0.95,))
+    with pytest.raises(ValueError, match="level sparsities"):
+        sampling.make_sampler("tiers", N, len(LEVELS), train_levels=(0.6,))
+
+
+def test_sampler_for_mode_reads_train_levels():
+    c = sparsity_config.get_config()
+    c.sampler = "tiers"
+    s = sampling.sampler_for_mode("omni", c, N)
+    assert s.num_subnets == 1 + len(c.train_levels)

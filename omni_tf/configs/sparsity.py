@@ -10,9 +10,12 @@ def get_config() -> ml_collections.ConfigDict:
     c.end_step = 6000
     c.frequency = 100
     c.power = 3
-    c.sampler = "sandwich"  # sandwich | uniform | per_layer
+    c.sampler = "sandwich"  # sandwich | uniform | per_layer | tiers | tiers_random (sampling.py)
     c.subnets_per_step = 1  # random subnets on top of densest+sparsest for sandwich
-    c.distill_weight = 0.0
+    c.train_levels = (0.6, 0.75, 0.9)  # tiers / tiers_random: the deployed tiers' sparsities (demo --tiers)
+    c.distill_weight = 0.0  # > 0: in-place distillation from the dense subnet (training/distill.py)
+    c.distill_mode = "add"  # add: label + w*KD | replace: w*KD | mix: (1-w)*label + w*KD
+    c.distill_norm = "nodes"  # KD scale: nodes (mean KL per lattice node) | sequence (x (T' + U))
     c.target_sparsity = 0.7  # mode=pruned: the individually-pruned baseline's level
     c.norm = "l2"  # block score for blocks > 1: l2 | l1
     c.dense_warmup = True  # omni: train only the dense model before begin_step

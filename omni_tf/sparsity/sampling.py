@@ -14,6 +14,13 @@ and a resumed run replays exactly. Names (``make_sampler``):
 - ``fixed``: one subnet, ``level`` everywhere (mode ``pruned``, the individually-pruned baseline).
 - ``dense``: one subnet, level 0 everywhere (mode ``dense``; dense only if ``s_0 == 0``, else use
   ``SupernetMasks.apply_dense``).
+- ``tiers``: the sandwich over the deployed tiers: the dense subnet and every tier's subnet, every step, so
+  each tier gets as many updates as its individually pruned model would (``sparsity.train_levels``).
+- ``tiers_random``: dense, the sparsest tier and one other tier drawn at random (3 subnets per step
+  whatever the number of tiers; the sandwich rule of Yu & Huang 2019, Sec. 3.2, over the tiers).
+  A tier sparsity ``s`` that is a level is that uniform level; one between two levels ``lo < s < hi`` is a
+  per-kernel mix: each kernel takes ``hi`` with probability ``(s - lo) / (hi - lo)`` (drawn from
+  ``(seed, step)``), a subnet of about the tier's size in the space the per-layer search explores.
 
 In-place distillation (Yu & Huang 2019): the densest subnet learns from the labels and serves as the teacher;
 every other subnet adds ``distill_weight * KL(teacher || student)``. ``distill_weights(levels, w)`` returns
@@ -25,7 +32,7 @@ import tensorflow as tf
 
 from omni_tf.sparsity import levels as lv
 
-SAMPLERS = ("sandwich", "uniform", "per_layer", "fixed", "dense")
+SAMPLERS = ("sandwich", "uniform", "per_layer", "fixed", "dense", "tiers", "tiers_random")
 RANDOM_KINDS = ("per_layer", "uniform")
 
 
@@ -121,10 +128,73 @@ class FixedSampler(Sampler):
         return self._constant_row(self.level)
 
 
+class TierSampler(Sampler):
+    """Rows: dense (level 0), then every tier (``tiers``) or the sparsest tier + one random other tier
+    (``tiers_random``). ``levels``: the supernet's sparsities (ascending); ``train_levels``: tier sparsities
+    within ``[levels[0], levels[-1]]``. Raises ValueError for an empty or out-of-range ``train_levels``."""
+
+    def __init__(self, num_kernels: int, levels: tuple[float, ...], train_levels: tuple[float, ...],
+                 seed: int = 0, random_tier: bool = False):
+        super().__init__(num_kernels, len(levels), seed)
+        self.levels = tuple(float(x) for x in levels)
+        tiers = sorted({float(x) for x in train_levels})
+        if not tiers:
+            raise ValueError("tiers samplers need sparsity.train_levels (the tiers' sparsities)")
+        for t in tiers:
+            if not self.levels[0] <= t <= self.levels[-1]:
+                raise ValueError(f"sparsity.train_levels value {t} outside the level range "
+                                 f"[{self.levels[0]}, {self.levels[-1]}]")
+        self.train_levels = tuple(tiers)
+        self.random_tier = bool(random_tier)
+
+    @property
+    def num_subnets(self) -> int:
+        return 1 + (min(2, len(self.train_levels)) if self.random_tier else len(self.train_levels))
+
+    def bracket(self, sparsity: float) -> tuple[int, int, float]:
+        """(lo index, hi index, probability of hi) of a tier sparsity; lo == hi for a level itself."""
+        for k, level in enumerate(self.levels):
+            if abs(level - sparsity) < 1e-9:
+                return k, k, 0.0
+        hi = next(k for k, level in enumerate(self.levels) if level > sparsity)
+        lo = hi - 1
+        return lo, hi, (sparsity - self.levels[lo]) / (self.levels[hi] - self.levels[lo])
+
+    def _tier_row(self, step: int | tf.Tensor, index: int) -> tf.Tensor:
+        lo, hi, p_hi = self.bracket(self.train_levels[index])
+        if lo == hi:
+            return self._constant_row(lo)
+        seed = tf.stack([tf.constant(self.seed + 1000 + index, tf.int64), tf.cast(step, tf.int64)])
+        take_hi = tf.random.stateless_uniform([1, self.num_kernels], seed=seed) < p_hi
+        return tf.where(take_hi, tf.constant(hi, tf.int32), tf.constant(lo, tf.int32))
+
+    def tier_indices(self, step: int | tf.Tensor) -> tf.Tensor:
+        """Indices int32 ``[num_subnets - 1]`` into ``train_levels`` of the tiers trained at ``step``
+        (a pure function of (seed, step))."""
+        n = len(self.train_levels)
+        if not self.random_tier:
+            return tf.range(n, dtype=tf.int32)
+        if n == 1:
+            return tf.zeros([1], tf.int32)
+        seed = tf.stack([tf.constant(self.seed + 2000, tf.int64), tf.cast(step, tf.int64)])
+        other = tf.random.stateless_uniform([1], seed=seed, minval=0, maxval=n - 1, dtype=tf.int32)
+        return tf.concat([tf.constant([n - 1], tf.int32), other], axis=0)
+
+    def __call__(self, step: int | tf.Tensor) -> tf.Tensor:
+        tiers = tf.concat([self._tier_row(step, i) for i in range(len(self.train_levels))], axis=0)
+        return tf.concat([self._constant_row(0), tf.gather(tiers, self.tier_indices(step))], axis=0)
+
+
 def make_sampler(name: str, num_kernels: int, num_levels: int, seed: int = 0, subnets_per_step: int = 1,
-                 target_level: int = 0, random_kind: str = "per_layer") -> Sampler:
+                 target_level: int = 0, random_kind: str = "per_layer", levels: tuple[float, ...] = (),
+                 train_levels: tuple[float, ...] = ()) -> Sampler:
     """Sampler by name (see module docstring). ``subnets_per_step`` is the number of random subnets
-    (on top of densest + sparsest for ``sandwich``); ``target_level`` is the ``fixed`` level."""
+    (on top of densest + sparsest for ``sandwich``); ``target_level`` is the ``fixed`` level; ``levels``
+    (the supernet's sparsities, ``num_levels`` of them) and ``train_levels`` feed ``tiers*``."""
+    if name in ("tiers", "tiers_random"):
+        if len(levels) != num_levels:
+            raise ValueError(f"sampler {name!r} needs the {num_levels} level sparsities, got {levels!r}")
+        return TierSampler(num_kernels, levels, train_levels, seed, random_tier=name == "tiers_random")
     if name == "sandwich":
         return SandwichSampler(num_kernels, num_levels, seed, subnets_per_step, random_kind)
     if name in ("uniform", "per_layer"):
@@ -155,5 +225,6 @@ def sampler_for_mode(mode: str, sparsity_config, num_kernels: int, seed: int = 0
     if mode == "omni":
         kind = sparsity_config.get("random_kind", "per_layer")
         return make_sampler(sparsity_config.sampler, num_kernels, len(levels), seed,
-                            sparsity_config.subnets_per_step, random_kind=kind)
+                            sparsity_config.subnets_per_step, random_kind=kind, levels=levels,
+                            train_levels=tuple(sparsity_config.get("train_levels", ())))
     raise ValueError(f"unknown training mode {mode!r}; choose dense, pruned or omni")

@@ -30,6 +30,7 @@ import tensorflow as tf
 import tf_keras as keras
 from absl import logging
 
+from omni_tf.losses.ctc import CtcHead
 from omni_tf.losses.rnnt import rnnt_loss
 from omni_tf.model import build_model
 from omni_tf.sparsity import sampling
@@ -83,12 +84,21 @@ class TrainState:
             logging.warning("training.mixed_precision ignored: no GPU (float16 is off on CPU)")
         keras.mixed_precision.set_global_policy("mixed_float16" if self.mixed else "float32")
         keras.utils.set_random_seed(int(t.seed))  # same initial weights in every process and on restart
+        self.ctc_weight = float(t.get("ctc_weight", 0.0))
         with strategy.scope():
             self.model = build_model(config.model)
             self.model.build()
+            # Training-only auxiliary CTC head (omni_tf/losses/ctc.py), built after the model so the model's
+            # seeded initial weights are the same with and without it.
+            self.ctc_head = (CtcHead(config.model.d_model, config.model.vocab_size) if self.ctc_weight
+                             else None)
+            head_vars = []
+            if self.ctc_head is not None:
+                self.ctc_head.build()
+                head_vars = self.ctc_head.trainable_variables
             self.progress = TrainingProgress(t.max_steps, t.max_minutes)
             self.optimizer = optim.make_optimizer(t, self.progress, loss_scale=self.mixed)
-            self.optimizer.build(self.model.trainable_variables)
+            self.optimizer.build(self.model.trainable_variables + head_vars)
             self.counters = TrainCounters()
         # Survival levels are plain local variables, outside the scope: MultiWorkerMirrored cannot broadcast
         # int8 initial values, and they are only read/written in cross-replica context. Every worker computes
@@ -108,6 +118,8 @@ class TrainState:
                 "progress": self.progress}
         if self.masks is not None:
             objs["masks"] = self.masks
+        if self.ctc_head is not None:
+            objs["ctc_head"] = self.ctc_head
         return objs
 
 
@@ -118,7 +130,8 @@ def make_level_sampler(config: ml_collections.ConfigDict, masks: SupernetMasks |
     t, sp = config.training, config.sparsity
     if t.mode == "pruned":
         return sampling.make_sampler("fixed", masks.num_kernels, masks.num_levels, t.seed, target_level=1)
-    return sampling.make_sampler(sp.sampler, masks.num_kernels, masks.num_levels, t.seed, sp.subnets_per_step)
+    return sampling.make_sampler(sp.sampler, masks.num_kernels, masks.num_levels, t.seed, sp.subnets_per_step,
+                                 levels=masks.levels, train_levels=tuple(sp.get("train_levels", ())))
 
 
 def sample_levels(sampler: sampling.Sampler | None, step: int, warmup: bool, distill: bool) -> np.ndarray:
@@ -214,9 +227,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, source: DataSource,
     counters, masks, clock = state.counters, state.masks, state.progress
     if restored:
         logging.info("resumed from %s at %s", restored, counters.as_dict())
+    sp = config.sparsity
     step_fn = TrainStep(state.model, state.optimizer, strategy, rnnt_loss, counters, masks,
-                        config.sparsity.distill_weight if t.mode == "omni" else 0.0, t.clip_norm,
-                        seed=int(t.seed))
+                        sp.distill_weight if t.mode == "omni" else 0.0, t.clip_norm,
+                        seed=int(t.seed), ctc_head=state.ctc_head, ctc_weight=state.ctc_weight,
+                        distill_mode=sp.get("distill_mode", "add"),
+                        distill_norm=sp.get("distill_norm", "nodes"))
     writer = summaries.SummaryWriter(workdir, enabled=chief)
     batches = _Batches(source, strategy, counters)
     # meter: the recent rate (reset at every log line and after this invocation's first step, whose time is
@@ -232,6 +248,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, source: DataSource,
     distill = t.mode == "omni" and config.sparsity.distill_weight > 0
     step = last_saved = first_step = int(counters.step.numpy())
     skipped: list[tuple[int, list[str]]] = []  # the current run of consecutive skipped updates
+    ctc_infeasible = 0  # utterances (this run) whose CTC loss was masked: too few encoder frames
     clock.update(step, trained_seconds())
     while (stopped_by := clock.done(step)) is None:
         schedule_step = int(clock.schedule_step.numpy())
@@ -251,6 +268,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, source: DataSource,
         skipped = [] if applied else [*skipped, (step, _log_nonfinite(out, step))]
         _stop_after_skips(t.max_consecutive_skips, skipped)
         utts, frames = int(out["utts"]), int(out["frames"])
+        ctc_infeasible += int(out["ctc_infeasible"])
         meter.add(1, utts, frames)
         total_meter.add(1, utts, frames)
         if step == first_step + 1:
@@ -278,6 +296,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, source: DataSource,
                "optimizer_iterations": int(state.optimizer.iterations.numpy()),
                "loss": float(out["loss"]) if out is not None else float("nan"),
                "checkpoint": path or keeper.latest, "restored_from": restored, **rates}
+    if state.ctc_head is not None:
+        metrics["ctc_infeasible_utterances"] = ctc_infeasible
+        if ctc_infeasible:
+            logging.warning("%d utterance passes had fewer encoder frames than CTC needs; their CTC loss "
+                            "was 0 (RNN-T loss unaffected)", ctc_infeasible)
     if chief:
         with open(os.path.join(workdir, "train_metrics.json"), "w") as f:
             json.dump(metrics, f, indent=1)
@@ -344,6 +367,8 @@ def _write_summaries(writer: summaries.SummaryWriter, step: int, out: dict, leve
     if state.masks is not None:
         values.update(summaries.kernel_sparsity_scalars(state.masks.sparsity_report()))
     values["skipped_nonfinite"] = float(state.counters.skipped_nonfinite.numpy())
+    if state.ctc_head is not None:
+        values["ctc_infeasible"] = float(out["ctc_infeasible"])
     writer.scalars(step, values)
 
 

@@ -8,8 +8,10 @@ One call = one optimizer update (or one skipped update). For each sampled subnet
 (``SupernetMasks.apply_levels``) and every micro-batch runs forward + backward on every replica; gradients
 are summed in place. Each utterance's loss is divided by the global number of utterances in its micro-batch,
 by M and by S, so the cross-replica sum is the mean loss of the step, whatever the replica count. With
-``distill_weight > 0`` row 0 must be the dense subnet (the teacher): the other subnets add
-``distill_weight * KL(teacher || student)`` on the joiner log-probs, teacher under stop-gradient.
+``distill_weight > 0`` row 0 must be the dense subnet (the teacher): the other subnets learn from its
+joiner (and CTC-head) distributions under stop-gradient, combined with the label loss per ``distill_mode``
+(``omni_tf/training/distill.py``). With a ``ctc_head`` (``omni_tf/losses/ctc.py``) every subnet's label loss
+is RNN-T + ``ctc_weight`` x CTC on the encoder output.
 
 Non-finite loss or gradients: every replica sees the same all-reduced gradients, so every replica takes the
 same branch of a cross-replica ``tf.cond`` that skips ``apply_gradients``; the skip is counted in
@@ -30,22 +32,12 @@ import tensorflow as tf
 import tf_keras as keras
 
 from omni_tf.layers.dropout import dropout_seed
+from omni_tf.losses.ctc import ctc_loss
+from omni_tf.training import distill
 from omni_tf.training.checkpoint import TrainCounters
+from omni_tf.training.distill import distillation_kl  # noqa: F401  (re-exported: the historical home)
 
 Batch = dict[str, Any]
-
-
-def distillation_kl(student_logits: tf.Tensor, teacher_logits: tf.Tensor, logit_lengths: tf.Tensor,
-                    token_lengths: tf.Tensor) -> tf.Tensor:
-    """Per-utterance ``KL(teacher || student)`` of the joiner distributions, averaged over the valid lattice
-    nodes (``t < T'_b``, ``u <= U_b``). Logits ``[B, T', U+1, V]`` -> ``[B]``; teacher under stop-gradient."""
-    student = tf.nn.log_softmax(tf.cast(student_logits, tf.float32), axis=-1)
-    teacher = tf.nn.log_softmax(tf.stop_gradient(tf.cast(teacher_logits, tf.float32)), axis=-1)
-    kl = tf.reduce_sum(tf.exp(teacher) * (teacher - student), axis=-1)  # [B, T', U+1]
-    t_valid = tf.sequence_mask(logit_lengths, tf.shape(kl)[1], tf.float32)
-    u_valid = tf.sequence_mask(token_lengths + 1, tf.shape(kl)[2], tf.float32)
-    valid = t_valid[:, :, None] * u_valid[:, None, :]
-    return tf.reduce_sum(kl * valid, axis=[1, 2]) / tf.maximum(tf.reduce_sum(valid, axis=[1, 2]), 1.0)
 
 
 def _all_finite(tensors: Sequence[tf.Tensor]) -> tf.Tensor:
@@ -57,7 +49,8 @@ class TrainStep:
 
     ``micro_batches`` is a tuple of M distributed batches (dicts with features, feature_lengths, tokens,
     token_lengths, ids). Returns cross-replica scalars ``loss`` (step mean), ``subnet_loss [S]``,
-    ``grad_norm`` (before clipping), ``applied`` (bool), ``utts`` and ``frames`` (global counts), plus
+    ``grad_norm`` (before clipping), ``applied`` (bool), ``utts`` and ``frames`` (global counts),
+    ``ctc_infeasible`` (utterances whose CTC loss was masked, global count; 0 without a head), plus
     ``per_utt_loss`` / ``ids``: lists of this process's per-replica tensors (to name bad utterances).
     Masks and optimizer slots must be built before the first call (no variable creation inside).
     ``optimizer`` may be a ``keras.mixed_precision.LossScaleOptimizer`` (loss scaling for float16).
@@ -68,14 +61,25 @@ class TrainStep:
     def __init__(self, model: tf.keras.Model, optimizer: Any, strategy: tf.distribute.Strategy,
                  loss_fn: Callable[..., tf.Tensor], counters: TrainCounters, masks: Any | None = None,
                  distill_weight: float = 0.0, clip_norm: float = 0.0, element_spec: Any = None,
-                 seed: int = 0):
+                 seed: int = 0, ctc_head: tf.keras.layers.Layer | None = None, ctc_weight: float = 0.0,
+                 distill_mode: str = "add", distill_norm: str = "nodes"):
+        distill.check(distill_mode, float(distill_weight), distill_norm)
         self.model, self.optimizer, self.strategy = model, optimizer, strategy
+        self.ctc_head = ctc_head if ctc_weight > 0 else None
+        self.ctc_weight = float(ctc_weight)
+        self.distill_mode, self.distill_norm = distill_mode, distill_norm
         self.loss_fn, self.counters, self.masks = loss_fn, counters, masks
         self.distill_weight, self.clip_norm = float(distill_weight), float(clip_norm)
         self.scaled = isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer)
         self.element_spec = element_spec
         self.seed = int(seed)
         self._fns: dict[tuple[int, int], Callable] = {}
+
+    @property
+    def variables(self) -> list[tf.Variable]:
+        """What the optimizer updates: the model's trainable variables, then the CTC head's (if any)."""
+        head = self.ctc_head.trainable_variables if self.ctc_head is not None else []
+        return list(self.model.trainable_variables) + list(head)
 
     def __call__(self, micro_batches: Sequence[Batch], levels: tf.Tensor) -> dict[str, Any]:
         rows = tuple(tf.unstack(tf.convert_to_tensor(levels, tf.int32)))
@@ -90,23 +94,35 @@ class TrainStep:
         return self._fns[key](tuple(micro_batches), rows)
 
     # -- replica functions -------------------------------------------------------------------------------
-    def _forward_backward(self, batch: Batch, grads: list[tf.Tensor] | None, teacher: tf.Tensor | None,
-                          scale: float, seed: tf.Tensor):
-        """One subnet on one micro-batch on this replica; ``scale = 1 / (M * S)``; ``seed [2]`` of the
-        (step, subnet, micro-batch), folded with the replica id for the dropout masks."""
+    def _forward_backward(self, batch: Batch, grads: list[tf.Tensor] | None,
+                          teacher: tuple[tf.Tensor, ...] | None, scale: float, seed: tf.Tensor):
+        """One subnet on one micro-batch on this replica; ``scale = 1 / (M * S)``. ``teacher``: the dense
+        subnet's (joiner logits, [CTC logits]) on this micro-batch, for a student; None for the teacher.
+        ``seed [2]`` of the (step, subnet, micro-batch), folded with the replica id for the dropout masks."""
         ctx = tf.distribute.get_replica_context()
         n_local = tf.cast(tf.shape(batch["tokens"])[0], tf.float32)
         n_global = ctx.all_reduce(tf.distribute.ReduceOp.SUM, n_local)
-        variables = self.model.trainable_variables
+        variables = self.variables
+        tokens, token_lengths = batch["tokens"], batch["token_lengths"]
         replica_seed = tf.random.experimental.stateless_fold_in(seed, ctx.replica_id_in_sync_group)
         with tf.GradientTape() as tape, dropout_seed(replica_seed):
-            logits, logit_lengths = self.model(batch, training=True)
-            logits = tf.cast(logits, tf.float32)
-            per_utt = self.loss_fn(logits, batch["tokens"], logit_lengths, batch["token_lengths"])
-            total = per_utt
+            if self.ctc_head is None:
+                logits, logit_lengths = self.model(batch, training=True)
+                outputs = (tf.cast(logits, tf.float32),)
+            else:
+                logits, logit_lengths, enc = self.model.forward(batch, training=True)
+                outputs = (tf.cast(logits, tf.float32), tf.cast(self.ctc_head(enc), tf.float32))
+            per_utt = self.loss_fn(outputs[0], tokens, logit_lengths, token_lengths)
+            label, infeasible = per_utt, tf.zeros([], tf.float32)
+            if self.ctc_head is not None:
+                ctc, bad = ctc_loss(outputs[1], logit_lengths, tokens, token_lengths)
+                label = label + self.ctc_weight * ctc
+                infeasible = tf.reduce_sum(tf.cast(bad, tf.float32))
+            total = label
             if teacher is not None:
-                total = per_utt + self.distill_weight * distillation_kl(
-                    logits, teacher, logit_lengths, batch["token_lengths"])
+                total = distill.student_loss(label, outputs, teacher, logit_lengths, token_lengths,
+                                             self.distill_mode, self.distill_weight, self.distill_norm,
+                                             self.ctc_weight)
             loss = tf.reduce_sum(total) / n_global * scale
             scaled = self.optimizer.get_scaled_loss(loss) if self.scaled else loss
         new = tape.gradient(scaled, variables)
@@ -117,21 +133,22 @@ class TrainStep:
         if grads is not None:
             new = [a + b for a, b in zip(grads, new, strict=True)]
         frames = tf.reduce_sum(tf.cast(batch["feature_lengths"], tf.float32))
-        return new, loss, logits, per_utt, tf.cast(tf.size(per_utt), tf.float32), frames
+        return new, loss, outputs, per_utt, tf.cast(tf.size(per_utt), tf.float32), frames, infeasible
 
-    def _reduce(self, grads: list[tf.Tensor], subnet_losses: tf.Tensor, utts: tf.Tensor, frames: tf.Tensor):
+    def _reduce(self, grads: list[tf.Tensor], subnet_losses: tf.Tensor, utts: tf.Tensor, frames: tf.Tensor,
+                infeasible: tf.Tensor):
         ctx = tf.distribute.get_replica_context()
         grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-        subnet_losses, utts, frames = ctx.all_reduce(tf.distribute.ReduceOp.SUM,
-                                                     [subnet_losses, utts, frames])
+        subnet_losses, utts, frames, infeasible = ctx.all_reduce(tf.distribute.ReduceOp.SUM,
+                                                                 [subnet_losses, utts, frames, infeasible])
         finite = tf.logical_and(_all_finite(grads), _all_finite([subnet_losses]))
         norm = tf.linalg.global_norm(grads)
         if self.clip_norm > 0:
             grads, _ = tf.clip_by_global_norm(grads, self.clip_norm, use_norm=norm)
-        return grads, finite, norm, subnet_losses, utts, frames
+        return grads, finite, norm, subnet_losses, utts, frames, infeasible
 
     def _apply(self, grads: list[tf.Tensor]) -> None:
-        pairs = zip(grads, self.model.trainable_variables, strict=True)
+        pairs = zip(grads, self.variables, strict=True)
         self.optimizer.apply_gradients(pairs, skip_gradients_aggregation=True)
 
     # -- the step (cross-replica context inside tf.function) ----------------------------------------------
@@ -140,7 +157,7 @@ class TrainStep:
         num_subnets, num_micro = len(levels), len(micro_batches)
         scale = 1.0 / (num_micro * num_subnets)
         grads, teachers, subnet_losses = None, [None] * num_micro, []
-        utts = frames = None
+        utts = frames = infeasible = None
         per_utt_losses, ids = [], []
         fold = tf.random.experimental.stateless_fold_in
         step_seed = tf.stack([tf.constant(self.seed, tf.int64), tf.identity(self.counters.step)])
@@ -151,19 +168,21 @@ class TrainStep:
             for i, batch in enumerate(micro_batches):
                 teacher = teachers[i] if (s > 0 and self.distill_weight > 0) else None
                 seed = fold(fold(step_seed, s), i)
-                grads, loss, logits, per_utt, n, f = st.run(self._forward_backward,
-                                                            args=(batch, grads, teacher, scale, seed))
+                grads, loss, outputs, per_utt, n, f, bad = st.run(self._forward_backward,
+                                                                  args=(batch, grads, teacher, scale, seed))
                 if s == 0 and self.distill_weight > 0:
-                    teachers[i] = logits
+                    teachers[i] = outputs
                 loss_s = loss if loss_s is None else st.run(tf.add, args=(loss_s, loss))
                 if s == 0:
                     utts = n if utts is None else st.run(tf.add, args=(utts, n))
                     frames = f if frames is None else st.run(tf.add, args=(frames, f))
+                    infeasible = bad if infeasible is None else st.run(tf.add, args=(infeasible, bad))
                     per_utt_losses.append(per_utt)
                     ids.append(batch["ids"])
             subnet_losses.append(loss_s)
         stacked = st.run(lambda *x: tf.stack(x) * float(num_subnets), args=tuple(subnet_losses))
-        grads, finite, norm, sub, utts, frames = st.run(self._reduce, args=(grads, stacked, utts, frames))
+        grads, finite, norm, sub, utts, frames, infeasible = st.run(
+            self._reduce, args=(grads, stacked, utts, frames, infeasible))
         first = st.experimental_local_results
         ok = first(finite)[0]
 
@@ -185,6 +204,6 @@ class TrainStep:
         sub = first(sub)[0]
         return {
             "loss": tf.reduce_mean(sub), "subnet_loss": sub, "grad_norm": first(norm)[0], "applied": applied,
-            "utts": first(utts)[0], "frames": first(frames)[0],
+            "utts": first(utts)[0], "frames": first(frames)[0], "ctc_infeasible": first(infeasible)[0],
             "per_utt_loss": [first(p) for p in per_utt_losses], "ids": [first(x) for x in ids],
         }
