@@ -1,4 +1,5 @@
-"""Word, character and token error rates (jiwer), corpus-level and per utterance.
+"""Word, character and token error rates (jiwer), corpus-level and per utterance; paired bootstrap
+intervals.
 
 The project's only error-rate implementation: training evaluation, the search, export parity
 (``tflite_export/parity.py``) and REPORT.md all count through this module, so every WER column means the same
@@ -12,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import jiwer
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -123,3 +125,36 @@ def per_utterance(
             "char_errors": c.errors, "ref_chars": c.reference_units, "cer": c.rate,
         })
     return rows
+
+
+def bootstrap_wer_diff(references: Sequence[str], hypotheses_a: Sequence[str], hypotheses_b: Sequence[str],
+                       n: int = 1000, seed: int = 0, confidence: float = 0.95) -> tuple[float, float, float]:
+    """Corpus WER of system A minus system B, with a paired bootstrap interval over utterances.
+
+    Paired bootstrap (Koehn 2004, "Statistical Significance Tests for Machine Translation Evaluation";
+    Bisani & Ney 2004 for ASR): draw ``n`` resamples of the test utterances with replacement (the same
+    utterances for both systems), recompute both corpus WERs on each (word errors summed over the resample
+    over its reference words, per-utterance counts from jiwer) and take the ``(1 - confidence) / 2`` and
+    ``(1 + confidence) / 2`` percentiles of the differences. An interval that contains 0 is a tie at that
+    confidence. Resample indices: ``np.random.default_rng(seed).integers(0, N, size=(n, N))``.
+
+    Returns ``(diff, lo, hi)`` as fractions (0.05 = 5 WER points); ``diff`` is on the full set. Raises
+    ValueError for empty or mismatched inputs, ``n < 1`` or a confidence outside (0, 1).
+    """
+    _check(references, hypotheses_a)
+    _check(references, hypotheses_b)
+    if not references:
+        raise ValueError("bootstrap_wer_diff needs at least one utterance")
+    if n < 1 or not 0.0 < confidence < 1.0:
+        raise ValueError(f"bootstrap_wer_diff wants n >= 1 and 0 < confidence < 1, got {n}, {confidence}")
+    counts = [(utterance_counts(r, a), utterance_counts(r, b))
+              for r, a, b in zip(references, hypotheses_a, hypotheses_b, strict=True)]
+    err_a = np.array([a.errors for a, _ in counts], np.float64)
+    err_b = np.array([b.errors for _, b in counts], np.float64)
+    words = np.array([a.reference_units for a, _ in counts], np.float64)
+    diff = float((err_a.sum() - err_b.sum()) / max(words.sum(), 1.0))
+    idx = np.random.default_rng(seed).integers(0, len(references), size=(n, len(references)))
+    diffs = (err_a[idx].sum(1) - err_b[idx].sum(1)) / np.maximum(words[idx].sum(1), 1.0)
+    tail = 100.0 * (1.0 - confidence) / 2.0
+    lo, hi = np.percentile(diffs, [tail, 100.0 - tail])
+    return diff, float(lo), float(hi)
