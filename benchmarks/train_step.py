@@ -3,7 +3,7 @@ with ``--breakdown``: where one step's time goes and the fraction of this machin
 
 Usage (from the repository root):
   python -m benchmarks.train_step --preset=tiny --batch_size=8 --frames=400 --labels=20 --steps=5 --rounds=5
-  nice python -m benchmarks.train_step --breakdown --threads=2 --config_arg=tiny,demo \\
+  nice python -m benchmarks.train_step --breakdown --threads=2 --config_arg=tiny,demo \
       --data_dir=runs/demo/data
   (``--data_dir``: real demo batches; without it random features of --batch_size x --frames)
 
