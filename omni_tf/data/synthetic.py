@@ -12,7 +12,9 @@ variants = 760 speakers (all of them sound different), with a stable numeric id
 ``1000 * (voice_index + 1) + variant_index``. Speakers are split disjointly: a ``dev_fraction`` share of
 the shuffled speakers (at least one) is dev-only, a ``test_fraction`` share test-only, the rest train-only.
 Sentences (``text_source``) are split disjointly the same way, and a dev/test sentence only uses words that
-occur in training sentences. Speed (words per minute), pitch and gain are drawn per utterance.
+occur in training sentences. ``CorpusSpec.within_train_of`` restricts a corpus to the train speakers and
+sentences of another (``split_pools``): the pretraining corpus never sees the demo's dev/test.
+Speed (words per minute), pitch and gain are drawn per utterance.
 Everything is planned up front from ``seed``; the worker count does not change any file.
 
 British English is ``en`` (``gmw/en``): ``-v en-gb+<variant>`` selects the mbrola voice ``en-uk``, which is
@@ -81,6 +83,10 @@ class CorpusSpec:
     max_pitch: int = 80
     min_gain_db: float = -12.0  # peak level relative to 0.9 full scale
     max_gain_db: float = 0.0
+    # >= 0: draw speakers and sentences only from the *train* pools of the corpus ``CorpusSpec(seed=
+    # within_train_of)`` (default fractions: the demo's), so nothing of that corpus's dev/test is used
+    # (recipes/synthetic/pretrain.py). -1: all speakers and sentences.
+    within_train_of: int = -1
 
     def __post_init__(self) -> None:
         if self.hours <= 0 and self.num_utterances < 1:
@@ -97,7 +103,11 @@ class CorpusSpec:
             raise ValueError("speed must be in [80, 450] wpm and pitch in [0, 99]")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The fields; ``within_train_of`` only when set, so corpora made before it existed still match."""
+        d = dataclasses.asdict(self)
+        if self.within_train_of < 0:
+            del d["within_train_of"]
+        return d
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,14 +203,26 @@ def _cycle(items: Sequence, rng: random.Random):
         yield from order
 
 
+def split_pools(spec: CorpusSpec, sentences: Sequence[str] | None = None,
+                speakers: Sequence[Speaker] | None = None
+                ) -> tuple[dict[str, list[str]], dict[str, list[Speaker]]]:
+    """({split: sentences}, {split: speakers}) of the corpus ``spec`` describes: disjoint across splits."""
+    sentences = text_source.load_sentences() if sentences is None else sentences
+    speakers = all_speakers() if speakers is None else speakers
+    if spec.within_train_of >= 0:
+        base = CorpusSpec(seed=spec.within_train_of)
+        sentence_pools, speaker_pools = split_pools(base, sentences, speakers)
+        sentences, speakers = sentence_pools["train"], speaker_pools["train"]
+    fractions = {"dev": spec.dev_fraction, "test": spec.test_fraction}
+    pools = text_source.split_disjoint(sentences, {k: v for k, v in fractions.items() if v > 0}, spec.seed)
+    return pools, split_speakers(speakers, spec)
+
+
 def plan_corpus(spec: CorpusSpec, sentences: Sequence[str] | None = None,
                 speakers: Sequence[Speaker] | None = None) -> list[Utterance]:
     """The full, deterministic list of utterances for ``spec`` (nothing is synthesized)."""
     sentences = text_source.load_sentences() if sentences is None else sentences
-    speakers = all_speakers() if speakers is None else speakers
-    fractions = {"dev": spec.dev_fraction, "test": spec.test_fraction}
-    pools = text_source.split_disjoint(sentences, {k: v for k, v in fractions.items() if v > 0}, spec.seed)
-    spk = split_speakers(speakers, spec)
+    pools, spk = split_pools(spec, sentences, speakers)
     mean_words = float(np.mean([len(s.split()) for s in sentences]))
     plan = []
     for si, split in enumerate(SPLITS):
@@ -268,7 +290,8 @@ def _render(args: tuple[Utterance, str]) -> tuple[str, int]:
     return utt.id, int(audio.shape[0])
 
 
-def _write_transcripts(out_dir: str, plan: Sequence[Utterance]) -> None:
+def write_transcripts(out_dir: str, plan: Sequence[Utterance]) -> None:
+    """``<speaker>-<chapter>.trans.txt`` per chapter directory of ``plan`` under ``out_dir``."""
     chapters: dict[str, list[Utterance]] = {}
     for utt in plan:
         chapters.setdefault(os.path.dirname(utt.relpath), []).append(utt)
@@ -336,7 +359,7 @@ def make_corpus(out_dir: str, spec: CorpusSpec, num_workers: int = 2, overwrite:
             samples = dict(pool.imap(_render, jobs, chunksize=8))
     else:
         samples = dict(map(_render, jobs))
-    _write_transcripts(out_dir, plan)
+    write_transcripts(out_dir, plan)
     _write_speakers(out_dir, plan, samples)
     counts = {s: sum(u.split == s for u in plan) for s in SPLITS}
     seconds = {s: sum(samples[u.id] for u in plan if u.split == s) / SAMPLE_RATE for s in SPLITS}
