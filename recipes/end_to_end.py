@@ -15,6 +15,7 @@ import copy
 import dataclasses
 import json
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -26,7 +27,7 @@ from omni_tf.data import features as features_lib
 from omni_tf.data.librispeech import read_manifest
 from omni_tf.sparsity import size as size_lib
 from omni_tf.text.tokenizer import Tokenizer, check_model_vocab
-from omni_tf.training import evaluation, loop, sources
+from omni_tf.training import evaluation, loop, pretrained, sources
 from recipes.stages import Stages
 from tflite_export import bundle
 from tflite_export.recognizer import audio_features
@@ -50,6 +51,36 @@ def with_paths(config: ml_collections.ConfigDict, data_dir: str, train: str = "t
         c.paths.train_manifest = ",".join(os.path.join(data_dir, t) for t in train.split(","))
         c.paths.dev_manifest = ",".join(os.path.join(data_dir, d) for d in dev.split(","))
     return c
+
+
+def use_shipped(stages: Stages, out: str, config: ml_collections.ConfigDict, data_dir: str, bundle: str
+                ) -> tuple[ml_collections.ConfigDict, str]:
+    """``--init=shipped``: (config, data dir) that start training from the shipped dense bundle ``bundle``.
+
+    The bundle's model config replaces ``config.model`` and ``training.init_from`` names the bundle, so the
+    omni supernet and every individually pruned model start from its weights; ``<out>/data_shipped`` holds
+    the manifests of ``data_dir`` with the bundle's ``spm.model`` and ``cmvn.json``, so labels and features
+    are those the weights were trained with. Raises FileNotFoundError naming a missing bundle folder.
+    """
+    path = pretrained.bundle_dir(bundle)
+    info = pretrained.check_bundle(path)
+    shipped_dir = os.path.join(out, "data_shipped")
+
+    def copy() -> dict[str, Any]:
+        os.makedirs(shipped_dir, exist_ok=True)
+        names = sorted(n for n in os.listdir(data_dir) if n.endswith(".tsv"))
+        for name in names:
+            shutil.copyfile(os.path.join(data_dir, name), os.path.join(shipped_dir, name))
+        for name in ("spm.model", "cmvn.json"):
+            shutil.copyfile(os.path.join(path, name), os.path.join(shipped_dir, name))
+        return {"manifests": names, "bundle": path}
+
+    stages.run("shipped", {"bundle": path, "info": info}, copy, outputs=(shipped_dir,))
+    c = with_paths(config, shipped_dir)
+    with c.unlocked():
+        c.model = pretrained.model_config(path)
+        c.training.init_from = path
+    return c, shipped_dir
 
 
 def run_config(config: ml_collections.ConfigDict, mode: str, max_steps: int, max_minutes: float,
@@ -196,14 +227,18 @@ REPORT_COLUMNS = ("tier", "series", "config", "sparsity", "nonzero_params", "byt
 def write_report(rows: Sequence[Mapping[str, Any]], out: str, preamble: str, level_rows: Sequence[Mapping]
                  ) -> str:
     """``<out>/REPORT.md`` + ``<out>/pareto.png``; returns the tier table (Markdown)."""
-    table = bundle.markdown_table(rows, REPORT_COLUMNS)
-    levels = bundle.markdown_table(level_rows, ("series", "name", "wer", "cer", "nonzero_params",
-                                                "int8_sparse_bytes", "utterances"))
+    extra = sorted({k for r in rows for k in r if k.startswith("wer_keras_") and k not in REPORT_COLUMNS})
+    extra_levels = sorted({k for r in level_rows for k in r if k.startswith("wer_") and k != "wer"})
+    table = bundle.markdown_table(rows, REPORT_COLUMNS[:7] + tuple(extra) + REPORT_COLUMNS[7:])
+    levels = bundle.markdown_table(level_rows, ("series", "name", "wer", *extra_levels, "cer",
+                                                "nonzero_params", "int8_sparse_bytes", "utterances"))
+    extra_note = (f" {', '.join(f'`{k}`' for k in extra)}: the same on another test split "
+                  "(`test_ood`: out of domain, omni_tf/data/ood.py)." if extra else "")
     text = (f"# omni_tf report\n\n{preamble}\n\n## Device tiers\n\n{table}\n"
             "`wer_keras_test`: Keras greedy WER on the whole test split; `wer_keras` / `wer_tflite`: "
             "the same utterances through Keras and through the exported LiteRT model (parity set); "
             "`ms_per_chunk`: median LiteRT encode step, 1 thread; `rtf`: streaming real-time factor "
-            "(encode + greedy predict/join), 1 thread.\n\n![Pareto](pareto.png)\n\n"
+            f"(encode + greedy predict/join), 1 thread.{extra_note}\n\n![Pareto](pareto.png)\n\n"
             "## Every uniform level (Keras, test split)\n\n"
             f"{levels}")
     with open(os.path.join(out, "REPORT.md"), "w") as f:
@@ -244,6 +279,8 @@ class Options:
     search_population: int = 12  # fitness evaluations per tier <= population * (generations + 1)
     search_generations: int = 6
     sparse: str = "auto"  # tflite_export sparse encoding: auto | never | always
+    # More test splits reported beside ``test``: ((name, manifest path), ...), e.g. the demo's ``test_ood``.
+    extra_tests: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_flags(cls, tiers: Mapping[str, float], flag_values: Any) -> Options:
@@ -286,13 +323,16 @@ def run_tiers(stages: Stages, out: str, config: ml_collections.ConfigDict, data_
         config, workdir, test_manifest, os.path.join(out, "eval", "omni"), configs=tier_configs,
         max_utterances=opts.eval_utterances))
     evals = {r["name"]: r for r in levels}
+    extra = _extra_tests(stages, config, workdir, out, "omni", opts, tier_configs)
     tier_dir = os.path.join(out, "tiers")
     stages.run("export", opts.export_inputs(), lambda: export_tiers(
         config, workdir, data_dir, tier_configs, tier_dir, opts.quantization, test_manifest,
         opts.parity_utterances, OMNI_SERIES, opts.sparse))
     seconds = train_seconds(train_metrics)
     rows = [report_row(load_manifests(os.path.join(tier_dir, t)), evals.get(t), seconds) for t in tiers]
-    level_rows = [{**r, "series": OMNI_SERIES} for r in levels if r["name"] not in tiers]
+    rows = [_with_extra(r, extra, r["tier"], "wer_keras_") for r in rows]
+    level_rows = [_with_extra({**r, "series": OMNI_SERIES}, extra, r["name"], "wer_")
+                  for r in levels if r["name"] not in tiers]
     if opts.compare_individual:
         for row in list(rows):
             more, more_levels = _individually_pruned(stages, out, config, data_dir, test_manifest, opts,
@@ -312,10 +352,31 @@ def _individually_pruned(stages: Stages, out: str, config: ml_collections.Config
     ev = stages.run(f"levels_pruned_{tier}", {"n": opts.eval_utterances}, lambda: evaluate_levels(
         c, workdir, test_manifest, os.path.join(out, "eval", f"pruned_{tier}"),
         max_utterances=opts.eval_utterances))
+    extra = _extra_tests(stages, c, workdir, out, f"pruned_{tier}", opts, None)
     name = f"{tier}_pruned"
     stages.run(f"export_pruned_{tier}", opts.export_inputs(),
                lambda: export_tiers(c, workdir, data_dir, {name: 1}, os.path.join(out, "tiers"),
                                     opts.quantization, test_manifest, opts.parity_utterances, PRUNED_SERIES,
                                     opts.sparse))
     row = report_row(load_manifests(os.path.join(out, "tiers", name)), ev[-1], train_seconds(metrics))
-    return row, [{**r, "series": f"{PRUNED_SERIES} {tier}"} for r in ev]
+    row = _with_extra(row, extra, ev[-1]["name"], "wer_keras_")
+    series = f"{PRUNED_SERIES} {tier}"
+    return row, [_with_extra({**r, "series": series}, extra, r["name"], "wer_") for r in ev]
+
+
+def _extra_tests(stages: Stages, config: ml_collections.ConfigDict, workdir: str, out: str, run: str,
+                 opts: Options, configs: Mapping[str, Any] | None) -> dict[str, dict[str, dict]]:
+    """``{split: {row name: eval row}}`` of ``workdir``'s levels (and ``configs``) on ``opts.extra_tests``."""
+    found = {}
+    for split, manifest in opts.extra_tests:
+        rows = stages.run(f"levels_{run}_{split}", {"n": opts.eval_utterances}, lambda s=split, m=manifest:
+                          evaluate_levels(config, workdir, m, os.path.join(out, "eval", f"{run}_{s}"),
+                                          configs=configs, max_utterances=opts.eval_utterances, split=s))
+        found[split] = {r["name"]: r for r in rows}
+    return found
+
+
+def _with_extra(row: dict[str, Any], extra: Mapping[str, Mapping[str, dict]], name: str, prefix: str
+                ) -> dict[str, Any]:
+    """``row`` plus ``<prefix><split>``: the WER of eval row ``name`` on each extra test split."""
+    return {**row, **{f"{prefix}{split}": rows[name]["wer"] for split, rows in extra.items() if name in rows}}

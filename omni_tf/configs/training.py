@@ -21,6 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Stop with an error naming the utterances after this many consecutive updates skipped for a NaN/Inf
     # loss or gradient (a poisoned input or CMVN, or divergence); 0 = never stop.
     c.max_consecutive_skips = 50
+    c.init_from = ""  # fresh runs start from this shipped bundle (training/pretrained.py); "" = random
     c.ctc_weight = 0.0  # auxiliary CTC head on the encoder (losses/ctc.py), training only; 0 = off
     c.grad_accum_steps = 1
     c.mixed_precision = False

@@ -36,7 +36,7 @@ from omni_tf.model import build_model
 from omni_tf.sparsity import sampling
 from omni_tf.sparsity.masking import SupernetMasks
 from omni_tf.sparsity.schedule import LevelSchedule
-from omni_tf.training import optim, summaries
+from omni_tf.training import optim, pretrained, summaries
 from omni_tf.training.checkpoint import CheckpointKeeper, TrainCounters
 from omni_tf.training.progress import TrainingProgress
 from omni_tf.training.sources import ManifestSource
@@ -223,6 +223,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, source: DataSource,
     state = TrainState(config, strategy)
     keeper = CheckpointKeeper(workdir, state.trackables(), t.keep_checkpoints, strategy)
     restored = _restore(keeper, state)
+    if restored is None and t.get("init_from", ""):  # a fresh run from shipped dense weights; resume wins
+        n = pretrained.load_weights(state.model, pretrained.bundle_dir(t.init_from))
+        logging.info("initialised %d variables from the shipped model %s", n, t.init_from)
     chief = keeper.chief
     counters, masks, clock = state.counters, state.masks, state.progress
     if restored:

@@ -4,6 +4,7 @@ Usage (from the repository root):
   python -m recipes.synthetic.run_demo --out=runs/demo                          # default budget
   python -m recipes.synthetic.run_demo --out=runs/demo --max_minutes=5          # a quick look
   python -m recipes.synthetic.run_demo --out=runs/demo --compare_individual     # + individually pruned runs
+  python -m recipes.synthetic.run_demo --out=runs/demo --init=shipped           # start from the shipped model
   python -m recipes.synthetic.run_demo --out=runs/demo --tiers=watch:0.9,phone:0.7 \
       --config.model.num_layers=4                                               # any config field
 
@@ -12,6 +13,8 @@ and an interrupted training stage resumes from its checkpoint), in order:
   corpus    espeak-ng LibriSpeech-layout corpus in <out>/corpus
   prepare   manifests, bad-input reports, CMVN in <out>/data
   spm       SentencePiece model <out>/data/spm.model
+  ood       (--ood_utterances > 0) the out-of-domain test split <out>/data/test_ood.tsv (omni_tf/data/ood.py)
+  shipped   (--init=shipped) <out>/data_shipped: the manifests with the shipped model's spm.model / cmvn.json
   train     the omni supernet within --max_minutes (progress line with rate and ETA; the learning rate
             and the sparsity ramp end with the budget, omni_tf/training/progress.py)
   budgets   each tier's byte budget: the size of the uniform config at its sparsity (--tiers name:sparsity)
@@ -24,6 +27,7 @@ Then (every run, not a stage) <out>/REPORT.md and <out>/pareto.png are written a
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from absl import app, flags, logging
@@ -31,7 +35,7 @@ from ml_collections import config_flags
 
 import omni_tf  # noqa: F401
 from omni_tf.configs import experiment
-from omni_tf.data import prepare, synthetic
+from omni_tf.data import ood, prepare, synthetic
 from omni_tf.text.tokenizer import train_from_manifest
 from recipes import end_to_end as e2e
 from recipes.stages import Stages
@@ -57,6 +61,14 @@ flags.DEFINE_integer("eval_utterances", 0, "Test utterances for the level table 
 flags.DEFINE_bool("compare_individual", False, "Also train individually pruned models at the tiers.")
 flags.DEFINE_integer("search_population", 12, "Per-layer search: population per generation.")
 flags.DEFINE_integer("search_generations", 6, "Per-layer search: generations.")
+flags.DEFINE_enum("init", "scratch", ["scratch", "shipped"],
+                  "scratch: random initial weights; shipped: the supernet and every individually pruned "
+                  "model start from the shipped dense model (--pretrained), with its tokenizer, CMVN and "
+                  "model config (--config.model.* is then ignored).")
+flags.DEFINE_string("pretrained", "demo_tiny", "--init=shipped: a bundle name under "
+                    "omni_tf/resources/pretrained/ or a path (recipes/synthetic/pretrain.py writes one).")
+flags.DEFINE_integer("ood_utterances", 200, "Utterances of the out-of-domain test split reported beside the "
+                     "test split (0 = none).")
 flags.mark_flags_as_required(["out"])
 
 
@@ -80,6 +92,12 @@ def make_data(stages: Stages, out: str, config) -> str:
     stages.run("spm", {"vocab": config.model.vocab_size}, lambda: train_from_manifest(
         os.path.join(data_dir, "train.tsv"), os.path.join(data_dir, "spm"),
         config.model.vocab_size).vocab_size)
+    if FLAGS.ood_utterances > 0:
+        ood_spec = ood.OodSpec(num_utterances=FLAGS.ood_utterances, seed=FLAGS.seed, demo=spec)
+        ood_dir = os.path.join(out, "corpus_ood")
+        stages.run("ood", ood_spec.to_dict(), lambda: {
+            **ood.make_ood_split(ood_dir, ood_spec),
+            "prepared": len(prepare.run(ood_dir, data_dir, splits=[ood.OOD_SPLIT])[ood.OOD_SPLIT].rows)})
     return data_dir
 
 
@@ -91,14 +109,21 @@ def main(argv: list[str]) -> None:
     stages = Stages(out, log=lambda s: print(s, flush=True))
     data_dir = make_data(stages, out, FLAGS.config)
     config = e2e.with_paths(FLAGS.config, data_dir)
+    if FLAGS.init == "shipped":
+        config, data_dir = e2e.use_shipped(stages, out, config, data_dir, FLAGS.pretrained)
     opts = e2e.Options.from_flags(tiers, FLAGS)
+    ood_manifest = os.path.join(data_dir, f"{ood.OOD_SPLIT}.tsv")
+    if FLAGS.ood_utterances > 0:
+        opts = dataclasses.replace(opts, extra_tests=((ood.OOD_SPLIT, ood_manifest),))
     rows, level_rows, train_metrics = e2e.run_tiers(stages, out, config, data_dir,
                                                     os.path.join(data_dir, "test.tsv"), opts)
     preamble = (f"Synthetic corpus: {FLAGS.num_utterances or config.data.get('demo_utterances', 4000)} "
                 f"utterances (seed {FLAGS.seed}); preset `{config.preset}`; omni training "
                 f"{train_metrics.get('step')} steps in {e2e.train_seconds(train_metrics) / 60:.1f} min "
                 f"(stopped by {train_metrics.get('stopped_by')}); quantization {FLAGS.quantization}; "
-                f"block {config.sparsity.block}. Stages: {sum(stages.timings.values()) / 60:.1f} min.")
+                f"block {config.sparsity.block}; initial weights: {FLAGS.init}"
+                f"{' (' + config.training.init_from + ')' if FLAGS.init == 'shipped' else ''}. "
+                f"Stages: {sum(stages.timings.values()) / 60:.1f} min.")
     e2e.print_report(rows, out, preamble, level_rows)
 
 

@@ -1,0 +1,106 @@
+"""Shipped dense starting points: write a trained model as a small bundle, and initialise a model from one.
+
+Why: pruning work prunes a trained network (Zhu & Gupta 2017, the paper's [1]); on 2 cores a 20-minute run
+cannot both teach a model the language and shrink it, so ``recipes/synthetic/pretrain.py`` trains the dense
+model once for hours and ships it, and ``run_demo --init=shipped`` starts the supernet from it.
+
+A bundle directory (``omni_tf/resources/pretrained/<name>/``)::
+
+    weights.npz   every trainable variable as float16, keyed by name (no optimizer state, no masks)
+    spm.model     the SentencePiece model the labels were made with
+    cmvn.json     the feature normalization the model was trained with
+    config.json   the full experiment config (its ``model`` section builds the same model)
+    bundle.json   name, command, CPU-hours, steps, WER/CER (and split), corpus spec (written last)
+
+Errors: a missing directory or file raises FileNotFoundError naming it; a model whose variables do not match
+the weights (names or shapes) raises ValueError listing the first differences.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+BUNDLE_FILES = ("weights.npz", "spm.model", "cmvn.json", "config.json", "bundle.json")
+RESOURCE_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "resources", "pretrained")
+
+
+def bundle_dir(name_or_path: str) -> str:
+    """A bundle path: ``name_or_path`` itself if it contains a path separator, else under RESOURCE_DIR."""
+    return name_or_path if os.sep in name_or_path else os.path.join(RESOURCE_DIR, name_or_path)
+
+
+def check_bundle(path: str) -> dict[str, Any]:
+    """Returns ``bundle.json``; raises FileNotFoundError naming the missing folder or file."""
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"no shipped model: folder {path} does not exist (train one with "
+                                "recipes/synthetic/pretrain.py, or use --init=scratch)")
+    missing = [f for f in BUNDLE_FILES if not os.path.isfile(os.path.join(path, f))]
+    if missing:
+        raise FileNotFoundError(f"shipped model folder {path} lacks {missing} (unfinished bundle?)")
+    with open(os.path.join(path, "bundle.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def model_config(path: str) -> ml_collections.ConfigDict:
+    """The bundle's model config (``config.json``'s ``model`` section)."""
+    with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+        return ml_collections.ConfigDict(json.load(f)["model"])
+
+
+def _weight_names(model) -> list[str]:
+    names = [v.name for v in model.trainable_variables]
+    if len(set(names)) != len(names):
+        raise ValueError("model variable names are not unique; cannot key shipped weights by name")
+    return names
+
+
+def write_bundle(model, config: ml_collections.ConfigDict, spm_model: str, cmvn: str, out_dir: str,
+                 info: Mapping[str, Any]) -> str:
+    """Writes the bundle of ``model`` into ``out_dir`` (replacing one there); ``info`` goes to bundle.json.
+
+    ``bundle.json`` is written last: a bundle without it is unfinished (``check_bundle`` refuses it).
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    stale = os.path.join(out_dir, "bundle.json")
+    if os.path.exists(stale):
+        os.remove(stale)
+    variables = model.trainable_variables
+    arrays = {n: v.numpy().astype(np.float16) for n, v in zip(_weight_names(model), variables, strict=True)}
+    tmp = os.path.join(out_dir, "weights.tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, os.path.join(out_dir, "weights.npz"))
+    shutil.copyfile(spm_model, os.path.join(out_dir, "spm.model"))
+    shutil.copyfile(cmvn, os.path.join(out_dir, "cmvn.json"))
+    with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
+        f.write(config.to_json_best_effort(indent=1))
+    with open(stale, "w", encoding="utf-8") as f:
+        json.dump(dict(info), f, indent=1)
+    return out_dir
+
+
+def load_weights(model, path: str) -> int:
+    """Assigns the bundle's weights (float16 -> the variable's dtype) to ``model``; returns the count.
+
+    Raises FileNotFoundError (see ``check_bundle``) or ValueError if names or shapes differ.
+    """
+    check_bundle(path)
+    with np.load(os.path.join(path, "weights.npz")) as data:
+        stored = {k: data[k] for k in data.files}
+    names = _weight_names(model)
+    missing = [n for n in names if n not in stored]
+    extra = [n for n in stored if n not in set(names)]
+    variables = model.trainable_variables
+    shapes = [f"{n}: {stored[n].shape} vs {tuple(v.shape)}" for n, v in zip(names, variables, strict=True)
+              if n in stored and stored[n].shape != tuple(v.shape)]
+    if missing or extra or shapes:
+        raise ValueError(f"shipped weights in {path} do not fit this model: missing {missing[:5]}, "
+                         f"unexpected {extra[:5]}, shapes {shapes[:5]}")
+    for name, var in zip(names, variables, strict=True):
+        var.assign(stored[name].astype(var.dtype.as_numpy_dtype))
+    return len(names)
