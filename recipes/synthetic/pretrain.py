@@ -1,0 +1,117 @@
+r"""Pretrain the dense model that ``run_demo --init=shipped`` starts from, and write its shipped bundle.
+
+Usage (from the repository root; rerun the same command to continue training: it resumes from the
+checkpoint in --out and stops at --max_minutes or training.max_steps):
+  nice python -m recipes.synthetic.pretrain --out=runs/pretrain --max_minutes=120
+  nice python -m recipes.synthetic.pretrain --out=runs/pretrain --max_minutes=120 \
+      --config.training.max_steps=60000 --num_utterances=40000
+  python -m recipes.synthetic.pretrain --out=/tmp/pt --num_utterances=60 --config.training.max_steps=3 \
+      --eval_utterances=8 --bundle_dir=/tmp/pt/bundle                                      # smoke run
+
+Disjointness from the demo's evaluation data: the corpus is ``CorpusSpec(within_train_of=--demo_seed)``
+(``omni_tf/data/synthetic.py``): its speakers and sentences are drawn only from the *train* pools of the
+demo corpus made with that seed (``run_demo --seed``, default split fractions), so no demo dev/test speaker
+or sentence is heard in pretraining (tests/test_ood.py checks it). The pretraining corpus's own dev/test
+splits are carved out of those train pools and give the WER written into the bundle.
+
+Stages (``<out>/stages``): corpus, prepare, spm; then training (``training.mode=dense``; not a cached stage:
+every run continues from ``<out>/train``'s checkpoint, and its CPU time is appended to
+``<out>/pretrain_runs.json``), evaluation of the dense model on the pretraining test split, and the bundle
+(``omni_tf/training/pretrained.py``: float16 weights, spm.model, cmvn.json, config.json, bundle.json with the
+exact command, the CPU-hours summed over runs, the steps and the WER) in --bundle_dir.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+import omni_tf  # noqa: F401
+from omni_tf.configs import experiment
+from omni_tf.data import prepare, synthetic
+from omni_tf.text.tokenizer import train_from_manifest
+from omni_tf.training import evaluation, pretrained
+from recipes import end_to_end as e2e
+from recipes.stages import Stages
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", f"{experiment.__file__}:tiny,demo", "Experiment config "
+                                "(training.mode is forced to dense).", lock_config=True)
+flags.DEFINE_string("out", None, "Work directory (corpus, data, checkpoints; reused across runs).")
+flags.DEFINE_string("name", "demo_tiny", "Bundle name (run_demo --pretrained).")
+flags.DEFINE_string("bundle_dir", "", "Where the bundle goes (default omni_tf/resources/pretrained/<name>).")
+flags.DEFINE_float("max_minutes", 60.0, "Wall-clock budget of this run's training (0 = max_steps only).")
+flags.DEFINE_integer("num_utterances", 40000, "Pretraining corpus size (all splits).")
+flags.DEFINE_integer("seed", 1, "Pretraining corpus seed.")
+flags.DEFINE_integer("demo_seed", 0, "Seed of the demo corpus whose dev/test speakers and sentences are "
+                     "kept out (run_demo --seed).")
+flags.DEFINE_integer("eval_utterances", 500, "Pretraining test utterances for the bundle's WER (0 = all).")
+flags.mark_flags_as_required(["out"])
+
+
+def corpus_spec() -> synthetic.CorpusSpec:
+    return synthetic.CorpusSpec(num_utterances=FLAGS.num_utterances, seed=FLAGS.seed,
+                                within_train_of=FLAGS.demo_seed)
+
+
+def make_data(stages: Stages, out: str, config) -> str:
+    corpus_dir, data_dir = os.path.join(out, "corpus"), os.path.join(out, "data")
+    spec = corpus_spec()
+    stages.run("corpus", spec.to_dict(), lambda: synthetic.make_corpus(corpus_dir, spec, num_workers=2))
+    stages.run("prepare", {}, lambda: {s: len(scan.rows)
+                                       for s, scan in prepare.run(corpus_dir, data_dir).items()})
+    stages.run("spm", {"vocab": config.model.vocab_size}, lambda: train_from_manifest(
+        os.path.join(data_dir, "train.tsv"), os.path.join(data_dir, "spm"),
+        config.model.vocab_size).vocab_size)
+    return data_dir
+
+
+def train_and_account(config, workdir: str, runs_path: str) -> tuple[dict, float]:
+    """One resumed training run; returns (loop metrics, CPU seconds summed over every run so far)."""
+    runs = []
+    if os.path.exists(runs_path):
+        with open(runs_path, encoding="utf-8") as f:
+            runs = json.load(f)
+    cpu0, wall0 = time.process_time(), time.time()
+    metrics = e2e.train(config, workdir)
+    runs.append({"finished": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu_s": time.process_time() - cpu0,
+                 "wall_s": time.time() - wall0, "step": metrics.get("step"),
+                 "restored_from": metrics.get("restored_from")})
+    tmp = runs_path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(runs, f, indent=1)
+    os.replace(tmp, runs_path)
+    return metrics, sum(r["cpu_s"] for r in runs)
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    logging.set_verbosity(logging.INFO)
+    out = os.path.abspath(FLAGS.out)
+    stages = Stages(out, log=lambda s: print(s, flush=True))
+    data_dir = make_data(stages, out, FLAGS.config)
+    config = e2e.run_config(e2e.with_paths(FLAGS.config, data_dir), "dense", FLAGS.config.training.max_steps,
+                            FLAGS.max_minutes)
+    workdir = os.path.join(out, "train")
+    metrics, cpu_s = train_and_account(config, workdir, os.path.join(out, "pretrain_runs.json"))
+    rows = e2e.evaluate_levels(config, workdir, os.path.join(data_dir, "test.tsv"), os.path.join(out, "eval"),
+                               max_utterances=FLAGS.eval_utterances)
+    dense = rows[0]  # uniform level 0 = the dense model
+    model, _ = evaluation.restore_supernet(config, workdir)
+    target = FLAGS.bundle_dir or pretrained.bundle_dir(FLAGS.name)
+    info = {"name": FLAGS.name, "command": "python -m recipes.synthetic.pretrain " + " ".join(sys.argv[1:]),
+            "cpu_hours": round(cpu_s / 3600.0, 3), "steps": metrics.get("step"),
+            "wer": dense["wer"], "cer": dense["cer"], "eval_utterances": dense["utterances"],
+            "eval_split": "the pretraining corpus's test split (demo-train speakers/sentences only)",
+            "corpus": corpus_spec().to_dict(), "demo_seed": FLAGS.demo_seed}
+    pretrained.write_bundle(model, config, os.path.join(data_dir, "spm.model"),
+                            os.path.join(data_dir, "cmvn.json"), target, info)
+    print(json.dumps(info, indent=1), f"\nwrote the bundle {target}", flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,86 @@
+"""omni_tf.training.pretrained (shipped dense bundles), training.init_from, run_demo's --init=shipped data."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import omni_tf  # noqa: F401
+from omni_tf.model import build_model
+from omni_tf.training import evaluation, loop, pretrained, sources
+from recipes import end_to_end as e2e
+from recipes.stages import Stages
+from tests.training_helpers import tiny_config
+
+
+def _bundle(tmp_path, config) -> str:
+    model = build_model(config.model)
+    for v in model.trainable_variables:  # recognisably not an initialisation
+        v.assign(np.full(v.shape, 0.125, np.float32) + np.random.default_rng(0).normal(size=v.shape) * 0.01)
+    (tmp_path / "spm.model").write_bytes(b"spm")
+    (tmp_path / "cmvn.json").write_text('{"mean": [], "std": []}')
+    out = str(tmp_path / "bundle")
+    pretrained.write_bundle(model, config, str(tmp_path / "spm.model"), str(tmp_path / "cmvn.json"), out,
+                            {"name": "smoke", "cpu_hours": 0.0})
+    return out
+
+
+def test_init_from_bundle_sets_weights_on_a_fresh_run_only(tmp_path, monkeypatch):
+    config = tiny_config("dense")
+    path = _bundle(tmp_path, config)
+    with np.load(os.path.join(path, "weights.npz")) as data:
+        shipped = {k: data[k] for k in data.files}
+    assert all(a.dtype == np.float16 for a in shipped.values())
+    calls = []
+    real = pretrained.load_weights
+    monkeypatch.setattr(loop.pretrained, "load_weights", lambda m, p: calls.append(p) or real(m, p))
+    config.training.init_from = path
+    config.training.max_steps = 1
+    lr = config.training.learning_rate
+    config.training.learning_rate = 1e-30  # one step that cannot move float32 weights of this size
+    workdir = str(tmp_path / "run")
+    loop.train(config, workdir, sources.RandomFeatureSource(16))
+    model, _ = evaluation.restore_supernet(config, workdir)
+    for v in model.trainable_variables:
+        np.testing.assert_array_equal(v.numpy(), shipped[v.name].astype(np.float32))
+    assert calls == [path]
+    # Resume: a checkpoint exists, so its weights win and the bundle is not read again.
+    config.training.max_steps, config.training.learning_rate = 2, lr
+    metrics = loop.train(config, workdir, sources.RandomFeatureSource(16))
+    assert metrics["restored_from"] and calls == [path]
+
+
+def test_bundle_errors_name_the_problem(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        pretrained.check_bundle(str(tmp_path / "nowhere"))
+    config = tiny_config("omni")
+    path = _bundle(tmp_path, config)
+    other = tiny_config("omni")
+    other.model.d_model = 48
+    with pytest.raises(ValueError, match="do not fit this model"):
+        pretrained.load_weights(build_model(other.model), path)
+    os.remove(os.path.join(path, "bundle.json"))
+    with pytest.raises(FileNotFoundError, match="bundle.json"):
+        pretrained.check_bundle(path)
+
+
+def test_use_shipped_takes_the_bundle_tokenizer_cmvn_and_model(tmp_path):
+    config = tiny_config("omni")
+    bundle_config = tiny_config("omni")
+    bundle_config.model.num_layers = 2
+    path = _bundle(tmp_path, bundle_config)
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("train.tsv", "dev.tsv", "test.tsv"):
+        (data / name).write_text(f"{name}\n")
+    (data / "spm.model").write_bytes(b"own")
+    out = str(tmp_path / "out")
+    c, shipped_dir = e2e.use_shipped(Stages(out, log=lambda s: None), out, config, str(data), path)
+    assert c.model.num_layers == 2 and c.training.init_from == path
+    assert c.paths.train_manifest == os.path.join(shipped_dir, "train.tsv")
+    assert open(os.path.join(shipped_dir, "spm.model"), "rb").read() == b"spm"
+    assert json.load(open(os.path.join(shipped_dir, "cmvn.json"))) == {"mean": [], "std": []}
+    assert open(os.path.join(shipped_dir, "test.tsv")).read() == "test.tsv\n"
+    with pytest.raises(FileNotFoundError, match="missing_bundle"):
+        e2e.use_shipped(Stages(out, log=lambda s: None), out, config, str(data),
+                        str(tmp_path / "missing_bundle"))
