@@ -128,3 +128,26 @@ def test_librispeech_run_end_to_end_and_rerun_reuses_stages(tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     ran = [line for line in second.stdout.splitlines() if line.endswith("running")]
     assert not ran and second.stdout.count("reused") >= 8, second.stdout
+
+
+def test_report_shows_extra_test_splits_beside_test(tmp_path):
+    from recipes import end_to_end as e2e
+
+    extra = {"test_ood": {"speaker": {"wer": 0.7}, "uniform_0.00": {"wer": 0.6}}}
+    row = {"tier": "speaker", "series": "omni", "config": "uniform 0.6", "sparsity": 0.6,
+           "nonzero_params": 1000, "bytes": 5000, "wer_keras_test": 0.5, "wer_keras": 0.5, "wer_tflite": 0.5,
+           "ms_per_chunk": 1.0, "rtf": 0.1, "train_minutes": 1.0}
+    rows = [e2e._with_extra(row, extra, "speaker", "wer_keras_")]
+    levels = [e2e._with_extra({"series": "omni", "name": "uniform_0.00", "wer": 0.4, "cer": 0.2,
+                               "nonzero_params": 2000, "int8_sparse_bytes": 3000, "utterances": 9},
+                              extra, "uniform_0.00", "wer_")]
+    e2e.write_report(rows, str(tmp_path), "pre", levels)
+    text = (tmp_path / "REPORT.md").read_text()
+    header = next(line for line in text.splitlines() if line.startswith("| tier"))
+    cells = [c.strip() for c in header.strip("|").split("|")]
+    assert cells[cells.index("wer_keras_test") + 1] == "wer_keras_test_ood"
+    data = next(line for line in text.splitlines() if line.startswith("| speaker"))
+    values = [c.strip() for c in data.strip("|").split("|")]
+    assert float(values[cells.index("wer_keras_test_ood")]) == 0.7
+    level_header = next(line for line in text.splitlines() if line.startswith("| series"))
+    assert "wer_test_ood" in level_header and "`test_ood`: out of domain" in text
