@@ -24,9 +24,10 @@ import numpy as np
 
 import omni_tf  # noqa: F401
 from omni_tf.data import features as features_lib
+from omni_tf.data import prepare, synthetic
 from omni_tf.data.librispeech import read_manifest
 from omni_tf.sparsity import size as size_lib
-from omni_tf.text.tokenizer import Tokenizer, check_model_vocab
+from omni_tf.text.tokenizer import Tokenizer, check_model_vocab, train_from_manifest
 from omni_tf.training import evaluation, loop, pretrained, sources
 from recipes.stages import Stages
 from tflite_export import bundle
@@ -51,6 +52,18 @@ def with_paths(config: ml_collections.ConfigDict, data_dir: str, train: str = "t
         c.paths.train_manifest = ",".join(os.path.join(data_dir, t) for t in train.split(","))
         c.paths.dev_manifest = ",".join(os.path.join(data_dir, d) for d in dev.split(","))
     return c
+
+
+def make_synthetic_data(stages: Stages, out: str, spec: synthetic.CorpusSpec, vocab_size: int) -> str:
+    """Stages corpus (espeak-ng, ``synthetic.CorpusSpec`` ``spec``) -> prepare -> spm under ``out``;
+    returns ``<out>/data`` (manifests, cmvn.json, spm.model)."""
+    corpus_dir, data_dir = os.path.join(out, "corpus"), os.path.join(out, "data")
+    stages.run("corpus", spec.to_dict(), lambda: synthetic.make_corpus(corpus_dir, spec, num_workers=2))
+    stages.run("prepare", {}, lambda: {s: len(scan.rows)
+                                       for s, scan in prepare.run(corpus_dir, data_dir).items()})
+    stages.run("spm", {"vocab": vocab_size}, lambda: train_from_manifest(
+        os.path.join(data_dir, "train.tsv"), os.path.join(data_dir, "spm"), vocab_size).vocab_size)
+    return data_dir
 
 
 def use_shipped(stages: Stages, out: str, config: ml_collections.ConfigDict, data_dir: str, bundle: str

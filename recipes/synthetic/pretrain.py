@@ -32,8 +32,7 @@ from ml_collections import config_flags
 
 import omni_tf  # noqa: F401
 from omni_tf.configs import experiment
-from omni_tf.data import prepare, synthetic
-from omni_tf.text.tokenizer import train_from_manifest
+from omni_tf.data import synthetic
 from omni_tf.training import evaluation, pretrained
 from recipes import end_to_end as e2e
 from recipes.stages import Stages
@@ -56,18 +55,6 @@ flags.mark_flags_as_required(["out"])
 def corpus_spec() -> synthetic.CorpusSpec:
     return synthetic.CorpusSpec(num_utterances=FLAGS.num_utterances, seed=FLAGS.seed,
                                 within_train_of=FLAGS.demo_seed)
-
-
-def make_data(stages: Stages, out: str, config) -> str:
-    corpus_dir, data_dir = os.path.join(out, "corpus"), os.path.join(out, "data")
-    spec = corpus_spec()
-    stages.run("corpus", spec.to_dict(), lambda: synthetic.make_corpus(corpus_dir, spec, num_workers=2))
-    stages.run("prepare", {}, lambda: {s: len(scan.rows)
-                                       for s, scan in prepare.run(corpus_dir, data_dir).items()})
-    stages.run("spm", {"vocab": config.model.vocab_size}, lambda: train_from_manifest(
-        os.path.join(data_dir, "train.tsv"), os.path.join(data_dir, "spm"),
-        config.model.vocab_size).vocab_size)
-    return data_dir
 
 
 def train_and_account(config, workdir: str, runs_path: str) -> tuple[dict, float]:
@@ -93,7 +80,7 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.INFO)
     out = os.path.abspath(FLAGS.out)
     stages = Stages(out, log=lambda s: print(s, flush=True))
-    data_dir = make_data(stages, out, FLAGS.config)
+    data_dir = e2e.make_synthetic_data(stages, out, corpus_spec(), FLAGS.config.model.vocab_size)
     config = e2e.run_config(e2e.with_paths(FLAGS.config, data_dir), "dense", FLAGS.config.training.max_steps,
                             FLAGS.max_minutes)
     workdir = os.path.join(out, "train")

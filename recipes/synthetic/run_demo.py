@@ -36,7 +36,6 @@ from ml_collections import config_flags
 import omni_tf  # noqa: F401
 from omni_tf.configs import experiment
 from omni_tf.data import ood, prepare, synthetic
-from omni_tf.text.tokenizer import train_from_manifest
 from recipes import end_to_end as e2e
 from recipes.stages import Stages
 
@@ -83,15 +82,9 @@ def parse_tiers(items: list[str]) -> dict[str, float]:
 
 
 def make_data(stages: Stages, out: str, config) -> str:
-    corpus_dir, data_dir = os.path.join(out, "corpus"), os.path.join(out, "data")
     n = FLAGS.num_utterances or config.data.get("demo_utterances", 4000)
     spec = synthetic.CorpusSpec(num_utterances=n, seed=FLAGS.seed)
-    stages.run("corpus", spec.to_dict(), lambda: synthetic.make_corpus(corpus_dir, spec, num_workers=2))
-    stages.run("prepare", {}, lambda: {s: len(scan.rows)
-                                       for s, scan in prepare.run(corpus_dir, data_dir).items()})
-    stages.run("spm", {"vocab": config.model.vocab_size}, lambda: train_from_manifest(
-        os.path.join(data_dir, "train.tsv"), os.path.join(data_dir, "spm"),
-        config.model.vocab_size).vocab_size)
+    data_dir = e2e.make_synthetic_data(stages, out, spec, config.model.vocab_size)
     if FLAGS.ood_utterances > 0:
         ood_spec = ood.OodSpec(num_utterances=FLAGS.ood_utterances, seed=FLAGS.seed, demo=spec)
         ood_dir = os.path.join(out, "corpus_ood")
