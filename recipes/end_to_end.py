@@ -7,13 +7,14 @@ every model with ``omni_tf.model.build_model`` through the library (``omni_tf.tr
 
 Layout under ``out``: ``data/`` (manifests, cmvn.json, spm.model), ``train/<run>/`` (checkpoints,
 TensorBoard), ``eval/``, ``search/``, ``tiers/<tier>/`` (model.tflite, manifest.json, spm.model,
-android_benchmark.sh), ``REPORT.md``, ``pareto.png``, ``stages/`` (what finished, with its inputs).
+android_benchmark.sh, COMPLETE.json), ``REPORT.md``, ``pareto.png``, ``stages/`` (what finished, with its
+inputs). Training stages are keyed on the config fields that change the result (``train_stage``); a tier
+folder is written whole (``bundle.write_tier``); the recipes hold ``out``'s lock while they run.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -23,12 +24,14 @@ import ml_collections
 import numpy as np
 
 import omni_tf  # noqa: F401
+from omni_tf import fileio
 from omni_tf.data import features as features_lib
 from omni_tf.data import prepare, synthetic
 from omni_tf.data.librispeech import read_manifest
 from omni_tf.sparsity import size as size_lib
 from omni_tf.text.tokenizer import Tokenizer, check_model_vocab, train_from_manifest
 from omni_tf.training import evaluation, loop, pretrained, sources
+from omni_tf.training import workdir as workdir_lib
 from recipes.stages import Stages
 from tflite_export import bundle
 from tflite_export.recognizer import audio_features
@@ -109,13 +112,49 @@ def run_config(config: ml_collections.ConfigDict, mode: str, max_steps: int, max
     return c
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Trains (resuming from ``workdir``'s checkpoint if any); returns the loop's final metrics."""
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=1))
-    metrics = loop.train(config, workdir)
-    return {k: v for k, v in metrics.items() if isinstance(v, int | float | str | type(None))}
+def train(config: ml_collections.ConfigDict, workdir: str, spent_s: float = 0.0) -> dict[str, Any]:
+    """Trains (resuming from ``workdir``'s checkpoint if any); returns the loop's final metrics.
+
+    Holds ``workdir``'s lock (``omni_tf.training.workdir.claim``). ``spent_s``: seconds already trained in
+    ``workdir`` by earlier runs of the stage; they count against ``max_minutes``. ``train_seconds`` in the
+    result is the total.
+    """
+    t = config.training
+    if spent_s and t.max_minutes:
+        config = run_config(config, t.mode, t.max_steps, max(t.max_minutes - spent_s / 60.0, 1e-3))
+    lock = workdir_lib.claim(workdir, config)
+    try:
+        metrics = loop.train(config, workdir)
+    finally:
+        if lock is not None:
+            lock.release()
+    out = {k: v for k, v in metrics.items() if isinstance(v, int | float | str | type(None))}
+    out["train_seconds"] = spent_s + float(metrics.get("elapsed_s", 0.0))
+    return out
+
+
+def _budget_raised(done: Mapping[str, Any], budget: Mapping[str, Any]) -> bool:
+    """Whether a finished training stage (``done``: its record) trains further under ``budget``."""
+    old, result = done.get("budget") or {}, done.get("result") or {}
+    if budget["max_steps"] <= int(result.get("step", 0)):
+        return False
+    if result.get("stopped_by") == "max_minutes":
+        return budget["max_minutes"] == 0 or budget["max_minutes"] > old.get("max_minutes", 0)
+    return budget["max_steps"] > old.get("max_steps", 0)
+
+
+def train_stage(stages: Stages, name: str, config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """The training stage: keyed on the config fields that change the result (no paths, cadence, budget).
+
+    A finished run is reused; with a larger step or time budget it continues from its checkpoint (time counts
+    the minutes already trained); with other result fields the old workdir is moved aside, not deleted.
+    """
+    t = config.training
+    budget = {"max_steps": int(t.max_steps), "max_minutes": float(t.max_minutes)}
+    done = stages.record(name) or {}
+    spent = float((done.get("result") or {}).get("train_seconds", 0.0))
+    return stages.run(name, workdir_lib.result_fields(config), lambda: train(config, workdir, spent),
+                      outputs=(workdir,), budget=budget, continue_if=lambda d: _budget_raised(d, budget))
 
 
 def _split_batches(config: ml_collections.ConfigDict, manifest: str, max_utterances: int) -> list:
@@ -183,7 +222,9 @@ def search(config: ml_collections.ConfigDict, workdir: str, budgets: Mapping[str
 def utterance_features(config: ml_collections.ConfigDict, data_dir: str, manifest: str, count: int
                        ) -> tuple[list[np.ndarray], list[str]]:
     """CMVN-normalized features [T, 80] and transcripts of the first ``count`` utterances of ``manifest``."""
-    mean, std = features_lib.load_cmvn(os.path.join(data_dir, "cmvn.json"))
+    cmvn = os.path.join(data_dir, "cmvn.json")
+    prepare.check_prepared([manifest, cmvn])
+    mean, std = features_lib.load_cmvn(cmvn)
     rows = read_manifest(manifest)[:count]
     if not rows:
         raise ValueError(f"{manifest}: no utterances to export against")
@@ -254,8 +295,7 @@ def write_report(rows: Sequence[Mapping[str, Any]], out: str, preamble: str, lev
             f"(encode + greedy predict/join), 1 thread.{extra_note}\n\n![Pareto](pareto.png)\n\n"
             "## Every uniform level (Keras, test split)\n\n"
             f"{levels}")
-    with open(os.path.join(out, "REPORT.md"), "w") as f:
-        f.write(text)
+    fileio.write_text(os.path.join(out, "REPORT.md"), text)
     if len({r["bytes"] for r in rows}) > 1:
         bundle.pareto_plot(rows, os.path.join(out, "pareto.png"))
     else:  # dense-encoded tiers (int8, float16) are all one size: their nonzero parameters differ
@@ -272,8 +312,8 @@ def print_report(rows: Sequence[Mapping[str, Any]], out: str, preamble: str,
 
 
 def load_manifests(tier_dir: str) -> dict[str, dict[str, Any]]:
-    with open(os.path.join(tier_dir, "manifest.json")) as f:
-        return json.load(f)
+    """The manifest of a whole tier folder (``bundle.read_tier``: refuses a missing/disagreeing record)."""
+    return bundle.read_tier(tier_dir)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -281,6 +321,7 @@ class Options:
     """What the end-to-end recipes share after the data is prepared.
 
     tiers: ``{name: sparsity}``; each tier's budget is the int8 size of a uniform config at that sparsity.
+      A name becomes a folder (``tiers/<name>``): ValueError unless ``omni_tf.fileio.check_name`` accepts it.
     """
 
     tiers: Mapping[str, float]
@@ -294,6 +335,10 @@ class Options:
     sparse: str = "auto"  # tflite_export sparse encoding: auto | never | always
     # More test splits reported beside ``test``: ((name, manifest path), ...), e.g. the demo's ``test_ood``.
     extra_tests: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in self.tiers:
+            fileio.check_name(name, "tier name")
 
     @classmethod
     def from_flags(cls, tiers: Mapping[str, float], flag_values: Any) -> Options:
@@ -322,7 +367,7 @@ def run_tiers(stages: Stages, out: str, config: ml_collections.ConfigDict, data_
     """
     workdir = os.path.join(out, "train", "omni")
     c = run_config(config, "omni", config.training.max_steps, opts.max_minutes)
-    train_metrics = stages.run("train", c.to_dict(), lambda: train(c, workdir), outputs=(workdir,))
+    train_metrics = train_stage(stages, "train", c, workdir)
     tiers, metric = dict(opts.tiers), BUDGET_METRIC[opts.quantization]
     budgets = stages.run("budgets", {"tiers": tiers, "metric": metric},
                          lambda: tier_budgets(config, workdir, tiers, metric))
@@ -361,7 +406,7 @@ def _individually_pruned(stages: Stages, out: str, config: ml_collections.Config
     """The baseline for one tier: a model pruned to the tier's sparsity, same loop and step budget."""
     workdir = os.path.join(out, "train", f"pruned_{tier}")
     c = run_config(config, "pruned", steps, 0.0, target_sparsity=round(float(sparsity), 4))
-    metrics = stages.run(f"train_pruned_{tier}", c.to_dict(), lambda: train(c, workdir), outputs=(workdir,))
+    metrics = train_stage(stages, f"train_pruned_{tier}", c, workdir)
     ev = stages.run(f"levels_pruned_{tier}", {"n": opts.eval_utterances}, lambda: evaluate_levels(
         c, workdir, test_manifest, os.path.join(out, "eval", f"pruned_{tier}"),
         max_utterances=opts.eval_utterances))

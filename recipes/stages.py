@@ -1,22 +1,44 @@
 """Resumable recipe stages: a stage runs once per set of inputs and is reused on the next run.
 
-A stage writes ``<out>/stages/<name>.json`` (its inputs and its result) only after it finished, so a run that
-was interrupted redoes the unfinished stage (which itself may resume, e.g. training from its checkpoint) and
-reuses every finished one. Changing the inputs of a stage (flags that matter to it) redoes it and all after.
+A stage writes ``<out>/stages/<name>.json`` (its key, inputs, budget and result) only after it finished, so a
+run that was interrupted redoes the unfinished stage (which itself may resume, e.g. training from its
+checkpoint) and reuses every finished one. The key is a hash of the stage's ``inputs`` and of the stage
+before it, so the caller passes only what changes the result: no absolute paths (a copy of ``<out>`` at
+another path reuses everything), no logging or checkpoint cadence, no time or step budget.
+
+A finished stage runs again without starting over when ``continue_if(record)`` says so (training whose budget
+was raised continues from its checkpoint). A stage whose inputs changed starts over: its ``outputs`` folders
+are never deleted but moved aside to ``<folder>.replaced-<time>`` (logged).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from omni_tf import fileio
 
-def _key(inputs: dict[str, Any]) -> str:
+
+def _key(inputs: Any) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def move_aside(path: str) -> str | None:
+    """Renames ``path`` to a free ``<path>.replaced-<YYYYmmdd-HHMMSS>``; returns it (None if absent)."""
+    if not os.path.exists(path):
+        return None
+    base = f"{path.rstrip(os.sep)}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+    target, n = base, 1
+    while os.path.exists(target):
+        target, n = f"{base}.{n}", n + 1
+    try:
+        os.rename(path, target)
+    except OSError as e:
+        raise fileio.named_error(e, path) from e
+    return target
 
 
 class Stages:
@@ -26,45 +48,57 @@ class Stages:
         self.dir = os.path.join(out_dir, "stages")
         os.makedirs(self.dir, exist_ok=True)
         self.log = log
-        self._upstream = ""  # key of the previous stage: a redone stage invalidates the later ones
+        self._upstream = ""  # what the previous stage produced: a redone stage invalidates the later ones
         self.timings: dict[str, float] = {}  # seconds each stage took when it ran (reused: as recorded)
 
     def _path(self, name: str) -> str:
         return os.path.join(self.dir, f"{name}.json")
 
-    def run(self, name: str, inputs: dict[str, Any], fn: Callable[[], Any], outputs: tuple[str, ...] = ()
-            ) -> Any:
+    def record(self, name: str) -> dict | None:
+        """The stored record of a finished stage (key, inputs, budget, result, seconds, finished), or None."""
+        try:
+            with open(self._path(name), encoding="utf-8") as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            raise fileio.IncompleteOutput(f"{self._path(name)}: unreadable stage record ({e})") from e
+
+    def run(self, name: str, inputs: Mapping[str, Any], fn: Callable[[], Any], outputs: tuple[str, ...] = (),
+            budget: Mapping[str, Any] | None = None,
+            continue_if: Callable[[dict], bool] | None = None) -> Any:
         """``fn()``'s JSON-able result; the stored one is reused when ``inputs`` (and upstream) match.
 
-        ``outputs``: directories the stage resumes from (e.g. a training workdir). They are kept when the
-        stage was interrupted (no record: it resumes) and removed when its inputs changed (it starts over).
+        ``outputs``: folders the stage resumes from (e.g. a training workdir). They are kept when the stage
+        was interrupted (no record: it resumes) or continues (``continue_if(stored record)`` is true, e.g. a
+        raised ``budget``), and moved aside when its inputs changed (it starts over).
         """
+        fileio.check_name(name, "stage name")
         key = _key({"inputs": inputs, "upstream": self._upstream})
         path = self._path(name)
-        if os.path.exists(path):
-            with open(path) as f:
-                done = json.load(f)
-            if done.get("key") == key:
+        done = self.record(name)
+        if done is not None and done.get("key") == key:
+            if continue_if is None or not continue_if(done):
                 self.log(f"[{name}] reused (finished {done.get('finished')}, {done.get('seconds', 0):.0f} s)")
-                self._upstream = key
+                self._upstream = _key({"key": key, "budget": done.get("budget")})
                 self.timings[name] = float(done.get("seconds", 0.0))
                 return done["result"]
-            removing = f" (removing {', '.join(outputs)})" if outputs else ""
-            self.log(f"[{name}] inputs changed: redoing{removing}")
+            self.log(f"[{name}] budget {done.get('budget')} -> {dict(budget or {})}: continuing")
+        elif done is not None:
+            self.log(f"[{name}] inputs changed: redoing")
             os.remove(path)
             for out in outputs:
-                shutil.rmtree(out, ignore_errors=True)
+                moved = move_aside(out)
+                if moved:
+                    self.log(f"[{name}] moved the previous {out} aside to {moved} (delete it if not needed)")
         self.log(f"[{name}] running")
         start = time.time()
         result = fn()
         seconds = time.time() - start
-        record = {"key": key, "inputs": inputs, "result": result, "seconds": seconds,
-                  "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(record, f, indent=1, default=str)
-        os.replace(tmp, path)
+        record = {"key": key, "inputs": inputs, "budget": dict(budget) if budget is not None else None,
+                  "result": result, "seconds": seconds, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+        fileio.write_text(path, json.dumps(record, indent=1, default=str))
         self.log(f"[{name}] done in {seconds:.0f} s")
-        self._upstream = key
+        self._upstream = _key({"key": key, "budget": record["budget"]})
         self.timings[name] = seconds
         return result

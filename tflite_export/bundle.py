@@ -2,8 +2,11 @@
 
 ``export_tier`` is the library entry (the demo and ``recipes/librispeech/export.py`` call it): tier module ->
 TFLite (``convert.py``) -> parity against Keras (``parity.py``; a failing tier raises ``ParityError`` and
-nothing is written) -> local LiteRT latency -> files + manifest. ``write_report`` / ``pareto_plot`` summarize
-several tiers; ``parse_benchmark_output`` reads pasted ``benchmark_model`` output (from the Android script).
+nothing is written) -> local LiteRT latency -> files + manifest, written by ``write_tier``: the tier folder is
+built aside and swapped in whole, with a completion record (``COMPLETE.json``: size + SHA-256 of every file)
+written last; ``read_tier`` refuses a folder whose record is missing or disagrees. ``write_report`` /
+``pareto_plot`` summarize several tiers; ``parse_benchmark_output`` reads pasted ``benchmark_model`` output
+(from the Android script).
 
 Manifest keys (``MANIFEST_KEYS``): tier, quantization, sparse_encoded, sparsity (level config summary and
 per-kernel sparsity), params, nonzero_params, bytes_on_disk, frontend (sample rate, window/hop ms, mel bins,
@@ -13,17 +16,18 @@ files.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import shlex
-import shutil
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from omni_tf import fileio
 from tflite_export import convert as convert_lib
 from tflite_export import inference_model as im
 from tflite_export import parity as parity_lib
@@ -107,7 +111,9 @@ def android_benchmark_script(tier: str, layout: Mapping[str, Any], content: byte
     ``tests/test_export_bundle.py`` checks generated scripts against a model of these rules.
     Values are shell-quoted twice: ``adb shell`` joins its arguments and the device shell splits them again.
     ``use_xnnpack=False`` for files that need default delegates off (manifest ``interpreter_options``).
+    ``tier`` must be a safe name (``omni_tf.fileio.check_name``; ValueError otherwise).
     """
+    fileio.check_name(tier, "tier name")
     remote_dir = f"{DEVICE_DIR}/{tier}"
     remote = f"{remote_dir}/model.tflite"
     vocab = int(layout["vocab_size"])
@@ -298,7 +304,9 @@ def export_tier(model_or_ckpt, model_config, tier_name: str, tier: im.TierSpec, 
     Raises:
       ParityError (nothing written) when TFLite disagrees with Keras beyond the thresholds in parity.py
       (with ``auto``: when no mode passes).
+      ValueError (before any work) when ``tier_name`` is not a safe name (``omni_tf.fileio.check_name``).
     """
+    fileio.check_name(tier_name, "tier name")
     module = im.build_inference_module(model_or_ckpt, model_config, tier, levels=levels, survival=survival,
                                        block=block)
     layout = module.describe()
@@ -339,17 +347,11 @@ def export_tier(model_or_ckpt, model_config, tier_name: str, tier: im.TierSpec, 
     if enforce_parity:
         parity_lib.check_parity(report, tier_name)
     use_default = bool(result.interpreter_options.get("use_default_delegates", True))
-    tier_dir = os.path.join(out_dir, tier_name)
-    os.makedirs(tier_dir, exist_ok=True)
-    with open(os.path.join(tier_dir, "model.tflite"), "wb") as f:
-        f.write(result.content)
     files = {"model": "model.tflite", "manifest": "manifest.json",
              "android_benchmark": "android_benchmark.sh"}
-    if tokenizer is not None and getattr(tokenizer, "model_path", None):
-        shutil.copyfile(tokenizer.model_path, os.path.join(tier_dir, "spm.model"))
+    spm_path = getattr(tokenizer, "model_path", None) if tokenizer is not None else None
+    if spm_path:
         files["spm"] = "spm.model"
-    with open(os.path.join(tier_dir, "android_benchmark.sh"), "w") as f:
-        f.write(android_benchmark_script(tier_name, layout, result.content, use_xnnpack=use_default))
     summary = im.sparsity_summary(module.model)
     cfg = dict(model_config)
     details = result.quantizer or {}
@@ -375,9 +377,46 @@ def export_tier(model_or_ckpt, model_config, tier_name: str, tier: im.TierSpec, 
         "auto": auto,
         "signatures": layout, "files": files, "ops": result.op_counts, "model_config": cfg,
     }
-    with open(os.path.join(tier_dir, "manifest.json"), "w") as f:
-        json.dump(manifest, f, indent=1, default=_json_default)
+    write_tier(out_dir, tier_name, result.content, manifest,
+               android_benchmark_script(tier_name, layout, result.content, use_xnnpack=use_default), spm_path)
     return manifest
+
+
+TIER_RECORD_KIND = "tier"
+
+
+def write_tier(out_dir: str, tier_name: str, content: bytes, manifest: Mapping[str, Any], script: str,
+               spm_path: str | None = None) -> str:
+    """Writes ``<out_dir>/<tier_name>/`` whole: built in a temporary sibling folder, completion record
+    (``omni_tf.fileio.RECORD``: size + SHA-256 of every file, spec = tier name, quantization, series) last,
+    then swapped in, so a reader finds the old tier or the new one. Returns the tier folder.
+
+    Raises:
+      ValueError for an unsafe ``tier_name``; OSError naming the file that could not be written (nothing of
+      the new tier is left behind, the old one stays).
+    """
+    fileio.check_name(tier_name, "tier name")
+    final = os.path.join(out_dir, tier_name)
+    with fileio.build_dir(final) as tmp:
+        fileio.write_bytes(os.path.join(tmp, "model.tflite"), content)
+        if spm_path:
+            fileio.copy_file(spm_path, os.path.join(tmp, "spm.model"))
+        fileio.write_text(os.path.join(tmp, "android_benchmark.sh"), script)
+        fileio.write_json(os.path.join(tmp, "manifest.json"), manifest, default=_json_default)
+        spec = {k: manifest.get(k) for k in ("tier", "quantization", "series")}
+        fileio.write_record(tmp, TIER_RECORD_KIND, spec, os.listdir(tmp))
+    return final
+
+
+def read_tier(tier_dir: str) -> dict[str, Any]:
+    """The manifest of a whole tier folder: its completion record present and matching every file.
+
+    Raises:
+      omni_tf.fileio.IncompleteOutput naming the file (missing record, size or SHA-256 mismatch).
+    """
+    fileio.verify_record(tier_dir, TIER_RECORD_KIND)
+    with open(os.path.join(tier_dir, "manifest.json"), encoding="utf-8") as f:
+        return json.load(f)
 
 
 def _json_default(obj):
@@ -405,13 +444,11 @@ def validate_manifest(manifest: Mapping[str, Any]) -> None:
 
 
 def load_bundle(bundle_dir: str) -> list[dict[str, Any]]:
-    """Manifests of every ``<bundle_dir>/*/manifest.json``, sorted by bytes on disk."""
+    """Manifests of every tier ``<bundle_dir>/*/manifest.json`` (``read_tier``), sorted by bytes on disk."""
     rows = []
     for name in sorted(os.listdir(bundle_dir)):
-        path = os.path.join(bundle_dir, name, "manifest.json")
-        if os.path.isfile(path):
-            with open(path) as f:
-                rows.append(json.load(f))
+        if os.path.isfile(os.path.join(bundle_dir, name, "manifest.json")):
+            rows.append(read_tier(os.path.join(bundle_dir, name)))
     return sorted(rows, key=lambda m: m["bytes_on_disk"])
 
 
@@ -446,8 +483,7 @@ def write_report(rows: Sequence[Mapping[str, Any]], path: str, title: str = "TFL
     if device_results:
         parsed = [{"tier": k, **parse_benchmark_output(v)} for k, v in device_results.items()]
         text += "\n## On device (benchmark_model)\n\n" + markdown_table(parsed)
-    with open(path, "w") as f:
-        f.write(text)
+    fileio.write_text(path, text)
     return text
 
 
@@ -470,6 +506,8 @@ def pareto_plot(rows: Sequence[Mapping[str, Any]], png: str, wer_key: str = "wer
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(png, dpi=120)
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=120)
     plt.close(fig)
+    fileio.write_bytes(png, image.getvalue())
     return png

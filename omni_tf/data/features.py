@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 import numpy as np
 import tensorflow as tf  # omni_tf/__init__ (imported first) set TF_USE_LEGACY_KERAS
 
+from omni_tf import fileio
 from omni_tf.data import audio as audio_lib
 
 
@@ -162,10 +163,9 @@ def _check_stats(path: str, mean: np.ndarray, std: np.ndarray) -> None:
 
 def save_cmvn(path: str, mean, std, **metadata) -> None:
     """Writes ``{"mean": [...], "std": [...], **metadata}`` as JSON; ValueError naming ``path`` (nothing
-    written) if the statistics are not finite or std <= 0."""
+    written, the old file kept) if the statistics are not finite or std <= 0."""
     _check_stats(path, np.asarray(mean, np.float64), np.asarray(std, np.float64))
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(dict(mean=[float(v) for v in mean], std=[float(v) for v in std], **metadata), f, indent=1)
+    fileio.write_json(path, dict(mean=[float(v) for v in mean], std=[float(v) for v in std], **metadata))
 
 
 def load_cmvn(path: str) -> tuple[np.ndarray, np.ndarray]:

@@ -24,10 +24,10 @@ import collections
 import concurrent.futures
 import csv
 import dataclasses
-import json
 import os
 import re
 
+from omni_tf import fileio
 from omni_tf.data import audio
 
 MISSING_TRANSCRIPT = "missing_transcript"  # audio file without a transcript line
@@ -259,8 +259,8 @@ def tsv_reader(f):
 
 
 def write_manifest(rows: list[dict], path: str) -> None:
-    """Writes manifest rows as TSV with header ``MANIFEST_COLUMNS``."""
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    """Writes manifest rows as TSV with header ``MANIFEST_COLUMNS`` (atomically: whole or the old file)."""
+    with fileio.atomic_write(path, "w", encoding="utf-8", newline="") as f:
         w = tsv_writer(f)
         w.writerow(MANIFEST_COLUMNS)
         for r in rows:
@@ -296,9 +296,8 @@ def write_report(scan: SplitScan, out_dir: str) -> tuple[str, str]:
     }
     json_path = os.path.join(out_dir, f"{scan.split}.report.json")
     txt_path = os.path.join(out_dir, f"{scan.split}.report.txt")
-    with open(json_path, "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=1)
-    with open(txt_path, "w", newline="", encoding="utf-8") as f:
+    fileio.write_json(json_path, report)
+    with fileio.atomic_write(txt_path, "w", encoding="utf-8", newline="") as f:
         f.write(f"split {scan.split} ({scan.split_dir}): {len(scan.rows)} usable utterances, "
                 f"{scan.hours:.3f} h; {len(scan.problems)} bad inputs; {len(scan.converted)} converted\n")
         for kind, n in counts.items():

@@ -5,7 +5,7 @@ Layout written under ``out_dir`` (splits ``train``, ``dev``, ``test``)::
     <split>/<speaker>/<chapter>/<speaker>-<chapter>-<utt:04d>.flac  16 kHz mono 16-bit FLAC
     <split>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt       "<speaker>-<chapter>-<utt> UPPER WORDS"
     SPEAKERS.TXT                                                     id | sex | split | minutes | voice+var
-    corpus.json                                                      spec, counts, hours (written last)
+    corpus.json                    spec; rewritten last with counts, hours and "complete": true
 
 A speaker is an espeak-ng English voice plus a voice variant (``en-gb-scotland+klatt3``): 8 voices x 95
 variants = 760 speakers (all of them sound different), with a stable numeric id
@@ -43,6 +43,7 @@ import numpy as np
 import scipy.signal
 import soundfile as sf
 
+from omni_tf import fileio
 from omni_tf.data import text_source
 
 CORPUS_VERSION = 2
@@ -284,9 +285,11 @@ def synthesize(utt: Utterance) -> np.ndarray:
 def _render(args: tuple[Utterance, str]) -> tuple[str, int]:
     utt, out_dir = args
     path = os.path.join(out_dir, utt.relpath)
+    if os.path.exists(path):  # written whole by an interrupted run of the same spec (files are atomic)
+        return utt.id, int(sf.info(path).frames)
     audio = synthesize(utt)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    sf.write(path, audio, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+    with fileio.atomic_write(path, "wb") as f:
+        sf.write(f, audio, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
     return utt.id, int(audio.shape[0])
 
 
@@ -297,8 +300,8 @@ def write_transcripts(out_dir: str, plan: Sequence[Utterance]) -> None:
         chapters.setdefault(os.path.dirname(utt.relpath), []).append(utt)
     for rel, utts in chapters.items():
         name = f"{utts[0].speaker.id}-{utts[0].chapter}.trans.txt"
-        with open(os.path.join(out_dir, rel, name), "w", encoding="utf-8") as f:
-            f.writelines(f"{u.id} {u.text}\n" for u in sorted(utts, key=lambda u: u.id))
+        fileio.write_text(os.path.join(out_dir, rel, name),
+                          "".join(f"{u.id} {u.text}\n" for u in sorted(utts, key=lambda u: u.id)))
 
 
 def _write_speakers(out_dir: str, plan: Sequence[Utterance], samples: dict[str, int]) -> None:
@@ -308,20 +311,24 @@ def _write_speakers(out_dir: str, plan: Sequence[Utterance], samples: dict[str, 
         key = (utt.speaker.id, utt.split)
         minutes[key] = minutes.get(key, 0.0) + samples[utt.id] / SAMPLE_RATE / 60
         speakers[key] = utt.speaker
-    with open(os.path.join(out_dir, "SPEAKERS.TXT"), "w", encoding="utf-8") as f:
+    with fileio.atomic_write(os.path.join(out_dir, "SPEAKERS.TXT"), "w") as f:
         f.write("; ID   |SEX| SUBSET | MINUTES | NAME (espeak-ng voice+variant)\n")
         for (sid, split), spk in sorted(speakers.items()):
             f.write(f"{sid:<6} | {spk.sex} | {split:<6} | {minutes[(sid, split)]:7.2f} | {spk.name}\n")
 
 
-def corpus_matches(out_dir: str, spec: CorpusSpec) -> bool:
-    """True if ``out_dir`` holds a finished corpus made from an equal spec (and its FLAC counts agree)."""
+def _read_meta(out_dir: str) -> dict | None:
     try:
         with open(os.path.join(out_dir, "corpus.json"), encoding="utf-8") as f:
-            meta = json.load(f)
+            return json.load(f)
     except (OSError, ValueError):
-        return False
-    if meta.get("version") != CORPUS_VERSION or meta.get("spec") != spec.to_dict():
+        return None
+
+
+def corpus_matches(out_dir: str, spec: CorpusSpec) -> bool:
+    """True if ``out_dir`` holds a finished corpus made from an equal spec (and its FLAC counts agree)."""
+    meta = _read_meta(out_dir)
+    if meta is None or not _same_spec(meta, spec) or not meta.get("complete", True):
         return False
     for split, count in meta.get("counts", {}).items():
         found = sum(len([n for n in files if n.endswith(".flac")])
@@ -331,28 +338,46 @@ def corpus_matches(out_dir: str, spec: CorpusSpec) -> bool:
     return True
 
 
+def _same_spec(meta: dict, spec: CorpusSpec) -> bool:
+    return meta.get("version") == CORPUS_VERSION and meta.get("spec") == spec.to_dict()
+
+
 def make_corpus(out_dir: str, spec: CorpusSpec, num_workers: int = 2, overwrite: bool = False,
                 log=print) -> dict:
     """Writes the corpus for ``spec`` into ``out_dir`` (reused if ``corpus_matches``); returns corpus.json.
 
-    An existing different corpus there is an error unless ``overwrite`` (then its split dirs are replaced).
+    Holds ``out_dir``'s lock (``omni_tf.fileio.DirLock``) throughout. ``corpus.json`` first records the spec
+    as incomplete and is rewritten complete last; every file is written atomically. So a run of the same spec
+    that was killed (or whose files were partly deleted) is resumed: existing FLAC files are kept and only the
+    missing ones synthesized. A corpus of another spec (or files without a ``corpus.json``) is an error
+    (FileExistsError) unless ``overwrite`` (then the split dirs are replaced).
     """
+    with fileio.DirLock(out_dir):
+        return _make_corpus(out_dir, spec, num_workers, overwrite, log)
+
+
+def _make_corpus(out_dir: str, spec: CorpusSpec, num_workers: int, overwrite: bool, log) -> dict:
     if corpus_matches(out_dir, spec):
         log(f"reusing the corpus in {out_dir} (same spec)")
-        with open(os.path.join(out_dir, "corpus.json"), encoding="utf-8") as f:
-            return json.load(f)
+        return _read_meta(out_dir)
+    meta = _read_meta(out_dir)
+    resume = meta is not None and _same_spec(meta, spec)
     ours = (*SPLITS, "corpus.json", "SPEAKERS.TXT")
     existing = [n for n in ours if os.path.exists(os.path.join(out_dir, n))]
-    if existing and not overwrite:
-        raise FileExistsError(f"{out_dir} already holds {existing} from another spec; pass overwrite=True "
-                              "(make_corpus --overwrite)")
-    for name in existing:
-        path = os.path.join(out_dir, name)
-        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    if existing and not resume:
+        if not overwrite:
+            raise FileExistsError(f"{out_dir} already holds {existing} from another spec (or an unknown one: "
+                                  "no corpus.json); pass overwrite=True (make_corpus --overwrite)")
+        for name in existing:
+            path = os.path.join(out_dir, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
     start = time.time()
     plan = plan_corpus(spec)
-    log(f"synthesizing {len(plan)} utterances with {num_workers} workers into {out_dir}")
-    os.makedirs(out_dir, exist_ok=True)
+    fileio.write_json(os.path.join(out_dir, "corpus.json"),
+                      {"version": CORPUS_VERSION, "spec": spec.to_dict(), "complete": False}, indent=2)
+    have = sum(os.path.exists(os.path.join(out_dir, u.relpath)) for u in plan) if resume else 0
+    log(f"synthesizing {len(plan) - have} utterances with {num_workers} workers into {out_dir}"
+        + (f" (resuming: {have} of {len(plan)} already written)" if resume else ""))
     jobs = [(u, out_dir) for u in plan]
     if num_workers > 1:
         with multiprocessing.get_context("fork").Pool(num_workers) as pool:
@@ -364,10 +389,10 @@ def make_corpus(out_dir: str, spec: CorpusSpec, num_workers: int = 2, overwrite:
     counts = {s: sum(u.split == s for u in plan) for s in SPLITS}
     seconds = {s: sum(samples[u.id] for u in plan if u.split == s) / SAMPLE_RATE for s in SPLITS}
     hours = {s: round(v / 3600, 4) for s, v in seconds.items()}
-    meta = {"version": CORPUS_VERSION, "spec": spec.to_dict(), "counts": counts, "hours": hours,
-            "speakers": {s: len({u.speaker.id for u in plan if u.split == s}) for s in SPLITS},
+    speakers = {s: len({u.speaker.id for u in plan if u.split == s}) for s in SPLITS}
+    meta = {"version": CORPUS_VERSION, "spec": spec.to_dict(), "complete": True, "counts": counts,
+            "hours": hours, "speakers": speakers,
             "seconds": round(time.time() - start, 1)}
-    with open(os.path.join(out_dir, "corpus.json"), "w", encoding="utf-8") as f:
-        json.dump(meta, f, indent=2)
+    fileio.write_json(os.path.join(out_dir, "corpus.json"), meta, indent=2)
     log(f"done in {meta['seconds']} s: counts {counts}, hours {hours}")
     return meta

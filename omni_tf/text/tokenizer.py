@@ -16,6 +16,8 @@ from collections.abc import Iterable, Sequence
 
 import sentencepiece as spm
 
+from omni_tf import fileio
+
 BLANK_ID = 0
 UNK_ID = 1
 BLANK_PIECE = "<blk>"
@@ -97,13 +99,11 @@ class Tokenizer:
             hint = f" (at most {match.group(1)} for this data)" if match else ""
             raise ValueError(f"cannot train a {vocab_size}-piece {model_type} tokenizer on {len(lines)} texts"
                              f"{hint}; lower --vocab_size or pass hard_vocab_limit=False: {e}") from e
-        with open(model_prefix + ".model", "wb") as f:
-            f.write(model.getvalue())
-        tok = cls(model_prefix + ".model")
-        with open(model_prefix + ".vocab", "w", encoding="utf-8") as f:
-            for i in range(tok.vocab_size):
-                f.write(f"{tok._sp.id_to_piece(i)}\t{tok._sp.get_score(i):g}\n")
-        return tok
+        sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
+        fileio.write_text(model_prefix + ".vocab", "".join(
+            f"{sp.id_to_piece(i)}\t{sp.get_score(i):g}\n" for i in range(sp.get_piece_size())))
+        fileio.write_bytes(model_prefix + ".model", model.getvalue())  # atomic; last: the model is the output
+        return cls(model_prefix + ".model")
 
 
 class VocabSizeError(ValueError):

@@ -24,6 +24,9 @@ def _paths(config: ml_collections.ConfigDict, split: str) -> tuple[str, str, str
     for what, path in (("manifest", manifest), ("spm model", spm), ("cmvn", cmvn)):
         if not path or not os.path.exists(path):
             raise FileNotFoundError(f"{what} not found: {path!r} (set config.paths.manifest_dir or the path)")
+    from omni_tf.data.prepare import check_prepared  # noqa: PLC0415
+
+    check_prepared([*manifest.split(","), cmvn])  # refuses files of an unfinished or altered prepare
     return manifest, spm, cmvn
 
 

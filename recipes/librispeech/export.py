@@ -14,7 +14,10 @@ Tier ``<name>:<k>`` is the uniform level index k of ``config.sparsity.levels`` (
 (0, target)). ``--search_json`` is ``{tier: {kernel_name: level}}`` or ``{tier: {"config": {...}}}``. Output:
 ``<out>/<tier>_<quantization>/{model.tflite, manifest.json, spm.model, android_benchmark.sh}``, plus
 ``<out>/report.md`` and ``<out>/pareto.png`` over all tiers there. A tier failing parity is not written
-(the error names the numbers); the others continue and the exit status is 1.
+(the error names the numbers); the others continue and the exit status is 1. Each tier folder is built aside
+and swapped in whole with its completion record (``COMPLETE.json``) last: a killed export leaves the old tier
+or none, never a half one. One export per ``--out`` at a time (a lock); tier names must match
+``[A-Za-z0-9_.-]+`` (not ``.``/``..``).
 """
 from __future__ import annotations
 
@@ -25,8 +28,10 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 import omni_tf  # noqa: F401
+from omni_tf import fileio
 from omni_tf.data import features as features_lib
 from omni_tf.data.librispeech import read_manifest
+from omni_tf.data.prepare import check_prepared
 from omni_tf.text.tokenizer import Tokenizer, check_model_vocab
 from tflite_export import bundle, convert, parity
 from tflite_export.recognizer import audio_features
@@ -127,12 +132,19 @@ def tier_specs(config, levels: tuple[float, ...], model, block: str) -> dict[str
                 specs[name] = size_model.uniform_level_for_budget(budget, FLAGS.budget_metric)
     if not specs:
         specs = {f"s{round(100 * s)}": k for k, s in enumerate(levels)}
+    for name in specs:  # <name>_<quantization> becomes a folder and goes into android_benchmark.sh
+        try:
+            fileio.check_name(name, "tier name (--tiers / --search_json / --budgets)")
+        except ValueError as e:
+            raise app.UsageError(str(e)) from e
     return specs
 
 
 def dev_data(config, data_dir: str):
     """(features, references, tokenizer, cmvn, int8 calibration features | None) from <split>.tsv."""
-    mean, std = features_lib.load_cmvn(os.path.join(data_dir, "cmvn.json"))
+    cmvn = os.path.join(data_dir, "cmvn.json")
+    check_prepared([_split_manifest(data_dir), cmvn])  # refuses files of an unfinished or altered prepare
+    mean, std = features_lib.load_cmvn(cmvn)
     tokenizer = Tokenizer(os.path.join(data_dir, "spm.model"))
     check_model_vocab(tokenizer, config.model.vocab_size, "config.model.vocab_size")
     all_rows = read_manifest(_split_manifest(data_dir))
@@ -165,6 +177,12 @@ def main(argv):
     if not FLAGS.data_dir:
         raise app.UsageError("give --data_dir (<split>.tsv, cmvn.json, spm.model)")
     out = FLAGS.out or os.path.join(FLAGS.workdir, "tflite")
+    with fileio.DirLock(out):  # one export per --out at a time
+        return export(config, out)
+
+
+def export(config, out: str) -> int:
+    """Every tier x quantization into ``out`` (each tier folder written whole); 1 if a tier failed parity."""
     levels, block = levels_and_block(config)
     feats, refs, tokenizer, cmvn, calib = dev_data(config, FLAGS.data_dir)
     model, survival = load_model(config, levels, block)

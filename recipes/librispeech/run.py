@@ -26,6 +26,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 import omni_tf  # noqa: F401
+from omni_tf import fileio
 from omni_tf.configs import experiment
 from omni_tf.data import prepare
 from omni_tf.text.tokenizer import train_from_manifest
@@ -75,6 +76,7 @@ def _concat_manifests(paths: list[str], out_path: str) -> int:
     """One train manifest over several split manifests (same header); returns its row count."""
     from omni_tf.data.librispeech import read_manifest, write_manifest  # noqa: PLC0415
 
+    prepare.check_prepared(paths)
     rows = [r for p in paths for r in read_manifest(p)]
     write_manifest(rows, out_path)
     return len(rows)
@@ -85,6 +87,11 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.INFO)
     out = os.path.abspath(FLAGS.out)
     tiers = {n: float(s) for n, _, s in (t.partition(":") for t in FLAGS.tiers)}
+    with fileio.DirLock(out):  # one run per --out
+        run(out, tiers)
+
+
+def run(out: str, tiers: dict[str, float]) -> None:
     stages = Stages(out, log=lambda s: print(s, flush=True))
     data_dir = make_data(stages, out, FLAGS.config)
     config = e2e.with_paths(FLAGS.config, data_dir, train="train.tsv", dev=f"{FLAGS.dev_split}.tsv")

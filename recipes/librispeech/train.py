@@ -15,19 +15,23 @@ Usage (from the repository root; ``DATA`` holds train.tsv, dev.tsv, cmvn.json, s
       python -m recipes.librispeech.train --config=... --config.training.strategy=multi_worker --workdir=...
 
 Running the same command again resumes from the last checkpoint in ``<workdir>/ckpt`` (step, weights,
-optimizer, survival levels, data position). TensorBoard logs: ``<workdir>/tb``; final metrics:
-``<workdir>/train_metrics.json``; the resolved config: ``<workdir>/config.json``.
+optimizer, survival levels, data position); a larger ``max_steps`` / ``max_minutes`` continues it. One process
+per workdir (a lock; a second one fails at once naming the holder). A config that differs from the recorded
+``config.json`` in a field that changes the result (anything but logging/checkpoint cadence, data paths and
+the budget) is refused, naming the fields, unless ``--allow_config_change``. TensorBoard logs:
+``<workdir>/tb``; final metrics: ``<workdir>/train_metrics.json``; the resolved config:
+``<workdir>/config.json``.
 """
 from __future__ import annotations
 
 import json
-import os
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 import omni_tf  # noqa: F401
-from omni_tf.training import loop, sources
+from omni_tf import fileio
+from omni_tf.training import loop, sources, workdir
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "omni_tf/configs/experiment.py:tiny", "Experiment config.",
@@ -36,6 +40,8 @@ flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard logs, metrics.")
 flags.DEFINE_string("data_dir", "", "Prepared directory (train.tsv, dev.tsv, cmvn.json, spm.model).")
 flags.DEFINE_integer("random_features", 0, "If > 0: train on this many random-feature batches per epoch.")
 flags.DEFINE_integer("random_batch_size", 4, "Utterances per random-feature batch.")
+flags.DEFINE_bool("allow_config_change", False, "Continue a workdir whose checkpoint was trained with a "
+                  "config that differs in fields that change the result (refused by default, naming them).")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -56,18 +62,19 @@ def make_source(config):
     return sources.ManifestSource(config)
 
 
-def write_config(config, workdir: str) -> None:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=1))
-
-
 def main(argv):
     del argv
     logging.set_verbosity(logging.INFO)
     config = resolve_config()
-    write_config(config, FLAGS.workdir)
-    metrics = loop.train(config, FLAGS.workdir, make_source(config))
+    try:
+        lock = workdir.claim(FLAGS.workdir, config, FLAGS.allow_config_change)
+    except (fileio.DirLocked, workdir.ConfigChanged) as e:
+        raise SystemExit(f"train: {e}") from e
+    try:
+        metrics = loop.train(config, FLAGS.workdir, make_source(config))
+    finally:
+        if lock is not None:
+            lock.release()
     logging.info("done: %s", json.dumps(metrics))
 
 

@@ -3,11 +3,14 @@
 Usage:
   python -m recipes.librispeech.train_spm --manifest=DIR/train.tsv --vocab_size=256 --model_type=unigram \
       --out_prefix=DIR/spm
-writes DIR/spm.model and DIR/spm.vocab and prints the vocabulary size and mean tokens per utterance.
+writes DIR/spm.model and DIR/spm.vocab (each atomically: whole or the old file) and prints the vocabulary size
+and mean tokens per utterance. A manifest of an unfinished or altered prepare (its folder's COMPLETE.json) is
+refused.
 """
 from absl import app, flags, logging
 
 from omni_tf.data.librispeech import read_manifest
+from omni_tf.data.prepare import check_prepared
 from omni_tf.text.tokenizer import MODEL_TYPES, train_from_manifest
 
 FLAGS = flags.FLAGS
@@ -21,6 +24,7 @@ flags.mark_flags_as_required(["manifest", "out_prefix"])
 
 def main(argv: list[str]) -> None:
     del argv
+    check_prepared([FLAGS.manifest])
     tok = train_from_manifest(FLAGS.manifest, FLAGS.out_prefix, FLAGS.vocab_size, FLAGS.model_type,
                               FLAGS.hard_vocab_limit)
     texts = [row["text"] for row in read_manifest(FLAGS.manifest)]

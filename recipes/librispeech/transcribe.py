@@ -16,12 +16,12 @@ kind in the summary: unreadable (``corrupt``), 0 samples (``empty_file``), short
 lookahead + window (``too_short``; the limit ``prepare`` applies too). The exit status is 1 if nothing was
 transcribed, else 0.
 Audio is read in blocks and featurized, encoded and decoded chunk by chunk (``transcribe_file``), so memory
-does not grow with a recording's length.
+does not grow with a recording's length. A tier folder whose completion record (COMPLETE.json) is missing
+or disagrees with its files is refused, naming the file.
 """
 from __future__ import annotations
 
 import collections
-import json
 import os
 import sys
 import time
@@ -34,7 +34,7 @@ from omni_tf.data import audio as audio_lib
 from omni_tf.data.audio import AudioError
 from omni_tf.data.librispeech import default_min_duration_s, parse_transcript_line
 from omni_tf.text.tokenizer import Tokenizer, check_model_vocab
-from tflite_export.bundle import validate_manifest
+from tflite_export.bundle import read_tier, validate_manifest
 from tflite_export.recognizer import LiteRTRecognizer, frontend_config
 
 FLAGS = flags.FLAGS
@@ -51,8 +51,7 @@ class TierTranscriber:
     """Audio path -> transcript through one tier (front-end + CMVN from its manifest)."""
 
     def __init__(self, tier_dir: str, num_threads: int = 1):
-        with open(os.path.join(tier_dir, "manifest.json")) as f:
-            self.manifest = json.load(f)
+        self.manifest = read_tier(tier_dir)  # refuses a tier folder that is not whole (COMPLETE.json)
         validate_manifest(self.manifest)
         frontend = self.manifest["frontend"]
         self.data_config = frontend_config(frontend)

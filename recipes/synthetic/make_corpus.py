@@ -5,11 +5,13 @@ Usage:
   python -m recipes.synthetic.make_corpus --out_dir=/tmp/synth --hours=2 --dev_fraction=0.05 \
       --test_fraction=0.05 --num_workers=2
 
-Re-running with the same flags reuses the corpus (``corpus.json`` records them); different flags on an
-existing corpus need ``--overwrite``.
+Re-running with the same flags reuses the corpus (``corpus.json`` records them), or resumes it when the
+earlier run was interrupted (kill -9 included: the FLAC files already written are kept); different flags on an
+existing corpus need ``--overwrite``. One run per ``--out_dir`` at a time (a lock).
 """
 from absl import app, flags
 
+from omni_tf import fileio
 from omni_tf.data import synthetic
 
 _DEFAULT = synthetic.CorpusSpec()
@@ -41,7 +43,7 @@ def main(argv: list[str]) -> None:
     try:
         synthetic.make_corpus(FLAGS.out_dir, spec_from_flags(), num_workers=FLAGS.num_workers,
                               overwrite=FLAGS.overwrite)
-    except FileExistsError as e:
+    except (FileExistsError, fileio.DirLocked) as e:
         raise SystemExit(f"make_corpus: {e}") from e
 
 

@@ -9,7 +9,9 @@ Usage (from the repository root):
       --config.model.num_layers=4                                               # any config field
 
 Stages (``<out>/stages/<name>.json`` records each finished one; running the same command again reuses them,
-and an interrupted training stage resumes from its checkpoint), in order:
+an interrupted stage resumes (corpus: the FLAC files already written; training: its checkpoint), a larger
+--max_minutes continues the finished training, and the same run copied to another --out is reused; one
+command per --out at a time (a lock)), in order:
   corpus    espeak-ng LibriSpeech-layout corpus in <out>/corpus
   prepare   manifests, bad-input reports, CMVN in <out>/data
   spm       SentencePiece model <out>/data/spm.model
@@ -34,6 +36,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 import omni_tf  # noqa: F401
+from omni_tf import fileio
 from omni_tf.configs import experiment
 from omni_tf.data import ood, prepare, synthetic
 from recipes import end_to_end as e2e
@@ -77,7 +80,10 @@ def parse_tiers(items: list[str]) -> dict[str, float]:
         name, sep, value = item.partition(":")
         if not sep or not 0.0 < float(value) < 1.0:
             raise app.UsageError(f"--tiers wants name:sparsity with 0 < sparsity < 1, got {item!r}")
-        tiers[name] = float(value)
+        try:
+            tiers[fileio.check_name(name, "--tiers name")] = float(value)
+        except ValueError as e:
+            raise app.UsageError(str(e)) from e
     return tiers
 
 
@@ -99,6 +105,11 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.INFO)
     out = os.path.abspath(FLAGS.out)
     tiers = parse_tiers(FLAGS.tiers)
+    with fileio.DirLock(out):  # one run per --out (each stage also locks the folder it writes)
+        run(out, tiers)
+
+
+def run(out: str, tiers: dict[str, float]) -> None:
     stages = Stages(out, log=lambda s: print(s, flush=True))
     data_dir = make_data(stages, out, FLAGS.config)
     config = e2e.with_paths(FLAGS.config, data_dir)
