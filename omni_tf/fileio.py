@@ -206,10 +206,7 @@ def build_dir(final: str) -> Iterator[str]:
     try:
         yield tmp
         swap_in(tmp, final)
-    except OSError as e:
-        _remove(tmp)
-        raise named_error(e, final) from e
-    except BaseException:
+    except BaseException:  # OSErrors already name their file (atomic_write, swap_in)
         _remove(tmp)
         raise
 
