@@ -58,7 +58,8 @@ def test_second_train_process_on_a_workdir_fails_naming_the_holder(tmp_path):
         assert holder.stdout.readline().strip() == "locked"
         second = subprocess.run(
             [sys.executable, "-m", "recipes.librispeech.train",
-             "--config=omni_tf/configs/experiment.py:tiny,smoke", f"--workdir={tmp_path / 'w'}", "--random_features=2", "--config.training.max_steps=2"],
+             "--config=omni_tf/configs/experiment.py:tiny,smoke", f"--workdir={tmp_path / 'w'}",
+             "--random_features=2", "--config.training.max_steps=2"],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     finally:
         holder.kill()
