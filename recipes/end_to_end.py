@@ -151,10 +151,14 @@ def train_stage(stages: Stages, name: str, config: ml_collections.ConfigDict, wo
     """
     t = config.training
     budget = {"max_steps": int(t.max_steps), "max_minutes": float(t.max_minutes)}
-    done = stages.record(name) or {}
-    spent = float((done.get("result") or {}).get("train_seconds", 0.0))
-    return stages.run(name, workdir_lib.result_fields(config), lambda: train(config, workdir, spent),
-                      outputs=(workdir,), budget=budget, continue_if=lambda d: _budget_raised(d, budget))
+    spent = [0.0]  # seconds trained by the finished run being continued
+
+    def more(done: dict) -> bool:  # called only for a finished run with the same key
+        spent[0] = float((done.get("result") or {}).get("train_seconds", 0.0))
+        return _budget_raised(done, budget)
+
+    return stages.run(name, workdir_lib.result_fields(config), lambda: train(config, workdir, spent[0]),
+                      outputs=(workdir,), budget=budget, continue_if=more)
 
 
 def _split_batches(config: ml_collections.ConfigDict, manifest: str, max_utterances: int) -> list:

@@ -67,8 +67,10 @@ def exported(tmp_path_factory):
 def test_export_tier_files_and_manifest_schema(exported):
     out, manifest, _ = exported
     tier_dir = out / "u50_f32"
-    files = ["android_benchmark.sh", "manifest.json", "model.tflite", "spm.model"]
+    files = ["COMPLETE.json", "android_benchmark.sh", "manifest.json", "model.tflite", "spm.model"]
     assert sorted(os.listdir(tier_dir)) == files
+    record = bundle.fileio.verify_record(str(tier_dir), bundle.TIER_RECORD_KIND)  # size + sha256 per file
+    assert sorted(record["files"]) == files[1:] and record["spec"]["tier"] == "u50_f32"
     on_disk = json.loads((tier_dir / "manifest.json").read_text())
     bundle.validate_manifest(on_disk)
     assert on_disk["bytes_on_disk"] == os.path.getsize(tier_dir / "model.tflite")

@@ -273,3 +273,25 @@ def test_transcribe_peak_memory_does_not_grow_with_length(tmp_path):
     _, one_min, ten_min = (int(x) for x in proc.stdout.split())
     print("peak KiB", one_min, ten_min)
     assert ten_min - one_min < 40 * 1024, (one_min, ten_min)
+
+
+def test_transcriber_refuses_a_tier_that_is_not_whole(tier_and_tree, tmp_path):
+    import shutil
+
+    from omni_tf.fileio import IncompleteOutput
+
+    tier_dir, _, _ = tier_and_tree
+    mixed = str(tmp_path / "t")
+    shutil.copytree(tier_dir, mixed)
+    with open(os.path.join(mixed, "model.tflite"), "r+b") as f:  # another model beside the old manifest
+        f.seek(100)
+        f.write(b"\x00\x01\x02\x03")
+    with pytest.raises(IncompleteOutput, match=r"model\.tflite: content differs"):
+        transcribe.TierTranscriber(mixed)
+    with open(os.path.join(mixed, "model.tflite"), "r+b") as f:  # a truncated model (killed mid-write)
+        f.truncate(1000)
+    with pytest.raises(IncompleteOutput, match=r"model\.tflite: 1000 bytes"):
+        transcribe.TierTranscriber(mixed)
+    os.remove(os.path.join(mixed, "COMPLETE.json"))  # no completion record (e.g. killed before it)
+    with pytest.raises(IncompleteOutput, match=r"COMPLETE\.json: missing"):
+        transcribe.TierTranscriber(mixed)

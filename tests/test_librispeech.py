@@ -175,8 +175,9 @@ def test_prepare_writes_manifests_reports_cmvn(tmp_path, capsys):
 
     out = str(tmp_path / "out")
     scans = prepare.run(_small_root(tmp_path), out)
-    assert sorted(os.listdir(out)) == ["cmvn.json", "dev.report.json", "dev.report.txt", "dev.tsv",
-                                       "train.report.json", "train.report.txt", "train.tsv"]
+    assert sorted(os.listdir(out)) == [".lock", "COMPLETE.json", "cmvn.json", "dev.report.json",
+                                       "dev.report.txt", "dev.tsv", "train.report.json", "train.report.txt",
+                                       "train.tsv"]
     assert [r["id"] for r in ls.read_manifest(os.path.join(out, "dev.tsv"))] == ["2-20-0000"]
     assert scans["dev"].counts()["corrupt"] == 1
     mean, std = features.load_cmvn(os.path.join(out, "cmvn.json"))
@@ -314,3 +315,76 @@ def test_prepare_reports_non_finite_samples_and_features(tmp_path, capsys, check
     assert "bad: non_finite 1" in capsys.readouterr().out
     report = json.load(open(os.path.join(out, "train.report.json")))
     assert report["counts"]["non_finite"] == 1
+
+
+_KILLED_PREPARE = """
+import os, signal, sys
+from omni_tf.data import features, prepare
+def killed(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)  # kill -9 after the manifests, before cmvn.json
+features.compute_cmvn_from_manifest = killed
+prepare.run(sys.argv[1], sys.argv[2])
+"""
+
+
+def _prepared_config(out):
+    from omni_tf.configs import experiment
+
+    c = experiment.get_config("tiny,smoke")
+    with c.unlocked():
+        c.paths.manifest_dir = out
+    return c
+
+
+def test_killed_prepare_is_refused_by_training_naming_the_file(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from omni_tf import fileio
+    from omni_tf.data import prepare
+    from omni_tf.training import sources
+
+    out = str(tmp_path / "out")
+    prepare.run(_small_root(tmp_path), out)
+    with open(os.path.join(out, "spm.model"), "w") as f:
+        f.write("stand-in")  # the check comes before the tokenizer is read
+    prepare.check_prepared([os.path.join(out, "train.tsv"), os.path.join(out, "cmvn.json")])
+    other = tmp_path / "other"  # another corpus prepared into the same folder, killed before its CMVN
+    _chapter(str(other / "train"), "5", "50", ["5-50-0000 OTHER WORDS"], ["5-50-0000"])
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", _KILLED_PREPARE, str(other), out], cwd=root,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": root, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    assert "5-50-0000" in open(os.path.join(out, "train.tsv")).read()  # new manifest beside old cmvn.json
+    with pytest.raises(fileio.IncompleteOutput, match=r"COMPLETE\.json.*incomplete"):
+        sources.ManifestSource(_prepared_config(out))
+    prepare.run(str(other), out)  # the same command again: whole, and no stale split or statistics
+    assert sorted(n for n in os.listdir(out) if n.endswith(".tsv")) == ["train.tsv"]
+    with open(os.path.join(out, "dev.tsv"), "w") as f:
+        f.write("x")  # a file the record does not list is not part of the prepared set
+    with open(os.path.join(out, "train.tsv"), "a") as f:
+        f.write("5-50-0001\tother.flac\t1\t16000\t0.1\t5\tEDITED\n")
+    with pytest.raises(fileio.IncompleteOutput, match=r"train\.tsv: \d+ bytes, its completion record"):
+        sources.ManifestSource(_prepared_config(out))
+
+
+def test_prepare_without_train_split_removes_the_old_cmvn(tmp_path):
+    from omni_tf.data import prepare
+
+    out = str(tmp_path / "out")
+    prepare.run(_small_root(tmp_path), out)
+    assert os.path.exists(os.path.join(out, "cmvn.json"))
+    prepare.run(_small_root(tmp_path), out, splits=["dev"])
+    assert not os.path.exists(os.path.join(out, "cmvn.json"))
+    assert not os.path.exists(os.path.join(out, "train.tsv"))
+
+
+def test_prepare_refuses_unsafe_split_names(tmp_path):
+    from omni_tf.data import prepare
+
+    root = tmp_path / "c"
+    _chapter(str(root / "tr ain"), "1", "10", ["1-10-0000 HELLO"], ["1-10-0000"])
+    with pytest.raises(prepare.PrepareError, match="not a safe name"):
+        prepare.run(str(root), str(tmp_path / "out"))

@@ -30,7 +30,7 @@ def test_stages_reuse_finished_and_redo_from_a_changed_input(tmp_path):
     assert run_all(5) == [{"v": 5}, {"v": 2}] and calls == ["a", "b", "a", "b"]  # b depends on a: redone
 
 
-def test_changed_inputs_remove_outputs_but_interruption_keeps_them(tmp_path):
+def test_changed_inputs_move_outputs_aside_but_interruption_keeps_them(tmp_path):
     work = tmp_path / "work"
 
     def train(tag):
@@ -38,13 +38,59 @@ def test_changed_inputs_remove_outputs_but_interruption_keeps_them(tmp_path):
         (work / tag).write_text(tag)
         return sorted(os.listdir(work))
 
+    logs = []
     first = Stages(str(tmp_path), log=lambda s: None).run("t", {"lr": 1}, lambda: train("a"), (str(work),))
     assert first == ["a"]
-    redone = Stages(str(tmp_path), log=lambda s: None).run("t", {"lr": 2}, lambda: train("b"), (str(work),))
-    assert redone == ["b"]  # the old run's checkpoint dir was removed: a changed config starts over
+    redone = Stages(str(tmp_path), log=logs.append).run("t", {"lr": 2}, lambda: train("b"), (str(work),))
+    assert redone == ["b"]  # a changed config starts over ...
+    aside = [n for n in os.listdir(tmp_path) if n.startswith("work.replaced-")]
+    assert len(aside) == 1 and os.listdir(tmp_path / aside[0]) == ["a"]  # ... the old run is kept aside
+    assert any(str(tmp_path / aside[0]) in line for line in logs), logs  # and the log says where
     os.remove(tmp_path / "stages" / "t.json")  # as if killed before the stage finished
     resumed = Stages(str(tmp_path), log=lambda s: None).run("t", {"lr": 2}, lambda: train("c"), (str(work),))
     assert resumed == ["b", "c"]  # no record: the work dir is kept, so training resumes
+
+
+def _fake_training(calls):
+    def train(config, workdir, spent_s=0.0):
+        calls.append({"minutes": config.training.max_minutes, "spent_s": spent_s,
+                      "kept": sorted(os.listdir(workdir)) if os.path.isdir(workdir) else []})
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, f"ckpt-{len(calls)}"), "w") as f:
+            f.write("weights")
+        return {"step": 10 * len(calls), "stopped_by": "max_minutes", "train_seconds": spent_s + 60.0}
+    return train
+
+
+def test_training_stage_survives_a_copy_and_continues_with_a_larger_budget(tmp_path, monkeypatch):
+    import shutil
+
+    from omni_tf.configs import experiment
+    from recipes import end_to_end as e2e
+
+    calls = []
+    monkeypatch.setattr(e2e, "train", _fake_training(calls))
+
+    def stage(out, minutes, lr=None, log_every=None):
+        c = e2e.run_config(e2e.with_paths(experiment.get_config("tiny,smoke"), str(out / "data")), "omni",
+                           100, minutes)
+        with c.unlocked():
+            c.training.learning_rate = lr or c.training.learning_rate
+            c.training.log_every = log_every or c.training.log_every
+        return e2e.train_stage(Stages(str(out), log=lambda s: None), "train", c, str(out / "train" / "omni"))
+
+    first = tmp_path / "a"
+    assert stage(first, 1.0)["step"] == 10 and len(calls) == 1
+    copy = tmp_path / "b"
+    shutil.copytree(first, copy)
+    assert stage(copy, 1.0, log_every=1)["step"] == 10 and len(calls) == 1  # another path, cadence: reused
+    assert stage(copy, 3.0)["step"] == 20  # a larger time budget continues the same workdir
+    assert calls[-1] == {"minutes": 3.0, "spent_s": 60.0, "kept": ["ckpt-1"]}
+    assert stage(copy, 3.0)["step"] == 20 and len(calls) == 2  # finished under that budget: reused
+    assert stage(copy, 3.0, lr=9e-3)["step"] == 30  # a result field changed: starts over, old run aside
+    assert calls[-1]["kept"] == [] and calls[-1]["spent_s"] == 0.0
+    aside = [n for n in os.listdir(copy / "train") if n.startswith("omni.replaced-")]
+    assert len(aside) == 1 and sorted(os.listdir(copy / "train" / aside[0])) == ["ckpt-1", "ckpt-2"]
 
 
 def test_interrupted_stage_is_redone(tmp_path):

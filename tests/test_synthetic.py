@@ -184,7 +184,7 @@ def test_layout_is_librispeech(corpus):
         assert speaker.isdigit() and chapter.isdigit()
     ids = {os.path.basename(r)[: -len(".flac")] for r in flacs}
     assert set(_transcripts(corpus)) == ids
-    assert sorted(os.listdir(corpus)) == ["SPEAKERS.TXT", "corpus.json", "dev", "test", "train"]
+    assert sorted(os.listdir(corpus)) == [".lock", "SPEAKERS.TXT", "corpus.json", "dev", "test", "train"]
 
 
 def test_transcripts_upper_case_alphabet(corpus):
@@ -272,3 +272,38 @@ def test_make_corpus_command_line(tmp_path):
     clash = subprocess.run(cmd[:4] + ["--seed=6"] + cmd[5:], cwd=root, capture_output=True, text=True,
                            timeout=120)
     assert clash.returncode != 0 and "--overwrite" in clash.stderr
+
+
+_KILLED_CORPUS = """
+import os, signal, sys
+from omni_tf.data import synthetic
+real, calls = synthetic.synthesize, []
+def synthesize(utt):
+    calls.append(utt.id)
+    if len(calls) == 5:
+        os.kill(os.getpid(), signal.SIGKILL)  # kill -9 while synthesizing the fifth utterance
+    return real(utt)
+synthetic.synthesize = synthesize
+spec = synthetic.CorpusSpec(num_utterances=12, seed=3, dev_fraction=0.25, test_fraction=0.25)
+synthetic.make_corpus(sys.argv[1], spec, num_workers=1)
+"""
+
+
+def test_killed_corpus_resumes_with_the_same_command(corpus, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = str(tmp_path / "killed")
+    done = subprocess.run([sys.executable, "-c", _KILLED_CORPUS, out], cwd=root, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": root})
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    assert len(_flacs(out)) == 4 and not synthetic.corpus_matches(out, TINY)
+    logs = []
+    synthetic.make_corpus(out, TINY, num_workers=1, log=logs.append)  # the same command again
+    assert "resuming: 4 of 12" in logs[0], logs
+    assert synthetic.corpus_matches(out, TINY) and _flacs(out) == _flacs(corpus)
+    for rel in _flacs(corpus):
+        with open(os.path.join(corpus, rel), "rb") as fa, open(os.path.join(out, rel), "rb") as fb:
+            assert fa.read() == fb.read(), rel
