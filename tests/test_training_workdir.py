@@ -67,3 +67,17 @@ def test_second_train_process_on_a_workdir_fails_naming_the_holder(tmp_path):
     assert second.returncode != 0
     assert f'"pid": {holder.pid}' in second.stderr and "is in use" in second.stderr, second.stderr[-2000:]
     assert not os.path.exists(tmp_path / "w" / "ckpt")
+
+
+def test_train_recipe_refuses_another_config_on_a_trained_workdir(tmp_path):
+    config = experiment.get_config("tiny,smoke")
+    _with_checkpoint(tmp_path / "w", config)
+    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run(
+        [sys.executable, "-m", "recipes.librispeech.train",
+         "--config=omni_tf/configs/experiment.py:tiny,smoke", f"--workdir={tmp_path / 'w'}",
+         "--random_features=2", "--config.training.learning_rate=0.01"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "training.learning_rate: 0.0015 -> 0.01" in done.stderr, done.stderr[-2000:]
+    assert "--allow_config_change" in done.stderr
