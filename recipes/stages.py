@@ -1,14 +1,16 @@
 """Resumable recipe stages: a stage runs once per set of inputs and is reused on the next run.
 
-A stage writes ``<out>/stages/<name>.json`` (its key, inputs, budget and result) only after it finished, so a
-run that was interrupted redoes the unfinished stage (which itself may resume, e.g. training from its
-checkpoint) and reuses every finished one. The key is a hash of the stage's ``inputs`` and of the stage
-before it, so the caller passes only what changes the result: no absolute paths (a copy of ``<out>`` at
-another path reuses everything), no logging or checkpoint cadence, no time or step budget.
+A stage writes ``<out>/stages/<name>.started.json`` (its key) when it starts and ``<out>/stages/<name>.json``
+(its key, inputs, budget and result) only after it finished, so a run that was interrupted redoes the
+unfinished stage (which itself may resume, e.g. training from its checkpoint) and reuses every finished one.
+The key is a hash of the stage's ``inputs`` and of the stage before it, so the caller passes only what
+changes the result: no absolute paths (a copy of ``<out>`` at another path reuses everything), no logging or
+checkpoint cadence, no time or step budget.
 
 A finished stage runs again without starting over when ``continue_if(record)`` says so (training whose budget
-was raised continues from its checkpoint). A stage whose inputs changed starts over: its ``outputs`` folders
-are never deleted but moved aside to ``<folder>.replaced-<time>`` (logged).
+was raised continues from its checkpoint). A stage whose inputs changed (since it finished, or since a run
+of it was interrupted) starts over: its ``outputs`` folders are never deleted but moved aside to
+``<folder>.replaced-<time>`` (logged).
 """
 from __future__ import annotations
 
@@ -70,12 +72,13 @@ class Stages:
         """``fn()``'s JSON-able result; the stored one is reused when ``inputs`` (and upstream) match.
 
         ``outputs``: folders the stage resumes from (e.g. a training workdir). They are kept when the stage
-        was interrupted (no record: it resumes) or continues (``continue_if(stored record)`` is true, e.g. a
-        raised ``budget``), and moved aside when its inputs changed (it starts over).
+        was interrupted with the same inputs (``<name>.started.json`` holds the key of a run that did not
+        finish: it resumes) or continues (``continue_if(stored record)`` is true, e.g. a raised ``budget``),
+        and moved aside when the finished or interrupted run had other inputs (it starts over).
         """
         fileio.check_name(name, "stage name")
         key = _key({"inputs": inputs, "upstream": self._upstream})
-        path = self._path(name)
+        path, started = self._path(name), self._path(f"{name}.started")
         done = self.record(name)
         if done is not None and done.get("key") == key:
             if continue_if is None or not continue_if(done):
@@ -84,13 +87,18 @@ class Stages:
                 self.timings[name] = float(done.get("seconds", 0.0))
                 return done["result"]
             self.log(f"[{name}] budget {done.get('budget')} -> {dict(budget or {})}: continuing")
-        elif done is not None:
-            self.log(f"[{name}] inputs changed: redoing")
-            os.remove(path)
-            for out in outputs:
-                moved = move_aside(out)
-                if moved:
-                    self.log(f"[{name}] moved the previous {out} aside to {moved} (delete it if not needed)")
+        else:
+            interrupted = self.record(f"{name}.started")
+            if (done or interrupted or {"key": key}).get("key") != key:
+                what = "inputs changed" if done is not None else "interrupted run had other inputs"
+                self.log(f"[{name}] {what}: redoing")
+                if done is not None:
+                    os.remove(path)
+                for out in outputs:
+                    moved = move_aside(out)
+                    if moved:
+                        self.log(f"[{name}] moved the previous {out} aside to {moved} (delete it if unused)")
+        fileio.write_text(started, json.dumps({"key": key, "inputs": inputs}, indent=1, default=str))
         self.log(f"[{name}] running")
         start = time.time()
         result = fn()
@@ -98,6 +106,7 @@ class Stages:
         record = {"key": key, "inputs": inputs, "budget": dict(budget) if budget is not None else None,
                   "result": result, "seconds": seconds, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
         fileio.write_text(path, json.dumps(record, indent=1, default=str))
+        os.remove(started)
         self.log(f"[{name}] done in {seconds:.0f} s")
         self._upstream = _key({"key": key, "budget": record["budget"]})
         self.timings[name] = seconds

@@ -51,6 +51,25 @@ def test_changed_inputs_move_outputs_aside_but_interruption_keeps_them(tmp_path)
     assert resumed == ["b", "c"]  # no record: the work dir is kept, so training resumes
 
 
+def test_interrupted_run_with_other_inputs_moves_outputs_aside(tmp_path):
+    work = tmp_path / "work"
+
+    def killed():
+        work.mkdir()
+        (work / "ckpt-1").write_text("lr 1")
+        raise KeyboardInterrupt  # as if killed mid-training: started, never finished
+
+    with pytest.raises(KeyboardInterrupt):
+        Stages(str(tmp_path), log=lambda s: None).run("t", {"lr": 1}, killed, (str(work),))
+    logs = []
+    result = Stages(str(tmp_path), log=logs.append).run("t", {"lr": 2}, lambda: sorted(os.listdir(work))
+                                                         if work.exists() else [], (str(work),))
+    assert result == []  # lr 2 does not resume lr 1's checkpoint ...
+    aside = [n for n in os.listdir(tmp_path) if n.startswith("work.replaced-")]
+    assert len(aside) == 1 and (tmp_path / aside[0] / "ckpt-1").read_text() == "lr 1"  # ... which is kept
+    assert any("interrupted run had other inputs" in line for line in logs), logs
+
+
 def _fake_training(calls):
     def train(config, workdir, spent_s=0.0):
         calls.append({"minutes": config.training.max_minutes, "spent_s": spent_s,
