@@ -153,6 +153,10 @@ def test_tokenizer_bigger_than_the_tier_is_refused_at_start_up(tier_and_tree, tm
     shutil.copytree(tier_dir, copy)
     big = Tokenizer.train(TEXTS + ["FIG HIJ KLM"], str(tmp_path / "big"), vocab_size=20, model_type="char")
     shutil.copyfile(big.model_path, copy / "spm.model")
+    from omni_tf import fileio  # a tier exported with that tokenizer: its completion record agrees
+
+    record = json.loads((copy / fileio.RECORD).read_text())
+    fileio.write_record(str(copy), record["kind"], record["spec"], record["files"])
     outputs = json.loads((copy / "manifest.json").read_text())["vocab_size"]
     assert outputs == Tokenizer(os.path.join(tier_dir, "spm.model")).vocab_size < big.vocab_size
     message = rf"has {big.vocab_size} pieces but the model has {outputs} outputs \(.*manifest.json vocab_size"
