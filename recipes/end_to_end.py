@@ -112,25 +112,19 @@ def run_config(config: ml_collections.ConfigDict, mode: str, max_steps: int, max
     return c
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, spent_s: float = 0.0) -> dict[str, Any]:
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains (resuming from ``workdir``'s checkpoint if any); returns the loop's final metrics.
 
-    Holds ``workdir``'s lock (``omni_tf.training.workdir.claim``). ``spent_s``: seconds already trained in
-    ``workdir`` by earlier runs of the stage; they count against ``max_minutes``. ``train_seconds`` in the
-    result is the total.
+    Holds ``workdir``'s lock (``omni_tf.training.workdir.claim``: a second writer fails naming the holder).
+    ``max_minutes`` counts the training time of every invocation of the workdir (the loop's progress clock).
     """
-    t = config.training
-    if spent_s and t.max_minutes:
-        config = run_config(config, t.mode, t.max_steps, max(t.max_minutes - spent_s / 60.0, 1e-3))
     lock = workdir_lib.claim(workdir, config)
     try:
         metrics = loop.train(config, workdir)
     finally:
         if lock is not None:
             lock.release()
-    out = {k: v for k, v in metrics.items() if isinstance(v, int | float | str | type(None))}
-    out["train_seconds"] = spent_s + float(metrics.get("elapsed_s", 0.0))
-    return out
+    return {k: v for k, v in metrics.items() if isinstance(v, int | float | str | type(None))}
 
 
 def _budget_raised(done: Mapping[str, Any], budget: Mapping[str, Any]) -> bool:
@@ -146,19 +140,13 @@ def _budget_raised(done: Mapping[str, Any], budget: Mapping[str, Any]) -> bool:
 def train_stage(stages: Stages, name: str, config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """The training stage: keyed on the config fields that change the result (no paths, cadence, budget).
 
-    A finished run is reused; with a larger step or time budget it continues from its checkpoint (time counts
-    the minutes already trained); with other result fields the old workdir is moved aside, not deleted.
+    A finished run is reused; with a larger step or time budget it continues from its checkpoint (the time
+    budget counts every invocation); with other result fields the old workdir is moved aside, not deleted.
     """
     t = config.training
     budget = {"max_steps": int(t.max_steps), "max_minutes": float(t.max_minutes)}
-    spent = [0.0]  # seconds trained by the finished run being continued
-
-    def more(done: dict) -> bool:  # called only for a finished run with the same key
-        spent[0] = float((done.get("result") or {}).get("train_seconds", 0.0))
-        return _budget_raised(done, budget)
-
-    return stages.run(name, workdir_lib.result_fields(config), lambda: train(config, workdir, spent[0]),
-                      outputs=(workdir,), budget=budget, continue_if=more)
+    return stages.run(name, workdir_lib.result_fields(config), lambda: train(config, workdir),
+                      outputs=(workdir,), budget=budget, continue_if=lambda d: _budget_raised(d, budget))
 
 
 def _split_batches(config: ml_collections.ConfigDict, manifest: str, max_utterances: int) -> list:
