@@ -11,6 +11,11 @@ concatenated outputs (``n*chunk_enc`` frames) equal ``encode`` on the same utter
 ``ceil(T/4)`` of them are valid. Usage::
 
     model = build_model(omni_tf.configs.model.get_preset("tiny"))
+
+Per-layer widths (a sliced structured tier, ``omni_tf/sparsity/structured.py``): optional model config lists
+``layer_num_heads``, ``layer_ff_dim``, ``layer_conv_channels`` (one entry per encoder block) and
+``layer_pred_hidden`` (one per predictor layer) override ``num_heads``, ``ff_dim``, ``d_model`` (conv
+channels) and ``pred_hidden`` per layer; the head width stays ``d_model // num_heads``. Usage continued::
     logits, logit_lengths = model(batch, training=True)     # batch: features, feature_lengths, tokens
     state = model.encoder_initial_state(1)
     enc, state = model.encode_chunk(window, state)           # window [1, CF+LA, 80]
@@ -64,8 +69,8 @@ class Transducer(keras.Model):
             cfg["num_mel_bins"],
             cfg["d_model"],
             cfg["num_layers"],
-            cfg["num_heads"],
-            cfg["ff_dim"],
+            cfg.get("layer_num_heads") or cfg["num_heads"],
+            cfg.get("layer_ff_dim") or cfg["ff_dim"],
             chunk_enc,
             cfg["left_chunks"],
             lookahead,
@@ -73,18 +78,20 @@ class Transducer(keras.Model):
             cfg["conv_kernel"],
             cfg["dropout"],
             conv_pointwise=cfg.get("conv_pointwise", True),
+            head_dim=cfg["d_model"] // cfg["num_heads"],
+            conv_channels=cfg.get("layer_conv_channels"),
             name="encoder",
         )
         self.predictor = Predictor(
             cfg["vocab_size"],
             cfg["pred_embed_dim"],
-            cfg["pred_hidden"],
+            cfg.get("layer_pred_hidden") or cfg["pred_hidden"],
             cfg["pred_layers"],
             cfg["dropout"],
             name="predictor",
         )
         self.joiner = Joiner(
-            cfg["d_model"], cfg["pred_hidden"], cfg["joint_dim"], cfg["vocab_size"], name="joiner"
+            cfg["d_model"], self.predictor.hidden, cfg["joint_dim"], cfg["vocab_size"], name="joiner"
         )
 
     # --- geometry -------------------------------------------------------------------------------------------
@@ -172,6 +179,20 @@ class Transducer(keras.Model):
     def kernel_masks(self) -> list[tuple[str, tf.Variable]]:
         """The masks of ``prunable_kernels()``, same order and names."""
         return [(name, layer.kernel_mask) for name, layer in self._named_kernel_layers()]
+
+    def unit_groups(self) -> list:
+        """Structured unit groups (``omni_tf.sparsity.structured.Group``): per encoder block ``mhsa``
+        (heads), ``conv`` (channels), ``ffn`` (hidden units), and ``decoder`` (predictor LSTM hidden units
+        and joiner hidden units, one group: the joiner's predictor projection is sliced by both)."""
+        from omni_tf.sparsity.structured import Group  # noqa: PLC0415
+
+        decoder = (*self.predictor.unit_families("decoder", self.joiner.pred_proj),
+                   self.joiner.unit_family("decoder"))
+        return [*self.encoder.unit_groups("encoder"), Group("decoder", decoder)]
+
+    def unit_masks(self) -> list[tf.Variable]:
+        """Layer masks over units that are not kernel masks (the conv modules' ``channel_mask``)."""
+        return [b.conv.channel_mask for b in self.encoder.blocks if b.conv is not None and b.conv.pointwise]
 
     def get_config(self) -> dict:
         return {"model_config": dict(self.model_config), "name": self.name}

@@ -14,6 +14,11 @@ From a trained Transducer (in memory, or a ``tf.train.Checkpoint`` directory) an
 replaced by ``kernel * mask`` and its mask by ones, so the frozen graph folds to one constant with exact
 zeros.
 The tier model is a fresh ``build_model`` copy; the caller's model is never modified.
+
+Structured tiers (``survival`` a ``SupernetMasks`` of granularity ``structured``): instead of baking masks,
+``slice_model`` builds a smaller dense model with the tier's kept units only (per-layer heads, feed-forward
+widths, conv channels, predictor and joiner widths; the attention and conv caches shrink with them) and
+copies the kept slices of every weight. It computes what the masked full model computes.
 """
 from __future__ import annotations
 
@@ -120,6 +125,36 @@ def clone_with_masks(model, model_config, masks: Mapping[str, np.ndarray]):
     return clone
 
 
+def slice_model(model, model_config, masks, tier: TierSpec):
+    """A fresh, smaller ``build_model`` with only the units ``tier`` keeps, weights sliced from ``model``.
+
+    Args:
+      model: the trained Transducer (not modified).
+      model_config: its model preset.
+      masks: its structured ``SupernetMasks`` (ranked: survival levels from the checkpoint).
+      tier: a uniform level index or ``{group_name: level}`` (every group).
+    The result's masks are ones (its kernels are the kept units) and ``sliced_from`` records the full
+    model's parameter counts for ``sparsity_summary``. Raises ValueError on a bad tier.
+    """
+    from omni_tf.model import build_model  # noqa: PLC0415
+    from omni_tf.sparsity import structured  # noqa: PLC0415
+
+    if tier is None or (isinstance(tier, float) and not float(tier).is_integer()):
+        raise ValueError(f"structured tier {tier!r}: pass a level index or a {{group: level}} config")
+    groups = masks.groups
+    config = dict(tier) if isinstance(tier, Mapping) else {g.name: int(tier) for g in groups}
+    kept = structured.kept_units(groups, masks.survival_arrays(), config)
+    cfg = model_config.to_dict() if hasattr(model_config, "to_dict") else dict(model_config)
+    sliced = build_model(structured.sliced_model_config(cfg, groups, kept))
+    _ensure_built(sliced)
+    _ensure_built(model)
+    mask_vars = [m for _, m in model.kernel_masks()] + list(model.unit_masks())
+    structured.copy_sliced_weights(groups, model.weights, sliced.weights, kept, skip=mask_vars)
+    full = sparsity_summary(model)
+    sliced.sliced_from = {"prunable_params": full["prunable_params"], "params": full["params"]}
+    return sliced
+
+
 def bake_masks(model, masks: Mapping[str, np.ndarray]) -> None:
     """In place: kernel <- kernel * mask (exact zeros), kernel_mask <- ones."""
     for (name, kernel), (mname, mask_var) in zip(model.prunable_kernels(), model.kernel_masks(), strict=True):
@@ -157,7 +192,8 @@ def _num_mel(model) -> int:
 
 
 def sparsity_summary(model) -> dict[str, Any]:
-    """Nonzero / total prunable params, overall sparsity and per-kernel sparsity of the (baked) model."""
+    """Nonzero / total prunable params, overall sparsity and per-kernel sparsity of the (baked) model; of a
+    sliced model (``slice_model``) totals and sparsity are relative to the full model."""
     per, nnz, total = {}, 0, 0
     for name, kernel in model.prunable_kernels():
         k = kernel.numpy()
@@ -166,6 +202,13 @@ def sparsity_summary(model) -> dict[str, Any]:
         nnz, total = nnz + z, total + k.size
     all_params = int(sum(np.prod(v.shape) for v in model.weights if "mask" not in v.name))
     zeros = total - nnz
+    full = getattr(model, "sliced_from", None)
+    if full is not None:  # a sliced structured tier: sparsity relative to the full model it came from
+        removed = full["prunable_params"] - nnz
+        return {"prunable_params": full["prunable_params"], "prunable_nonzero": nnz,
+                "prunable_sparsity": round(removed / max(full["prunable_params"], 1), 4),
+                "params": full["params"], "nonzero_params": all_params - zeros, "per_kernel_sparsity": per,
+                "sliced_params": all_params}
     return {"prunable_params": total, "prunable_nonzero": nnz,
             "prunable_sparsity": round(zeros / max(total, 1), 4), "params": all_params,
             "nonzero_params": all_params - zeros, "per_kernel_sparsity": per}
@@ -304,8 +347,13 @@ def build_inference_module(model_or_ckpt, model_config, tier: TierSpec = None,
                            clone: bool = True) -> StreamingInferenceModule:
     """Tier module from a Transducer or checkpoint path; ``tier`` as in ``kernel_masks_for_tier``.
 
-    ``survival`` may also be a ``SupernetMasks`` (its ``survival_arrays()`` are used).
+    ``survival`` may also be a ``SupernetMasks`` (its ``survival_arrays()`` are used); one of granularity
+    ``structured`` makes a sliced tier (``slice_model``; ``tier`` is a level index or ``{group: level}``).
     """
+    if getattr(survival, "granularity", "weights") == "structured":
+        if isinstance(model_or_ckpt, str):
+            raise ValueError("structured tiers: pass the restored model with its SupernetMasks, not a path")
+        return StreamingInferenceModule(slice_model(model_or_ckpt, model_config, survival, tier))
     if survival is not None and hasattr(survival, "survival_arrays"):
         survival = survival.survival_arrays()
     if isinstance(model_or_ckpt, str):

@@ -1,7 +1,7 @@
 """Chunked multi-head self-attention (strictly chunk-causal).
 
 Dimension key: B batch, T time (encoder frames), C chunk size (encoder frames), L left_chunks, D model dim,
-H heads, K = D / H.
+H heads, K head dim (default D / H), A = H * K attention width (D unless heads were sliced out).
 
 A query in chunk ``c`` sees every key of chunk ``c`` (both directions inside the chunk) and of chunks
 ``c-L .. c-1``; never a later chunk. Training (``call``) runs the whole utterance with an additive mask;
@@ -20,6 +20,7 @@ import tf_keras as keras
 import omni_tf  # noqa: F401
 from omni_tf.layers.dropout import SeededDropout
 from omni_tf.layers.masked_dense import MaskedDense, build_child, matmul_last
+from omni_tf.sparsity.structured import Family, Member
 
 # Added to masked scores before the softmax. exp(LARGE_NEGATIVE + s - max) underflows to exactly 0 in float32
 # for any realistic score s (|s| << 1e9), and the row max is always an allowed score (>= 1 allowed key), so
@@ -64,29 +65,43 @@ class ChunkedMultiHeadAttention(keras.layers.Layer):
     """Multi-head self-attention restricted to the own chunk and ``left_chunks`` previous chunks.
 
     Shapes: ``call(x [B,T,D]) -> [B,T,D]``; ``stream(x [B,C,D], state) -> ([B,C,D], state)`` with state
-    ``{"key": [B, L*C, D], "value": [B, L*C, D], "valid": [B, L*C]}``.
+    ``{"key": [B, L*C, A], "value": [B, L*C, A], "valid": [B, L*C]}``.
+
+    ``head_dim`` (default ``D / H``) is given when a sliced tier keeps fewer heads than the trained layer
+    (``structured.py``): the head width stays, the attention width ``A = H * K`` shrinks.
     """
 
     def __init__(
-        self, d_model: int, num_heads: int, chunk_size: int, left_chunks: int, dropout: float = 0.0, **kwargs
+        self, d_model: int, num_heads: int, chunk_size: int, left_chunks: int, dropout: float = 0.0,
+        head_dim: int | None = None, **kwargs
     ):
         super().__init__(**kwargs)
-        if d_model % num_heads:
+        if head_dim is None and d_model % num_heads:
             raise ValueError(f"d_model={d_model} is not divisible by num_heads={num_heads}")
+        if num_heads < 1 or (head_dim is not None and head_dim < 1):
+            raise ValueError(f"bad num_heads={num_heads} / head_dim={head_dim}")
         if chunk_size < 1 or left_chunks < 0:
             raise ValueError(f"bad chunk_size={chunk_size} / left_chunks={left_chunks}")
         self.d_model, self.num_heads = int(d_model), int(num_heads)
+        self.head_dim = int(head_dim) if head_dim is not None else self.d_model // self.num_heads
         self.chunk_size, self.left_chunks = int(chunk_size), int(left_chunks)
         self.dropout = float(dropout)
-        self.query = MaskedDense(d_model, name="query")
-        self.key = MaskedDense(d_model, name="key")
-        self.value = MaskedDense(d_model, name="value")
+        width = self.attention_width
+        self.query = MaskedDense(width, name="query")
+        self.key = MaskedDense(width, name="key")
+        self.value = MaskedDense(width, name="value")
         self.out = MaskedDense(d_model, name="output")
         self.attn_drop = SeededDropout(self.dropout)
 
+    @property
+    def attention_width(self) -> int:
+        """``A = H * K``: the width of the query/key/value projections and of the caches."""
+        return self.num_heads * self.head_dim
+
     def build(self, input_shape):
-        for dense in (self.query, self.key, self.value, self.out):
+        for dense in (self.query, self.key, self.value):
             build_child(dense, (None, None, self.d_model))
+        build_child(self.out, (None, None, self.attention_width))
         super().build(input_shape)
 
     @property
@@ -94,11 +109,11 @@ class ChunkedMultiHeadAttention(keras.layers.Layer):
         return self.left_chunks * self.chunk_size
 
     def project_qkv(self, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        """``x [B,T,D] -> (q * K^-0.5, k, v)``, each ``[B,T,D]``, by one ``[D, 3D]`` matmul + bias.
+        """``x [B,T,D] -> (q * K^-0.5, k, v)``, each ``[B,T,A]``, by one ``[D, 3A]`` matmul + bias.
 
         Same values as ``query(x) * K^-0.5, key(x), value(x)`` up to float rounding.
         """
-        scale = (self.d_model // self.num_heads) ** -0.5
+        scale = self.head_dim ** -0.5
         parts = ((self.query, scale), (self.key, 1.0), (self.value, 1.0))
         with tf.name_scope("qkv"):  # TFLite tensor names "qkv/..." (was query/, key/, value/)
             kernel = tf.concat([d.masked_kernel() * w for d, w in parts], axis=1)
@@ -108,7 +123,7 @@ class ChunkedMultiHeadAttention(keras.layers.Layer):
     def _attend(
         self, q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, allowed: tf.Tensor, training: bool
     ) -> tf.Tensor:
-        """q [B,Tq,D] (pre-scaled by K^-0.5), k/v [B,Tk,D], allowed broadcastable to [B,1,Tq,Tk]
+        """q [B,Tq,A] (pre-scaled by K^-0.5), k/v [B,Tk,A], allowed broadcastable to [B,1,Tq,Tk]
         (1 = visible) -> [B,Tq,D]."""
         qh, kh, vh = (split_heads(t, self.num_heads) for t in (q, k, v))
         with tf.name_scope("attention_scores"):  # named: int8 export may keep it float (see masked_softmax)
@@ -122,8 +137,8 @@ class ChunkedMultiHeadAttention(keras.layers.Layer):
 
     def initial_state(self, batch: int) -> dict[str, tf.Tensor]:
         return {
-            "key": tf.zeros([batch, self.cache_size, self.d_model]),
-            "value": tf.zeros([batch, self.cache_size, self.d_model]),
+            "key": tf.zeros([batch, self.cache_size, self.attention_width]),
+            "value": tf.zeros([batch, self.cache_size, self.attention_width]),
             "valid": tf.zeros([batch, self.cache_size]),
         }
 
@@ -153,11 +168,21 @@ class ChunkedMultiHeadAttention(keras.layers.Layer):
             )
         ]
 
+    def unit_family(self, prefix: str, config_key: tuple[str, int | None]) -> Family:
+        """The heads as structured units: each head's ``K`` columns of query/key/value (+ biases) and its
+        ``K`` rows of the output projection."""
+        k = self.head_dim
+        members = [Member(d.kernel, 1, k, mask=d.kernel_mask) for d in (self.query, self.key, self.value)]
+        members += [Member(d.bias, 0, k) for d in (self.query, self.key, self.value)]
+        members.append(Member(self.out.kernel, 0, k, mask=self.out.kernel_mask))
+        return Family(f"{prefix}/heads", self.num_heads, tuple(members), config_key)
+
     def get_config(self) -> dict:
         config = super().get_config()
         config.update(
             d_model=self.d_model,
             num_heads=self.num_heads,
+            head_dim=self.head_dim,
             chunk_size=self.chunk_size,
             left_chunks=self.left_chunks,
             dropout=self.dropout,

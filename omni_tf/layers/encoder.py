@@ -26,8 +26,12 @@ class StreamingEncoder(keras.layers.Layer):
     """``call(features [B,T,F], lengths [B]) -> (enc [B, n*chunk_enc, D], enc_lengths [B])``;
     ``stream(features [B, CF+LA, F], state) -> (enc [B, chunk_enc, D], state)``.
 
-    State keys: ``block_{i}/key``, ``block_{i}/value`` ``[B, L*chunk_enc, D]``, ``block_{i}/valid``
-    ``[B, L*chunk_enc]`` and (with conv) ``block_{i}/conv`` ``[B, conv_kernel-1, D]``.
+    State keys: ``block_{i}/key``, ``block_{i}/value`` ``[B, L*chunk_enc, A_i]``, ``block_{i}/valid``
+    ``[B, L*chunk_enc]`` and (with conv) ``block_{i}/conv`` ``[B, conv_kernel-1, W_i]``; ``A_i = H_i * K``
+    and ``W_i`` are D unless a sliced tier keeps fewer heads / conv channels in block i.
+
+    ``num_heads``, ``ff_dim`` and ``conv_channels`` are an int (every block) or one value per block (a sliced
+    structured tier); ``head_dim`` defaults to ``d_model // num_heads`` (the trained model's).
     """
 
     def __init__(
@@ -44,11 +48,16 @@ class StreamingEncoder(keras.layers.Layer):
         conv_kernel: int = 15,
         dropout: float = 0.1,
         conv_pointwise: bool = True,
+        head_dim: int | None = None,
+        conv_channels: int | list[int] | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.num_mel_bins, self.d_model, self.num_layers = int(num_mel_bins), int(d_model), int(num_layers)
-        self.num_heads, self.ff_dim, self.chunk_enc = int(num_heads), int(ff_dim), int(chunk_enc)
+        self.num_heads, self.ff_dim = _per_layer(num_heads, num_layers), _per_layer(ff_dim, num_layers)
+        self.conv_channels = _per_layer(conv_channels if conv_channels is not None else d_model, num_layers)
+        self.head_dim = int(head_dim) if head_dim is not None else None
+        self.chunk_enc = int(chunk_enc)
         self.left_chunks, self.lookahead_frames = int(left_chunks), int(lookahead_frames)
         self.conv_pointwise = bool(conv_pointwise)
         self.subsampling_factor, self.conv_kernel, self.dropout = (
@@ -62,13 +71,15 @@ class StreamingEncoder(keras.layers.Layer):
         self.blocks = [
             TransformerBlock(
                 d_model,
-                num_heads,
-                ff_dim,
+                self.num_heads[i],
+                self.ff_dim[i],
                 chunk_enc,
                 left_chunks,
                 conv_kernel=conv_kernel,
                 conv_pointwise=conv_pointwise,
                 dropout=dropout,
+                head_dim=self.head_dim,
+                conv_channels=self.conv_channels[i] if conv_pointwise else None,
                 name=f"block_{i}",
             )
             for i in range(num_layers)
@@ -132,6 +143,10 @@ class StreamingEncoder(keras.layers.Layer):
             kernels += block.named_kernels(f"{prefix}/block_{i}")
         return kernels
 
+    def unit_groups(self, prefix: str) -> list:
+        """Structured unit groups of every block (``TransformerBlock.unit_groups``)."""
+        return [g for i, b in enumerate(self.blocks) for g in b.unit_groups(f"{prefix}/block_{i}", i)]
+
     def get_config(self) -> dict:
         config = super().get_config()
         config.update(
@@ -147,5 +162,17 @@ class StreamingEncoder(keras.layers.Layer):
             conv_kernel=self.conv_kernel,
             dropout=self.dropout,
             conv_pointwise=self.conv_pointwise,
+            head_dim=self.head_dim,
+            conv_channels=self.conv_channels,
         )
         return config
+
+
+def _per_layer(value: int | list[int], num_layers: int) -> list[int]:
+    """An int for every layer, or a list of ``num_layers`` ints -> list of ints; ValueError otherwise."""
+    if isinstance(value, int | float):
+        return [int(value)] * num_layers
+    values = [int(v) for v in value]
+    if len(values) != num_layers:
+        raise ValueError(f"per-layer widths {values} do not match num_layers={num_layers}")
+    return values

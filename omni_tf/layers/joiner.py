@@ -12,6 +12,7 @@ import tf_keras as keras
 
 import omni_tf  # noqa: F401
 from omni_tf.layers.masked_dense import MaskedDense, build_child
+from omni_tf.sparsity.structured import Family, Member
 
 
 class Joiner(keras.layers.Layer):
@@ -44,6 +45,15 @@ class Joiner(keras.layers.Layer):
             (f"{prefix}/pred_proj", self.pred_proj),
             (f"{prefix}/output", self.output_dense),
         ]
+
+    def unit_family(self, prefix: str) -> Family:
+        """Joint hidden unit j: column j of both projections (+ the encoder projection's bias j), row j of
+        the output kernel. Config key ``("joint_dim", None)``."""
+        members = (Member(self.enc_proj.kernel, 1, mask=self.enc_proj.kernel_mask),
+                   Member(self.enc_proj.bias, 0),
+                   Member(self.pred_proj.kernel, 1, mask=self.pred_proj.kernel_mask),
+                   Member(self.output_dense.kernel, 0, mask=self.output_dense.kernel_mask))
+        return Family(f"{prefix}/joint", self.joint_dim, members, ("joint_dim", None))
 
     def get_config(self) -> dict:
         config = super().get_config()

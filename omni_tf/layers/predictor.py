@@ -17,6 +17,7 @@ import tf_keras as keras
 import omni_tf  # noqa: F401
 from omni_tf.layers.dropout import SeededDropout
 from omni_tf.layers.masked_dense import MaskedDense, add_kernel_and_mask, build_child
+from omni_tf.sparsity.structured import Family, Member
 
 
 class MaskedEmbedding(keras.layers.Layer):
@@ -90,7 +91,8 @@ class Predictor(keras.layers.Layer):
     """Embedding + ``num_layers`` MaskedLSTM (dropout between layers).
 
     ``call(labels [B,U] int) -> [B, U+1, H]`` (SOS=0 prepended); ``step(token [B], state) -> ([B,H], state)``
-    with state ``{"h_0": [B,H], "c_0": [B,H], ...}``.
+    with state ``{"h_0": [B,H_0], "c_0": [B,H_0], ...}``. ``hidden`` is an int (every layer) or one width
+    per layer (a sliced structured tier); the output width ``H`` is the last layer's.
     """
 
     def __init__(
@@ -105,10 +107,15 @@ class Predictor(keras.layers.Layer):
         super().__init__(**kwargs)
         if num_layers < 1:
             raise ValueError(f"Predictor needs num_layers >= 1, got {num_layers}")
-        self.vocab_size, self.embed_dim, self.hidden = int(vocab_size), int(embed_dim), int(hidden)
+        self.vocab_size, self.embed_dim = int(vocab_size), int(embed_dim)
         self.num_layers, self.dropout = int(num_layers), float(dropout)
+        widths = [int(hidden)] * self.num_layers if isinstance(hidden, int | float) else [int(h) for h in hidden]
+        if len(widths) != self.num_layers or min(widths) < 1:
+            raise ValueError(f"Predictor hidden {hidden} does not give {self.num_layers} positive widths")
+        self.hidden_sizes = widths
+        self.hidden = widths[-1]
         self.embedding = MaskedEmbedding(self.vocab_size, self.embed_dim, name="embedding")
-        self.lstms = [MaskedLSTM(self.hidden, name=f"lstm_{i}") for i in range(self.num_layers)]
+        self.lstms = [MaskedLSTM(h, name=f"lstm_{i}") for i, h in enumerate(widths)]
         self.drop = SeededDropout(self.dropout)
 
     def build(self, input_shape):
@@ -116,7 +123,7 @@ class Predictor(keras.layers.Layer):
         dim = self.embed_dim
         for lstm in self.lstms:
             build_child(lstm, (None, None, dim))
-            dim = self.hidden
+            dim = lstm.units
         super().build(input_shape)
 
     def call(self, labels: tf.Tensor, training: bool = False) -> tf.Tensor:
@@ -129,9 +136,9 @@ class Predictor(keras.layers.Layer):
 
     def initial_state(self, batch: int) -> dict[str, tf.Tensor]:
         state = {}
-        for i in range(self.num_layers):
-            state[f"h_{i}"] = tf.zeros([batch, self.hidden])
-            state[f"c_{i}"] = tf.zeros([batch, self.hidden])
+        for i, lstm in enumerate(self.lstms):
+            state[f"h_{i}"] = tf.zeros([batch, lstm.units])
+            state[f"c_{i}"] = tf.zeros([batch, lstm.units])
         return state
 
     def step(self, token: tf.Tensor, state: dict[str, tf.Tensor]) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
@@ -153,12 +160,27 @@ class Predictor(keras.layers.Layer):
             ]
         return kernels
 
+    def unit_families(self, prefix: str, output_kernel: MaskedDense) -> list[Family]:
+        """LSTM hidden unit h of layer l: its 4 gate columns of the input and recurrent kernels (+ input
+        bias), recurrent row h, and row h of the next consumer (layer l+1's input kernel, or
+        ``output_kernel``, the joiner's predictor projection). Config key ``("layer_pred_hidden", l)``."""
+        families = []
+        for i, lstm in enumerate(self.lstms):
+            nxt = self.lstms[i + 1].input_dense if i + 1 < len(self.lstms) else output_kernel
+            members = (Member(lstm.input_dense.kernel, 1, repeats=4, mask=lstm.input_dense.kernel_mask),
+                       Member(lstm.input_dense.bias, 0, repeats=4),
+                       Member(lstm.recurrent.kernel, 1, repeats=4, mask=lstm.recurrent.kernel_mask),
+                       Member(lstm.recurrent.kernel, 0, mask=lstm.recurrent.kernel_mask),
+                       Member(nxt.kernel, 0, mask=nxt.kernel_mask))
+            families.append(Family(f"{prefix}/lstm_{i}", lstm.units, members, ("layer_pred_hidden", i)))
+        return families
+
     def get_config(self) -> dict:
         config = super().get_config()
         config.update(
             vocab_size=self.vocab_size,
             embed_dim=self.embed_dim,
-            hidden=self.hidden,
+            hidden=self.hidden_sizes if len(set(self.hidden_sizes)) > 1 else self.hidden,
             num_layers=self.num_layers,
             dropout=self.dropout,
         )

@@ -74,12 +74,18 @@ class SizeModel:
             nnz_blocks = np.stack([lv.keep_counts(int(u), self.levels) for u in units])
         self.nnz = np.asarray(nnz, np.int64).reshape(len(self.names), len(self.levels))
         self.nnz_blocks = np.asarray(nnz_blocks, np.int64).reshape(self.nnz.shape)
+        self.total_params = self.other_params + int((in_dim * out_dim).sum())
         self._tables = self._build_tables(in_dim, out_dim)
 
     # -- constructors -----------------------------------------------------------------------------------
     @classmethod
     def from_masks(cls, masks: Any, other_params: int, index_bytes: int = 4) -> SizeModel:
-        """Exact counts from a ``SupernetMasks``' current survival tensors."""
+        """Exact counts from a ``SupernetMasks``' current survival tensors (granularity ``structured``: a
+        ``structured.StructuredSizeModel``, exact bytes of the sliced model; ``other_params`` unused)."""
+        if getattr(masks, "granularity", "weights") == "structured":
+            from omni_tf.sparsity.structured import StructuredSizeModel  # noqa: PLC0415 (imports this module)
+
+            return StructuredSizeModel.from_masks(masks)
         nnz, nnz_blocks, shapes = [], [], []
         for surv in masks.survival_arrays().values():
             shapes.append(surv.shape)
@@ -144,7 +150,7 @@ class SizeModel:
         """Every metric for ``config`` plus ``total_params`` (dense)."""
         vec = self.vector(config)
         out = {m: self.measure(vec, m) for m in METRICS}
-        out["total_params"] = float(self.other_params + int((self.shapes[:, 0] * self.shapes[:, 1]).sum()))
+        out["total_params"] = float(self.total_params)
         return out
 
     def dense_int8_bytes(self) -> float:
@@ -166,6 +172,8 @@ class SizeModel:
 
 
 def count_other_params(model: Any) -> int:
-    """Parameters of ``model.weights`` that are neither prunable kernels nor their masks."""
+    """Trainable parameters of ``model.weights`` that are not prunable kernels (masks - of kernels, of a
+    non-prunable embedding, the model's ``unit_masks()`` - are not parameters)."""
     skip = {id(v) for _, v in model.prunable_kernels()} | {id(v) for _, v in model.kernel_masks()}
-    return int(sum(int(np.prod(v.shape)) for v in model.weights if id(v) not in skip))
+    skip |= {id(v) for v in getattr(model, "unit_masks", list)()}
+    return int(sum(int(np.prod(v.shape)) for v in model.weights if id(v) not in skip and v.trainable))
