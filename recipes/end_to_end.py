@@ -29,6 +29,7 @@ from omni_tf.data import features as features_lib
 from omni_tf.data import prepare, synthetic
 from omni_tf.data.librispeech import read_manifest
 from omni_tf.sparsity import size as size_lib
+from omni_tf.sparsity import structured
 from omni_tf.text.tokenizer import Tokenizer, check_model_vocab, train_from_manifest
 from omni_tf.training import evaluation, loop, pretrained, sources
 from omni_tf.training import workdir as workdir_lib
@@ -97,6 +98,17 @@ def use_shipped(stages: Stages, out: str, config: ml_collections.ConfigDict, dat
         c.model = pretrained.model_config(path)
         c.training.init_from = path
     return c, shipped_dir
+
+
+def with_granularity(config: ml_collections.ConfigDict, granularity: str | None) -> ml_collections.ConfigDict:
+    """A copy of ``config`` with ``sparsity.granularity`` set (the recipes' ``--sparsity_granularity``);
+    ``config`` itself when ``granularity`` is None."""
+    if granularity is None:
+        return config
+    c = copy.deepcopy(config)
+    with c.unlocked():
+        c.sparsity.granularity = structured.validate_granularity(granularity)
+    return c
 
 
 def run_config(config: ml_collections.ConfigDict, mode: str, max_steps: int, max_minutes: float,
@@ -181,7 +193,8 @@ def tier_budgets(config: ml_collections.ConfigDict, workdir: str, tiers: Mapping
     """``{tier: target sparsity}`` -> ``{tier: budget}``: the size of a uniform config at that sparsity.
 
     A sparsity of the supernet's level set gets that level's exact size (so the uniform level fits its own
-    budget); another one an analytic size (``size.py``) at that sparsity.
+    budget); another one an analytic size (``size.py``; structured masks: ``structured.py``, the sliced
+    model keeping ``round(U (1 - s))`` units of every family) at that sparsity.
     """
     model, masks = evaluation.restore_supernet(config, workdir)
     exact = evaluation.size_model_of(model, masks)
@@ -194,7 +207,10 @@ def tier_budgets(config: ml_collections.ConfigDict, workdir: str, tiers: Mapping
             k = min(range(len(masks.levels)), key=lambda i: abs(masks.levels[i] - s))
             out[tier] = exact.measure(exact.uniform_config(k), metric)
             continue
-        sizes = size_lib.SizeModel(names, shapes, other, levels=(0.0, float(s)), block=config.sparsity.block)
+        if masks.granularity == "structured":
+            sizes = structured.StructuredSizeModel.from_masks(masks, levels=(0.0, float(s)))
+        else:
+            sizes = size_lib.SizeModel(names, shapes, other, levels=(0.0, float(s)), block=masks.block)
         out[tier] = sizes.measure(sizes.uniform_config(1), metric)
     return out
 
@@ -226,7 +242,8 @@ def utterance_features(config: ml_collections.ConfigDict, data_dir: str, manifes
 def export_tiers(config: ml_collections.ConfigDict, workdir: str, data_dir: str, tiers: Mapping[str, Any],
                  out_dir: str, quantization: str, manifest: str, utterances: int, series: str,
                  sparse: str = "auto") -> dict[str, dict[str, Any]]:
-    """Exports ``{tier: level index or per-kernel config}`` of the checkpoint in ``workdir``.
+    """Exports ``{tier: level index or per-kernel config}`` of the checkpoint in ``workdir`` (structured
+    masks: ``{group: level}``, exported as a sliced dense model, ``tflite_export/inference_model.py``).
 
     Parity (Keras vs LiteRT tokens; WER both ways) runs on the first ``utterances`` of ``manifest``; a tier
     that fails it raises ``tflite_export.parity.ParityError`` and nothing of it is written.
@@ -244,7 +261,7 @@ def export_tiers(config: ml_collections.ConfigDict, workdir: str, data_dir: str,
         manifest_json = bundle.export_tier(
             model, config.model, name, spec, out_dir, quantization, feats, data_config=config.data, cmvn=cmvn,
             tokenizer=tokenizer, references=refs, levels=tuple(masks.levels),
-            survival=masks.survival_arrays(), block=config.sparsity.block, series=series,
+            survival=masks, block=masks.block, series=series,
             calib_features=calib, sparse=sparse)
         out[name] = {k: manifest_json[k] for k in ("tier", "series", "bytes_on_disk", "nonzero_params")}
     return out

@@ -139,7 +139,7 @@ def test_sliced_model_equals_masked_full_model(tier):
     streamed = _stream(sliced, feats)
     np.testing.assert_allclose(streamed[:, :18], full_sliced.numpy()[:, :18], atol=1e-5)
     tokens = [3, 1, 7]
-    (pm, sm), (ps, ss) = _decoder_outputs(model, tokens), _decoder_outputs(sliced, tokens)
+    (pm, _), (ps, ss) = _decoder_outputs(model, tokens), _decoder_outputs(sliced, tokens)
     np.testing.assert_allclose(ps, ss, atol=1e-5)  # sliced predictor: training path == step path
     joint_m = model.join(full_masked[:, :, None], pm[:, None])
     joint_s = sliced.join(full_sliced[:, :, None], ps[:, None])
@@ -221,3 +221,31 @@ def test_sliced_tier_tflite_has_smaller_shapes():
     keras = module.signatures()["encode"](**{k: tf.constant(v) for k, v in feeds.items()})
     keras = keras["encoder_frames"].numpy()
     np.testing.assert_allclose(lite, keras, atol=1e-4)
+
+
+def test_search_and_export_a_byte_budget_tier_end_to_end(tmp_path):
+    """Masks from the config -> per-group search under an int8 byte budget (dev loss fitness) -> sliced
+    float32 tier through bundle.export_tier (parity against Keras enforced), as recipes/end_to_end.py does."""
+    from omni_tf.training import evaluation, sources
+    from tests.training_helpers import tiny_config
+    from tflite_export import bundle
+
+    config = tiny_config("omni")
+    config.sparsity.granularity = "structured"
+    model = build_model(config.model)
+    masks = SupernetMasks.from_config(model, config.sparsity, evaluation.supernet_levels(config))
+    masks.update_rankings()
+    assert masks.granularity == "structured" and masks.names[-1] == "decoder"
+    batches = evaluation.load_batches(sources.RandomFeatureSource(16, num_batches=1, batch_size=2).dataset(0))
+    sizes = evaluation.size_model_of(model, masks)
+    budget = 0.6 * sizes.dense_int8_bytes()
+    found = evaluation.search_tiers(model, masks, batches, {"t": budget}, metric="int8_bytes",
+                                    population=4, generations=1)["t"]
+    assert found["size"] <= budget
+    feats = [b["features"][0][: int(b["feature_lengths"][0])] for b in batches]
+    manifest = bundle.export_tier(model, config.model, "t", found["config"], str(tmp_path / "tiers"),
+                                  "float32", feats, levels=tuple(masks.levels), survival=masks,
+                                  latency_runs=2)
+    assert manifest["nonzero_params"] == sizes.measure(found["config"], "nonzero_params")
+    assert 0 < manifest["sparsity"]["prunable_sparsity"] < 1
+    assert manifest["signatures"]["pred_dim"] <= config.model.pred_hidden

@@ -6,6 +6,9 @@ def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.levels = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9)
     c.block = "1x1"  # "1x1" unstructured, "1x4" (float TFLite), "1x16" (int8 TFLite); along the input dim
+    # "weights": masks over weights / 1xN blocks (`block`); "structured": over whole heads, FFN units, conv
+    # channels, predictor/joiner units (omni_tf/sparsity/structured.py; `block` unused), exported sliced
+    c.granularity = "weights"
     c.begin_step = 1000
     c.end_step = 6000
     c.frequency = 100

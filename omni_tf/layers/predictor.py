@@ -109,7 +109,8 @@ class Predictor(keras.layers.Layer):
             raise ValueError(f"Predictor needs num_layers >= 1, got {num_layers}")
         self.vocab_size, self.embed_dim = int(vocab_size), int(embed_dim)
         self.num_layers, self.dropout = int(num_layers), float(dropout)
-        widths = [int(hidden)] * self.num_layers if isinstance(hidden, int | float) else [int(h) for h in hidden]
+        widths = ([int(hidden)] * self.num_layers if isinstance(hidden, int | float)
+                  else [int(h) for h in hidden])
         if len(widths) != self.num_layers or min(widths) < 1:
             raise ValueError(f"Predictor hidden {hidden} does not give {self.num_layers} positive widths")
         self.hidden_sizes = widths

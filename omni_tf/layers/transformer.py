@@ -261,12 +261,13 @@ class TransformerBlock(keras.layers.Layer):
     def unit_groups(self, prefix: str, index: int) -> list[Group]:
         """Structured unit groups ``<prefix>/mhsa`` (heads), ``<prefix>/conv`` (channels, pointwise conv
         only), ``<prefix>/ffn`` (hidden units); ``index`` is the block's entry in the ``layer_*`` lists."""
-        groups = [Group(f"{prefix}/mhsa", (self.mhsa.unit_family(f"{prefix}/mhsa", ("layer_num_heads", index)),))]
+        heads = self.mhsa.unit_family(f"{prefix}/mhsa", ("layer_num_heads", index))
         conv = self.conv.unit_family(f"{prefix}/conv", ("layer_conv_channels", index)) if self.conv else None
+        ffn = self.ffn.unit_family(f"{prefix}/ffn", ("layer_ff_dim", index))
+        groups = [Group(f"{prefix}/mhsa", (heads,))]
         if conv is not None:
             groups.append(Group(f"{prefix}/conv", (conv,)))
-        groups.append(Group(f"{prefix}/ffn", (self.ffn.unit_family(f"{prefix}/ffn", ("layer_ff_dim", index)),)))
-        return groups
+        return [*groups, Group(f"{prefix}/ffn", (ffn,))]
 
     def get_config(self) -> dict:
         config = super().get_config()

@@ -201,8 +201,8 @@ class SupernetMasks(tf.Module):
 
     def apply_dense(self) -> None:
         """All masks to ones (dense even if ``s_0 > 0``)."""
-        unit_masks = [m.variable for g in self.groups for f in g.families for m in f.members if m.is_unit_mask]
-        for m in [*self._model_vars.masks, *unit_masks]:
+        units = [m.variable for g in self.groups for f in g.families for m in f.members if m.is_unit_mask]
+        for m in [*self._model_vars.masks, *units]:
             m.assign(tf.ones_like(m))
 
     # -- reading ----------------------------------------------------------------------------------------
@@ -219,7 +219,8 @@ class SupernetMasks(tf.Module):
         return {n: float(1.0 - tf.reduce_mean(m).numpy()) for n, m in zip(self.names, masks, strict=True)}
 
     def survival_arrays(self) -> dict[str, np.ndarray]:
-        """``{name: int8 [I, O]}`` numpy copies of the survival levels (structured: ``{family: int8 [U]}``)."""
+        """``{name: int8 [I, O]}`` numpy copies of the survival levels (structured: ``{family: int8
+        [U]}``)."""
         return {n: v.numpy() for n, v in self.survival.items()}
 
     def masked_kernel_values(self, config: Mapping[str, int] | Sequence[int]) -> dict[str, np.ndarray]:

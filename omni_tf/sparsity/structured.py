@@ -126,8 +126,8 @@ def check_groups(groups: Sequence[Group]) -> None:
                                      f"expected {f.num_units} units x {m.width} x {m.repeats}")
                 other = var_group.setdefault(id(m.variable), g.name)
                 if other != g.name:
-                    raise ValueError(f"{m.variable.name} is in unit groups {other} and {g.name}: a variable's "
-                                     "units must share one group (sizes stay additive over groups)")
+                    raise ValueError(f"{m.variable.name} is in unit groups {other} and {g.name}: a "
+                                     "variable's units must share one group (sizes stay additive)")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ def restore_supernet(config: ml_collections.ConfigDict, workdir: str, checkpoint
     path = resolve_checkpoint(checkpoint or os.path.join(workdir, CKPT_SUBDIR))
     model = build_model(config.model)
     model.build()
-    masks = SupernetMasks(model, supernet_levels(config), config.sparsity.block)
+    masks = SupernetMasks.from_config(model, config.sparsity, supernet_levels(config))
     tf.train.Checkpoint(model=model, masks=masks).restore(path).expect_partial()
     return model, masks
 

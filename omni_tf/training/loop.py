@@ -106,7 +106,7 @@ class TrainState:
         self.masks = None
         if t.mode != "dense":
             levels = (0.0, float(sp.target_sparsity)) if t.mode == "pruned" else tuple(sp.levels)
-            self.masks = SupernetMasks(self.model, levels, sp.block)
+            self.masks = SupernetMasks.from_config(self.model, sp, levels)
         self.schedule = None
         if self.masks is not None:
             self.schedule = LevelSchedule(self.masks.levels, sp.begin_step, sp.end_step, sp.frequency,

@@ -29,6 +29,7 @@ import omni_tf  # noqa: F401
 from omni_tf import fileio
 from omni_tf.configs import experiment
 from omni_tf.data import prepare
+from omni_tf.sparsity import structured
 from omni_tf.text.tokenizer import train_from_manifest
 from recipes import end_to_end as e2e
 from recipes.stages import Stages
@@ -53,6 +54,8 @@ flags.DEFINE_integer("eval_utterances", 0, "Test utterances for the level table 
 flags.DEFINE_bool("compare_individual", False, "Also train individually pruned models at the tiers.")
 flags.DEFINE_integer("search_population", 12, "Per-layer search: population per generation.")
 flags.DEFINE_integer("search_generations", 6, "Per-layer search: generations.")
+flags.DEFINE_enum("sparsity_granularity", None, list(structured.GRANULARITIES),
+                  "Sets config.sparsity.granularity (see run_demo). Default: the config's.")
 flags.DEFINE_integer("cmvn_max_utterances", 20000, "Train utterances for global CMVN (0 = all).")
 flags.mark_flags_as_required(["librispeech_dir", "out"])
 
@@ -95,6 +98,7 @@ def run(out: str, tiers: dict[str, float]) -> None:
     stages = Stages(out, log=lambda s: print(s, flush=True))
     data_dir = make_data(stages, out, FLAGS.config)
     config = e2e.with_paths(FLAGS.config, data_dir, train="train.tsv", dev=f"{FLAGS.dev_split}.tsv")
+    config = e2e.with_granularity(config, FLAGS.sparsity_granularity)
     if FLAGS.max_steps > 0:
         config = e2e.run_config(config, config.training.mode, FLAGS.max_steps, config.training.max_minutes)
     opts = e2e.Options.from_flags(tiers, FLAGS)

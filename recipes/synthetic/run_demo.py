@@ -5,6 +5,7 @@ Usage (from the repository root):
   python -m recipes.synthetic.run_demo --out=runs/demo --max_minutes=5          # a quick look
   python -m recipes.synthetic.run_demo --out=runs/demo --compare_individual     # + individually pruned runs
   python -m recipes.synthetic.run_demo --out=runs/demo --init=shipped           # start from the shipped model
+  python -m recipes.synthetic.run_demo --out=runs/demo_structured --sparsity_granularity=structured
   python -m recipes.synthetic.run_demo --out=runs/demo --tiers=watch:0.9,phone:0.7 \
       --config.model.num_layers=4                                               # any config field
 
@@ -39,6 +40,7 @@ import omni_tf  # noqa: F401
 from omni_tf import fileio
 from omni_tf.configs import experiment
 from omni_tf.data import ood, prepare, synthetic
+from omni_tf.sparsity import structured
 from recipes import end_to_end as e2e
 from recipes.stages import Stages
 
@@ -71,6 +73,10 @@ flags.DEFINE_string("pretrained", "demo_tiny", "--init=shipped: a bundle name un
                     "omni_tf/resources/pretrained/ or a path (recipes/synthetic/pretrain.py writes one).")
 flags.DEFINE_integer("ood_utterances", 200, "Utterances of the out-of-domain test split reported beside the "
                      "test split (0 = none).")
+flags.DEFINE_enum("sparsity_granularity", None, list(structured.GRANULARITIES),
+                  "Sets config.sparsity.granularity: weights (masks over weights / 1xN blocks) or structured "
+                  "(whole heads, FFN units, conv channels, decoder units; tiers export as smaller dense "
+                  "models). Default: the config's.")
 flags.mark_flags_as_required(["out"])
 
 
@@ -112,7 +118,7 @@ def main(argv: list[str]) -> None:
 def run(out: str, tiers: dict[str, float]) -> None:
     stages = Stages(out, log=lambda s: print(s, flush=True))
     data_dir = make_data(stages, out, FLAGS.config)
-    config = e2e.with_paths(FLAGS.config, data_dir)
+    config = e2e.with_granularity(e2e.with_paths(FLAGS.config, data_dir), FLAGS.sparsity_granularity)
     if FLAGS.init == "shipped":
         config, data_dir = e2e.use_shipped(stages, out, config, data_dir, FLAGS.pretrained)
     opts = e2e.Options.from_flags(tiers, FLAGS)
@@ -125,7 +131,8 @@ def run(out: str, tiers: dict[str, float]) -> None:
                 f"utterances (seed {FLAGS.seed}); preset `{config.preset}`; omni training "
                 f"{train_metrics.get('step')} steps in {e2e.train_seconds(train_metrics) / 60:.1f} min "
                 f"(stopped by {train_metrics.get('stopped_by')}); quantization {FLAGS.quantization}; "
-                f"block {config.sparsity.block}; initial weights: {FLAGS.init}"
+                f"granularity {config.sparsity.granularity}, block {config.sparsity.block}; "
+                f"initial weights: {FLAGS.init}"
                 f"{' (' + config.training.init_from + ')' if FLAGS.init == 'shipped' else ''}. "
                 f"Stages: {sum(stages.timings.values()) / 60:.1f} min.")
     e2e.print_report(rows, out, preamble, level_rows)
