@@ -153,8 +153,8 @@ class StreamingEncoder(keras.layers.Layer):
             num_mel_bins=self.num_mel_bins,
             d_model=self.d_model,
             num_layers=self.num_layers,
-            num_heads=self.num_heads,
-            ff_dim=self.ff_dim,
+            num_heads=_compact(self.num_heads),
+            ff_dim=_compact(self.ff_dim),
             chunk_enc=self.chunk_enc,
             left_chunks=self.left_chunks,
             lookahead_frames=self.lookahead_frames,
@@ -163,9 +163,14 @@ class StreamingEncoder(keras.layers.Layer):
             dropout=self.dropout,
             conv_pointwise=self.conv_pointwise,
             head_dim=self.head_dim,
-            conv_channels=self.conv_channels,
+            conv_channels=_compact(self.conv_channels),
         )
         return config
+
+
+def _compact(values: list[int]) -> int | list[int]:
+    """The int when every layer has the same width, else the per-layer list (config round trip)."""
+    return values[0] if len(set(values)) == 1 else list(values)
 
 
 def _per_layer(value: int | list[int], num_layers: int) -> list[int]:
