@@ -13,7 +13,8 @@ Usage (from the repository root; WORK = the training workdir with ckpt/, DATA = 
 Tier ``<name>:<k>`` is the uniform level index k of ``config.sparsity.levels`` (mode pruned: levels
 (0, target)). ``--search_json`` is ``{tier: {kernel_name: level}}`` or ``{tier: {"config": {...}}}``. Output:
 ``<out>/<tier>_<quantization>/{model.tflite, manifest.json, spm.model, android_benchmark.sh}``, plus
-``<out>/report.md`` and ``<out>/pareto.png`` over all tiers there. A tier failing parity is not written
+``<out>/report.md`` and ``<out>/pareto.png`` over all tiers there. A structured supernet
+(``config.sparsity.granularity=structured``) exports sliced tiers; its configs are ``{group: level}``. A tier failing parity is not written
 (the error names the numbers); the others continue and the exit status is 1. Each tier folder is built aside
 and swapped in whole with its completion record (``COMPLETE.json``) last: a killed export leaves the old tier
 or none, never a half one. One export per ``--out`` at a time (a lock); tier names must match
@@ -110,7 +111,7 @@ def searched_configs(config, budgets: dict[str, float]) -> dict[str, dict[str, i
     return {name: {k: int(v) for k, v in r["config"].items()} for name, r in found.items()}
 
 
-def tier_specs(config, levels: tuple[float, ...], model, block: str) -> dict[str, object]:
+def tier_specs(config, levels: tuple[float, ...], model, block: str, survival=None) -> dict[str, object]:
     """{tier name: level index or per-kernel config} from --tiers / --search_json / --budgets."""
     specs: dict[str, object] = {}
     for item in FLAGS.tiers:
@@ -127,7 +128,8 @@ def tier_specs(config, levels: tuple[float, ...], model, block: str) -> dict[str
         else:
             from omni_tf.sparsity.size import SizeModel  # noqa: PLC0415
 
-            size_model = SizeModel.from_model(model, levels, block)
+            structured = getattr(survival, "granularity", "weights") == "structured"
+            size_model = SizeModel.from_model(model, levels, block, masks=survival if structured else None)
             for name, budget in budgets.items():
                 specs[name] = size_model.uniform_level_for_budget(budget, FLAGS.budget_metric)
     if not specs:
@@ -167,6 +169,11 @@ def load_model(config, levels, block):
         return build_model(config.model), None
     if not FLAGS.workdir:
         raise app.UsageError("give --workdir (checkpoint) or --random_init")
+    from omni_tf.training import evaluation  # noqa: PLC0415
+
+    model, masks = evaluation.restore_supernet(config, FLAGS.workdir)
+    if masks.granularity == "structured":  # tiers export sliced: survival is the masks object
+        return model, masks
     return load_checkpoint(config.model, os.path.join(FLAGS.workdir, "ckpt"), levels, block)
 
 
@@ -187,7 +194,7 @@ def export(config, out: str) -> int:
     feats, refs, tokenizer, cmvn, calib = dev_data(config, FLAGS.data_dir)
     model, survival = load_model(config, levels, block)
     failed = []
-    for name, spec in tier_specs(config, levels, model, block).items():
+    for name, spec in tier_specs(config, levels, model, block, survival).items():
         for quant in FLAGS.quantization:
             tier = f"{name}_{quant}"
             try:
