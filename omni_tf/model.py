@@ -183,16 +183,21 @@ class Transducer(keras.Model):
     def unit_groups(self) -> list:
         """Structured unit groups (``omni_tf.sparsity.structured.Group``): per encoder block ``mhsa``
         (heads), ``conv`` (channels), ``ffn`` (hidden units), and ``decoder`` (predictor LSTM hidden units
-        and joiner hidden units, one group: the joiner's predictor projection is sliced by both)."""
+        and joiner hidden units, one group: the joiner's predictor projection is sliced by both). Adds the
+        conv modules' ``channel_mask`` variables (once): call it before building a checkpoint."""
         from omni_tf.sparsity.structured import Group  # noqa: PLC0415
 
+        with self.distribute_strategy.scope():  # the conv channel masks are created here, like the model's
+            encoder = self.encoder.unit_groups("encoder")
         decoder = (*self.predictor.unit_families("decoder", self.joiner.pred_proj),
                    self.joiner.unit_family("decoder"))
-        return [*self.encoder.unit_groups("encoder"), Group("decoder", decoder)]
+        return [*encoder, Group("decoder", decoder)]
 
     def unit_masks(self) -> list[tf.Variable]:
-        """Layer masks over units that are not kernel masks (the conv modules' ``channel_mask``)."""
-        return [b.conv.channel_mask for b in self.encoder.blocks if b.conv is not None and b.conv.pointwise]
+        """Layer masks over units that are not kernel masks (the conv modules' ``channel_mask``, once
+        ``unit_groups()`` created them)."""
+        return [b.conv.channel_mask for b in self.encoder.blocks
+                if b.conv is not None and b.conv.channel_mask is not None]
 
     def get_config(self) -> dict:
         return {"model_config": dict(self.model_config), "name": self.name}

@@ -148,11 +148,15 @@ def slice_model(model, model_config, masks, tier: TierSpec):
     sliced = build_model(structured.sliced_model_config(cfg, groups, kept))
     _ensure_built(sliced)
     _ensure_built(model)
-    mask_vars = [m for _, m in model.kernel_masks()] + list(model.unit_masks())
-    structured.copy_sliced_weights(groups, model.weights, sliced.weights, kept, skip=mask_vars)
+    structured.copy_sliced_weights(groups, _parameters(model), _parameters(sliced), kept)
     full = sparsity_summary(model)
     sliced.sliced_from = {"prunable_params": full["prunable_params"], "params": full["params"]}
     return sliced
+
+
+def _parameters(model) -> list:
+    """``model.weights`` without masks (kernel masks, a non-prunable embedding's mask, unit masks)."""
+    return [v for v in model.weights if v.trainable]
 
 
 def bake_masks(model, masks: Mapping[str, np.ndarray]) -> None:

@@ -10,9 +10,10 @@ LayerNorm (not BatchNorm) keeps the conv module free of batch statistics, so str
 
 Structured sparsity (``omni_tf/sparsity/structured.py``): ``unit_groups`` lists the block's heads, conv
 channels and feed-forward hidden units; per-block widths (``num_heads``, ``ff_dim``, ``conv_channels``,
-``head_dim``) build the sliced tier. The conv module's LayerNorm normalises over the channels its
-``channel_mask`` keeps (all of them unless structured masks dropped some), so a masked channel does not move
-the statistics of the kept ones and the masked model equals the sliced one.
+``head_dim``) build the sliced tier. Structured masks add a ``channel_mask`` to the conv module
+(``add_channel_mask``); its LayerNorm then normalises over the kept channels only, so a masked channel does
+not move the statistics of the kept ones and the masked model equals the sliced one. Without it (weight
+masks, sliced tiers) the LayerNorm is Keras's, unchanged.
 """
 
 from __future__ import annotations
@@ -87,8 +88,8 @@ class CausalConvModule(keras.layers.Layer):
     used by the paper preset to keep the Emformer-scale parameter budget while giving positional information.
     The state holds the last ``K-1`` GLU outputs (zeros at the utterance start, matching the training path's
     left zero padding). ``channels`` (W, default D; pointwise variant only) is the inner width between the
-    pointwise convolutions; a non-trainable ``channel_mask [W]`` (ones) restricts the LayerNorm statistics
-    to kept channels (written only by structured masks).
+    pointwise convolutions. ``add_channel_mask()`` (structured masks only) adds a non-trainable
+    ``channel_mask [W]`` (ones) that restricts the LayerNorm statistics to the kept channels.
     """
 
     def __init__(self, d_model: int, kernel_size: int, pointwise: bool = True, channels: int | None = None,
@@ -106,15 +107,24 @@ class CausalConvModule(keras.layers.Layer):
             self.pointwise_in = MaskedDense(2 * self.channels, name="pointwise_in")
             self.norm = keras.layers.LayerNormalization(epsilon=1e-5, name="norm")
             self.pointwise_out = MaskedDense(self.d_model, name="pointwise_out")
+        self.channel_mask = None
+
+    def add_channel_mask(self) -> tf.Variable:
+        """Creates (once) and returns ``channel_mask [W]`` (ones); pointwise variant only. Models without it
+        (weight masks, sliced tiers) keep Keras's LayerNorm and their checkpoints stay as they were."""
+        if not self.pointwise:
+            raise ValueError("CausalConvModule: the depthwise-only variant has no channels to mask")
+        if self.channel_mask is None:
+            self.channel_mask = self.add_weight(
+                "channel_mask", shape=(self.channels,), initializer="ones", trainable=False,
+                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        return self.channel_mask
 
     def build(self, input_shape):
         if self.pointwise:
             build_child(self.pointwise_in, (None, None, self.d_model))
             build_child(self.norm, (None, None, self.channels))
             build_child(self.pointwise_out, (None, None, self.channels))
-            self.channel_mask = self.add_weight(
-                "channel_mask", shape=(self.channels,), initializer="ones", trainable=False,
-                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
         self.depthwise = self.add_weight(
             "depthwise",
             shape=(1, self.kernel_size, self.channels, 1),
@@ -139,7 +149,8 @@ class CausalConvModule(keras.layers.Layer):
         y = tf.squeeze(y, axis=1)
         if not self.pointwise:
             return y
-        return self.pointwise_out(tf.nn.swish(masked_layer_norm(y, self.norm, self.channel_mask)))
+        y = self.norm(y) if self.channel_mask is None else masked_layer_norm(y, self.norm, self.channel_mask)
+        return self.pointwise_out(tf.nn.swish(y))
 
     def call(self, x: tf.Tensor) -> tf.Tensor:
         h = self._glu(x)
@@ -164,15 +175,15 @@ class CausalConvModule(keras.layers.Layer):
 
     def unit_family(self, prefix: str, config_key: tuple[str, int | None]) -> Family | None:
         """Channel c: pointwise-in output c of both GLU halves (+ biases), depthwise channel c, norm
-        gamma/beta c, channel mask c, pointwise-out row c. None for the depthwise-only variant (its channels
-        are the residual stream's)."""
+        gamma/beta c, channel mask c (created here), pointwise-out row c. None for the depthwise-only variant
+        (its channels are the residual stream's)."""
         if not self.pointwise:
             return None
         members = (Member(self.pointwise_in.kernel, 1, repeats=2, mask=self.pointwise_in.kernel_mask),
                    Member(self.pointwise_in.bias, 0, repeats=2),
                    Member(self.depthwise, 2),
                    Member(self.norm.gamma, 0), Member(self.norm.beta, 0),
-                   Member(self.channel_mask, 0, is_unit_mask=True),
+                   Member(self.add_channel_mask(), 0, is_unit_mask=True),
                    Member(self.pointwise_out.kernel, 0, mask=self.pointwise_out.kernel_mask))
         return Family(f"{prefix}/channels", self.channels, members, config_key)
 

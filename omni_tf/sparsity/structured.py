@@ -42,8 +42,8 @@ all its units (a layer without heads cannot be exported). Nesting holds by const
 Masks: a kernel's mask is the product over its memberships of the unit keep vector, repeated ``w`` times,
 tiled ``r`` times and broadcast along the other axis. A dropped unit's kernels are all zero (every paired
 kernel at once), so with its outgoing rows zero the unit contributes nothing: the masked model equals the
-sliced model (the conv module's LayerNorm normalises over its kept channels only, see
-``layers/transformer.py``).
+sliced model (with structured masks the conv module's LayerNorm normalises over its kept channels only,
+see ``layers/transformer.py``).
 """
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def validate_granularity(granularity: str) -> str:
     return granularity
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Member:
     """One variable's share of a family: units along ``axis`` of ``variable``, each ``width`` wide, the
     whole ``[U * width]`` block tiled ``repeats`` times (GLU halves, LSTM gates). ``mask`` is the kernel's
@@ -86,7 +86,7 @@ class Member:
         return self.mask is not None
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Family:
     """``num_units`` units ranked together; ``config_key`` names the model config field of its width
     (``("layer_ff_dim", i)``: list entry ``i``; ``("joint_dim", None)``: a scalar)."""
@@ -97,7 +97,7 @@ class Family:
     config_key: tuple[str, int | None]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Group:
     """One search gene: its families share one level in a config."""
 
@@ -217,12 +217,11 @@ def sliced_model_config(model_config: Mapping[str, Any], groups: Sequence[Group]
 
 
 def copy_sliced_weights(src_groups: Sequence[Group], src_variables: Sequence[tf.Variable],
-                        dst_variables: Sequence[tf.Variable], kept: Mapping[str, np.ndarray],
-                        skip: Sequence[tf.Variable] = ()) -> None:
+                        dst_variables: Sequence[tf.Variable], kept: Mapping[str, np.ndarray]) -> None:
     """Assigns every ``dst`` variable the kept slices of the same-position ``src`` variable.
 
-    ``src_variables`` / ``dst_variables``: the full and sliced models' ``weights`` (same structure, same
-    order). Variables in ``skip`` (masks) keep their fresh value. ValueError on a shape mismatch.
+    ``src_variables`` / ``dst_variables``: the full and sliced models' parameters without masks (same
+    structure, same order). ValueError on a count or shape mismatch.
     """
     if len(src_variables) != len(dst_variables):
         raise ValueError(f"sliced model has {len(dst_variables)} variables, full model {len(src_variables)}")
@@ -232,10 +231,7 @@ def copy_sliced_weights(src_groups: Sequence[Group], src_variables: Sequence[tf.
             for m in f.members:
                 cuts.setdefault(id(m.variable), []).append((m.axis, slice_indices(m, f.num_units,
                                                                                   kept[f.name])))
-    skipped = {id(v) for v in skip}
     for s, d in zip(src_variables, dst_variables, strict=True):
-        if id(s) in skipped:
-            continue
         value = s.numpy()
         for axis, idx in cuts.get(id(s), []):
             value = np.take(value, idx, axis=axis)
