@@ -113,11 +113,11 @@ def _stream(model, features):
 
 
 def _decoder_outputs(model, tokens):
-    pred = model.predict(tf.constant([tokens]))
+    pred = model.predictor_forward(tf.constant([tokens]))
     state = model.predictor_initial_state(1)
     steps = []
     for t in [0, *tokens]:
-        out, state = model.predict_step(tf.constant([t]), state)
+        out, state = model.predictor_step(tf.constant([t]), state)
         steps.append(out)
     return pred.numpy(), tf.stack(steps, axis=1).numpy()
 
