@@ -14,11 +14,11 @@ Tier ``<name>:<k>`` is the uniform level index k of ``config.sparsity.levels`` (
 (0, target)). ``--search_json`` is ``{tier: {kernel_name: level}}`` or ``{tier: {"config": {...}}}``. Output:
 ``<out>/<tier>_<quantization>/{model.tflite, manifest.json, spm.model, android_benchmark.sh}``, plus
 ``<out>/report.md`` and ``<out>/pareto.png`` over all tiers there. A structured supernet
-(``config.sparsity.granularity=structured``) exports sliced tiers; its configs are ``{group: level}``.
-A tier failing parity is not written (the error names the numbers); the others continue and the exit status is 1. Each tier folder is built aside
-and swapped in whole with its completion record (``COMPLETE.json``) last: a killed export leaves the old tier
-or none, never a half one. One export per ``--out`` at a time (a lock); tier names must match
-``[A-Za-z0-9_.-]+`` (not ``.``/``..``).
+(``config.sparsity.granularity=structured``) exports sliced tiers; its configs are ``{group: level}``. A tier
+failing parity is not written (the error names the numbers); the others continue and the exit status is 1.
+Each tier folder is built aside and swapped in whole with its completion record (``COMPLETE.json``) last: a
+killed export leaves the old tier or none, never a half one. One export per ``--out`` at a time (a lock); tier
+names must match ``[A-Za-z0-9_.-]+`` (not ``.``/``..``).
 """
 from __future__ import annotations
 
