@@ -67,8 +67,7 @@ def build(mode: str):
                                       min_frames=FLAGS.frames, max_frames=FLAGS.frames,
                                       max_labels=FLAGS.labels)
     batch = next(iter(strategy.experimental_distribute_dataset(src.dataset(0))))
-    sampler = loop.make_level_sampler(config, state.masks)
-    return fn, batch, sampler
+    return fn, batch, state.sampler
 
 
 def run_steps(fn, batch, sampler, start: int, n: int) -> float:

@@ -164,26 +164,29 @@ def test_int8_requires_representative_data(model):
         convert.convert_module(module, "int4", sparse="never")
 
 
-def test_checkpoint_restores_weights_and_survival_levels(model, tmp_path):
-    from omni_tf.sparsity.masking import SupernetMasks
+def test_restored_supernet_bakes_its_trained_survival_levels(tmp_path):
+    from omni_tf.configs import experiment
+    from omni_tf.supernet import Supernet, TierSpec
+    from omni_tf.training.checkpoint import CheckpointKeeper
 
-    masks = SupernetMasks(model, LEVELS, block=4)
-    masks.update_rankings(LEVELS)
-    tf.train.Checkpoint(model=model, masks=masks).save(str(tmp_path / "ckpt" / "ckpt"))
-    restored, survival = inference_model.load_checkpoint(small_config(), str(tmp_path / "ckpt"), LEVELS, 4)
-    want = masks.survival_arrays()
-    assert set(survival) == set(want)
-    for name in want:
-        np.testing.assert_array_equal(survival[name], want[name])
-    module = inference_model.build_inference_module(str(tmp_path / "ckpt"), small_config(), tier=3,
-                                                    levels=LEVELS, block=4)
-    for name, kernel in module.model.prunable_kernels():
-        k = kernel.numpy()
-        orig = dict(model.prunable_kernels())[name].numpy()
-        np.testing.assert_array_equal(k, np.where(want[name] >= 3, orig, 0.0))
-    dense_model, none = inference_model.load_checkpoint(small_config(), str(tmp_path / "ckpt"))
-    assert none is None
-    np.testing.assert_array_equal(dense_model.weights[0].numpy(), model.weights[0].numpy())
+    config = experiment.get_config("tiny,smoke")
+    config.model = small_config()
+    config.sparsity.levels, config.sparsity.block = LEVELS, "1x4"
+    trained = Supernet(config)
+    trained.masks.update_rankings(LEVELS)
+    CheckpointKeeper(str(tmp_path), trained.checkpoint_objects()).save(1)
+    restored = Supernet(config)
+    assert restored.restore(str(tmp_path))[0].endswith("ckpt-1")
+    want = trained.masks.survival_arrays()
+    for name, surv in restored.masks.survival_arrays().items():
+        np.testing.assert_array_equal(surv, want[name])
+    baked = inference_model.bake_supernet(restored, TierSpec("sparsity", 0.9))
+    assert baked.tier == 3 and baked.levels == LEVELS and baked.block == "1x4"
+    for name, kernel in baked.module.model.prunable_kernels():
+        orig = dict(trained.model.prunable_kernels())[name].numpy()
+        np.testing.assert_array_equal(kernel.numpy(), np.where(want[name] >= 3, orig, 0.0))
+    with pytest.raises(ValueError, match="not one of the levels"):
+        inference_model.bake_supernet(restored, TierSpec("sparsity", 0.7))
 
 
 def test_sparse_int8_kept_only_where_it_agrees_and_records_delegate_option(model):
