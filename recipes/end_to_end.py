@@ -16,11 +16,12 @@ import dataclasses
 import json
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import ml_collections
 import numpy as np
+from absl import logging
 
 import omni_tf  # noqa: F401
 from omni_tf.configs import experiment
@@ -236,6 +237,26 @@ def print_report(rows: Sequence[Mapping[str, Any]], out: str, preamble: str,
     """Writes ``out``/REPORT.md and pareto.png and prints the preamble and tier table."""
     table = write_report(rows, out, preamble, level_rows)
     print(f"\n{preamble}\n\n{table}\nwrote {out}/REPORT.md and {out}/pareto.png", flush=True)
+
+
+def run_recipe(flag_values: Any, make_data: Callable[[Stages, str, ml_collections.ConfigDict], str],
+               configure: Callable[[Stages, str, str], tuple[ml_collections.ConfigDict, str]],
+               describe: Callable[[ml_collections.ConfigDict, Mapping[str, Any]], str],
+               extra_tests: tuple[str, ...] = ()) -> None:
+    """An end-to-end recipe's ``main``: ``make_data(stages, out, config) -> data_dir``,
+    ``configure(stages, out, data_dir) -> (config, data_dir)`` (paths set), ``run_tiers`` (plus the
+    ``extra_tests`` splits), then the report with ``describe(config, train_metrics)`` and the stage time as
+    preamble."""
+    logging.set_verbosity(logging.INFO)
+    out = os.path.abspath(flag_values.out)
+    stages = Stages(out, log=lambda s: print(s, flush=True))
+    data_dir = make_data(stages, out, flag_values.config)
+    config, data_dir = configure(stages, out, data_dir)
+    opts = dataclasses.replace(Options.from_flags(flag_values), extra_tests=tuple(extra_tests))
+    rows, level_rows, train_metrics = run_tiers(stages, out, config, data_dir, opts)
+    preamble = (f"{describe(config, train_metrics)}; quantization {flag_values.quantization}; block "
+                f"{config.sparsity.block}. Stages: {sum(stages.timings.values()) / 60:.1f} min.")
+    print_report(rows, out, preamble, level_rows)
 
 
 def load_manifests(tier_dir: str) -> dict[str, dict[str, Any]]:

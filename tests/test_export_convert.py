@@ -5,19 +5,15 @@ import pytest
 import tensorflow as tf
 
 import omni_tf  # noqa: F401
-from omni_tf.configs import model as model_configs
 from omni_tf.model import build_model
+from tests.training_helpers import small_model_config
 from tflite_export import convert, inference_model
 
 LEVELS = (0.0, 0.5, 0.8, 0.9)
 _SIZES: dict[str, int] = {}
 
 
-def small_config():
-    c = model_configs.tiny()
-    c.d_model, c.num_layers, c.num_heads, c.ff_dim, c.conv_kernel = 32, 1, 2, 64, 5
-    c.vocab_size, c.pred_embed_dim, c.pred_hidden, c.joint_dim, c.dropout = 16, 16, 24, 24, 0.0
-    return c
+small_config = small_model_config
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 import omni_tf  # noqa: F401
@@ -71,23 +71,24 @@ def _concat_manifests(paths: list[str], out_path: str) -> int:
     return len(rows)
 
 
-def main(argv: list[str]) -> None:
-    del argv
-    logging.set_verbosity(logging.INFO)
-    out = os.path.abspath(FLAGS.out)
-    stages = Stages(out, log=lambda s: print(s, flush=True))
-    data_dir = make_data(stages, out, FLAGS.config)
+def configure(stages: Stages, out: str, data_dir: str):
+    del stages, out
     config = experiment.with_data_dir(FLAGS.config, data_dir, train="train.tsv", dev=f"{FLAGS.dev_split}.tsv",
                                       test=f"{FLAGS.test_split}.tsv")
     if FLAGS.max_steps > 0:
         config = e2e.run_config(config, config.training.mode, FLAGS.max_steps, config.training.max_minutes)
-    opts = e2e.Options.from_flags(FLAGS)
-    rows, level_rows, train_metrics = e2e.run_tiers(stages, out, config, data_dir, opts)
-    preamble = (f"LibriSpeech {FLAGS.librispeech_dir}: train {','.join(FLAGS.train_splits)}, dev "
-                f"{FLAGS.dev_split}, test {FLAGS.test_split}; preset `{config.preset}`; omni training "
-                f"{train_metrics.get('step')} steps in {e2e.train_seconds(train_metrics) / 60:.1f} min; "
-                f"quantization {FLAGS.quantization}. Stages: {sum(stages.timings.values()) / 60:.1f} min.")
-    e2e.print_report(rows, out, preamble, level_rows)
+    return config, data_dir
+
+
+def describe(config, train_metrics) -> str:
+    return (f"LibriSpeech {FLAGS.librispeech_dir}: train {','.join(FLAGS.train_splits)}, dev "
+            f"{FLAGS.dev_split}, test {FLAGS.test_split}; preset `{config.preset}`; omni training "
+            f"{train_metrics.get('step')} steps in {e2e.train_seconds(train_metrics) / 60:.1f} min")
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    e2e.run_recipe(FLAGS, make_data, configure, describe)
 
 
 if __name__ == "__main__":

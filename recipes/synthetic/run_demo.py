@@ -29,10 +29,9 @@ Then (every run, not a stage) <out>/REPORT.md and <out>/pareto.png are written a
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 import omni_tf  # noqa: F401
@@ -72,25 +71,24 @@ def make_data(stages: Stages, out: str, config) -> str:
     return data_dir
 
 
-def main(argv: list[str]) -> None:
-    del argv
-    logging.set_verbosity(logging.INFO)
-    out = os.path.abspath(FLAGS.out)
-    stages = Stages(out, log=lambda s: print(s, flush=True))
-    data_dir = make_data(stages, out, FLAGS.config)
+def configure(stages: Stages, out: str, data_dir: str):
     config = experiment.with_data_dir(FLAGS.config, data_dir)
     if FLAGS.init == "shipped":
-        config, data_dir = e2e.use_shipped(stages, out, config, data_dir, FLAGS.pretrained)
-    opts = e2e.Options.from_flags(FLAGS)
-    if FLAGS.ood_utterances > 0:
-        opts = dataclasses.replace(opts, extra_tests=(ood.OOD_SPLIT,))
-    rows, level_rows, train_metrics = e2e.run_tiers(stages, out, config, data_dir, opts)
-    preamble = (f"Synthetic corpus: {FLAGS.num_utterances} "
-                f"utterances (seed {FLAGS.seed}); preset `{config.preset}`; omni training "
-                f"{train_metrics.get('step')} steps in {e2e.train_seconds(train_metrics) / 60:.1f} min "
-                f"(stopped by {train_metrics.get('stopped_by')}); quantization {FLAGS.quantization}; "
-                f"block {config.sparsity.block}. Stages: {sum(stages.timings.values()) / 60:.1f} min.")
-    e2e.print_report(rows, out, preamble, level_rows)
+        return e2e.use_shipped(stages, out, config, data_dir, FLAGS.pretrained)
+    return config, data_dir
+
+
+def describe(config, train_metrics) -> str:
+    return (f"Synthetic corpus: {FLAGS.num_utterances} utterances (seed {FLAGS.seed}); preset "
+            f"`{config.preset}`; omni training {train_metrics.get('step')} steps in "
+            f"{e2e.train_seconds(train_metrics) / 60:.1f} min (stopped by "
+            f"{train_metrics.get('stopped_by')})")
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    e2e.run_recipe(FLAGS, make_data, configure, describe,
+                   extra_tests=(ood.OOD_SPLIT,) if FLAGS.ood_utterances > 0 else ())
 
 
 if __name__ == "__main__":
