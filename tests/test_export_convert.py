@@ -160,31 +160,6 @@ def test_int8_requires_representative_data(model):
         convert.convert_module(module, "int4", sparse="never")
 
 
-def test_restored_supernet_bakes_its_trained_survival_levels(tmp_path):
-    from omni_tf.configs import experiment
-    from omni_tf.supernet import Supernet, TierSpec
-    from omni_tf.training.checkpoint import CheckpointKeeper
-
-    config = experiment.get_config("tiny,smoke")
-    config.model = small_config()
-    config.sparsity.levels, config.sparsity.block = LEVELS, "1x4"
-    trained = Supernet(config)
-    trained.masks.update_rankings(LEVELS)
-    CheckpointKeeper(str(tmp_path), trained.checkpoint_objects()).save(1)
-    restored = Supernet(config)
-    assert restored.restore(str(tmp_path))[0].endswith("ckpt-1")
-    want = trained.masks.survival_arrays()
-    for name, surv in restored.masks.survival_arrays().items():
-        np.testing.assert_array_equal(surv, want[name])
-    baked = inference_model.bake_supernet(restored, TierSpec("sparsity", 0.9))
-    assert baked.tier == 3 and baked.levels == LEVELS and baked.block == "1x4"
-    for name, kernel in baked.module.model.prunable_kernels():
-        orig = dict(trained.model.prunable_kernels())[name].numpy()
-        np.testing.assert_array_equal(kernel.numpy(), np.where(want[name] >= 3, orig, 0.0))
-    with pytest.raises(ValueError, match="not one of the levels"):
-        inference_model.bake_supernet(restored, TierSpec("sparsity", 0.7))
-
-
 def test_sparse_int8_kept_only_where_it_agrees_and_records_delegate_option(model):
     """Whatever encoding/option is chosen computes what the dense file computes under that option."""
     delegates_off = 0

@@ -122,3 +122,29 @@ def test_tiers_and_budgets():
     assert budget_metric("int8_sparse_bytes", "float32") == "int8_sparse_bytes"
     with pytest.raises(ValueError, match="search_metric 'bytes' unknown"):
         budget_metric("bytes", "float32")
+
+
+def test_restored_supernet_bakes_its_trained_survival_levels(tmp_path):
+    from omni_tf.configs import experiment
+    from tests.training_helpers import small_model_config
+    from tflite_export import inference_model
+
+    levels = (0.0, 0.5, 0.8, 0.9)
+    config = experiment.get_config("tiny,smoke")
+    config.model = small_model_config()
+    config.sparsity.levels, config.sparsity.block = levels, "1x4"
+    trained = Supernet(config)
+    trained.masks.update_rankings(levels)
+    CheckpointKeeper(str(tmp_path), trained.checkpoint_objects()).save(1)
+    restored = Supernet(config)
+    assert restored.restore(str(tmp_path))[0].endswith("ckpt-1")
+    want = trained.masks.survival_arrays()
+    for name, surv in restored.masks.survival_arrays().items():
+        np.testing.assert_array_equal(surv, want[name])
+    baked = inference_model.bake_supernet(restored, TierSpec("sparsity", 0.9))
+    assert baked.tier == 3 and baked.levels == levels and baked.block == "1x4"
+    for name, kernel in baked.module.model.prunable_kernels():
+        orig = dict(trained.model.prunable_kernels())[name].numpy()
+        np.testing.assert_array_equal(kernel.numpy(), np.where(want[name] >= 3, orig, 0.0))
+    with pytest.raises(ValueError, match="not one of the levels"):
+        inference_model.bake_supernet(restored, TierSpec("sparsity", 0.7))
