@@ -80,7 +80,7 @@ def test_use_shipped_takes_the_bundle_tokenizer_cmvn_and_model(tmp_path):
     out = str(tmp_path / "out")
     c, shipped_dir = e2e.use_shipped(Stages(out, log=lambda s: None), out, config, str(data), path)
     assert c.model.num_layers == 2 and c.training.init_from == path
-    assert c.paths.train_manifest == os.path.join(shipped_dir, "train.tsv")
+    assert c.paths.manifest_dir == shipped_dir and not c.paths.train_manifest  # <manifest_dir>/train.tsv
     assert open(os.path.join(shipped_dir, "spm.model"), "rb").read() == b"spm"
     assert json.load(open(os.path.join(shipped_dir, "cmvn.json"))) == {"mean": [], "std": []}
     assert open(os.path.join(shipped_dir, "test.tsv")).read() == "test.tsv\n"
