@@ -26,6 +26,7 @@ from ml_collections import config_flags
 import omni_tf  # noqa: F401
 from omni_tf.data import features as features_lib
 from omni_tf.data.librispeech import read_manifest
+from omni_tf.supernet import Supernet
 from omni_tf.text.tokenizer import Tokenizer
 from tflite_export import bundle, convert, inference_model, parity
 from tflite_export.recognizer import audio_features, module_runners
@@ -78,12 +79,10 @@ def encode_ms(content: bytes, feeds: dict, runs: int = 200) -> float:
 
 def main(argv):
     del argv
+    supernet = Supernet(FLAGS.config)
+    supernet.restore(FLAGS.workdir)
+    module = inference_model.bake_supernet(supernet, 0).module
     config = FLAGS.config
-    levels = tuple(float(s) for s in config.sparsity.levels)
-    model, survival = inference_model.load_checkpoint(config.model, os.path.join(FLAGS.workdir, "ckpt"),
-                                                      levels, config.sparsity.block)
-    module = inference_model.build_inference_module(model, config.model, 0, levels=levels, survival=survival,
-                                                    block=config.sparsity.block, clone=False)
     mean, std = features_lib.load_cmvn(os.path.join(FLAGS.data_dir, "cmvn.json"))
     rows = read_manifest(os.path.join(FLAGS.data_dir, "dev.tsv"))
     rows = rows[: FLAGS.calib_utterances + FLAGS.eval_utterances]

@@ -4,7 +4,7 @@ Usage (from the repository root):
   python -m benchmarks.tflite_latency --bundle_dir=WORK/tflite            # every tier of an export
   python -m benchmarks.tflite_latency --preset=tiny --seconds=10 --utterances=3   # fresh tiny model tiers
 
-Without ``--bundle_dir`` a freshly initialized model of ``--preset`` is exported in-process as (``--tiers``
+Without ``--bundle_dir`` a freshly initialized model of ``--preset`` is exported in-process as (``--only``
 selects a subset): dense float32, float16, dynamic-range int8, full int8 (calibrated on the streaming
 loop over the benchmark's own features, ``parity.collect_representative``), weight-only int8 and dynamic
 int4, then at 80% sparsity float32 and float16 with 1x4 blocks and dynamic int8 with 1x16 blocks (sparse
@@ -50,7 +50,7 @@ flags.DEFINE_integer("utterances", 3, "Utterances for the streaming RTF.")
 flags.DEFINE_integer("runs", 200, "Calls per signature for the medians.")
 flags.DEFINE_float("blank_bias", 2.7, "Added to the fresh model's blank logit (realistic token rate).")
 flags.DEFINE_string("output", "", "Also write the Markdown table here.")
-flags.DEFINE_list("tiers", [], "Fresh-model tiers to run (default: all of TIER_SPECS).")
+flags.DEFINE_list("only", [], "Names of the fresh-model TIER_SPECS to run (default: all).")
 
 # (name, quantization, tier (None = dense, 1 = level 0.8), block, sparse)
 TIER_SPECS = (("f32_dense", "float32", None, 1, "never"), ("f16_dense", "float16", None, 1, "never"),
@@ -161,12 +161,12 @@ def fresh_tiers(out_dir: str, feats: list[np.ndarray]) -> list[tuple]:
     model = build_model(cfg)
     bias = model.joiner.output_dense.bias
     bias.assign(tf.tensor_scatter_nd_add(bias, [[0]], [FLAGS.blank_bias]))
-    unknown = sorted(set(FLAGS.tiers) - {spec[0] for spec in TIER_SPECS})
+    unknown = sorted(set(FLAGS.only) - {spec[0] for spec in TIER_SPECS})
     if unknown:
-        raise ValueError(f"unknown --tiers {unknown}; choose from {[spec[0] for spec in TIER_SPECS]}")
+        raise ValueError(f"unknown --only {unknown}; choose from {[spec[0] for spec in TIER_SPECS]}")
     dirs = []
     for name, quant, tier, block, sparse in TIER_SPECS:
-        if FLAGS.tiers and name not in FLAGS.tiers:
+        if FLAGS.only and name not in FLAGS.only:
             continue
         module = inference_model.build_inference_module(model, cfg, tier, levels=(0.0, 0.8), block=block)
         representative = None

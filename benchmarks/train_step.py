@@ -67,8 +67,7 @@ def build(mode: str):
                                       min_frames=FLAGS.frames, max_frames=FLAGS.frames,
                                       max_labels=FLAGS.labels)
     batch = next(iter(strategy.experimental_distribute_dataset(src.dataset(0))))
-    sampler = loop.make_level_sampler(config, state.masks)
-    return fn, batch, sampler
+    return fn, batch, state.sampler
 
 
 def run_steps(fn, batch, sampler, start: int, n: int) -> float:
@@ -99,7 +98,7 @@ def run_breakdown() -> dict:
     it = iter(source.dataset(0))
     batch = {k: tf.constant(v) for k, v in next(it).items()}
     dist = next(iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(batch))))
-    levels = loop.sample_levels(loop.make_level_sampler(config, state.masks), 1, warmup=False, distill=False)
+    levels = loop.sample_levels(state.sampler, 1, warmup=False, distill=False)
     result = profile.breakdown(state, lambda: fn([dist], levels), batch, levels, lambda: next(it), rnnt_loss,
                                FLAGS.repeats)
     rate = profile.matmul_rate(FLAGS.matmul_n)

@@ -17,45 +17,30 @@ import copy
 import dataclasses
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import ml_collections
 import numpy as np
+from absl import logging
 
 import omni_tf  # noqa: F401
 from omni_tf import fileio
+from omni_tf.configs import experiment
 from omni_tf.data import features as features_lib
 from omni_tf.data import prepare, synthetic
 from omni_tf.data.librispeech import read_manifest
-from omni_tf.sparsity import size as size_lib
 from omni_tf.sparsity import structured
+from omni_tf.supernet import BUDGET_METRIC, SparsitySettings, Supernet, TierSpec
 from omni_tf.text.tokenizer import Tokenizer, check_model_vocab, train_from_manifest
 from omni_tf.training import evaluation, loop, pretrained, sources
 from omni_tf.training import workdir as workdir_lib
 from recipes.stages import Stages
-from tflite_export import bundle
+from recipes.tier_flags import define_tiers_flag
+from tflite_export import bundle, inference_model
 from tflite_export.recognizer import audio_features
 
 OMNI_SERIES, PRUNED_SERIES = "omni", "individually-pruned"
-# The size that a tier's budget limits, per export quantization (``omni_tf/sparsity/size.py`` metrics).
-# Only float32 files are written sparse-encoded (tflite_export/convert.py: with LiteRT 2.3.0 sparse float16
-# files output NaN and sparse int8 files compute wrong values), so only their bytes shrink with sparsity;
-# the other modes' budgets count nonzero parameters (what a runtime with working sparse kernels would store).
-BUDGET_METRIC = {"float32": "float32_sparse_bytes", "float16": "nonzero_params",
-                 "dynamic_int8": "nonzero_params", "weight_only_int8": "nonzero_params",
-                 "dynamic_int4": "nonzero_params", "int8": "nonzero_params", "auto": "nonzero_params"}
-
-
-def with_paths(config: ml_collections.ConfigDict, data_dir: str, train: str = "train.tsv",
-               dev: str = "dev.tsv") -> ml_collections.ConfigDict:
-    """A copy of ``config`` reading manifests (comma-separated names), CMVN and SPM from ``data_dir``."""
-    c = copy.deepcopy(config)
-    with c.unlocked():
-        c.paths.manifest_dir = data_dir
-        c.paths.train_manifest = ",".join(os.path.join(data_dir, t) for t in train.split(","))
-        c.paths.dev_manifest = ",".join(os.path.join(data_dir, d) for d in dev.split(","))
-    return c
 
 
 def make_synthetic_data(stages: Stages, out: str, spec: synthetic.CorpusSpec, vocab_size: int) -> str:
@@ -93,7 +78,7 @@ def use_shipped(stages: Stages, out: str, config: ml_collections.ConfigDict, dat
         return {"manifests": names, "bundle": path}
 
     stages.run("shipped", {"bundle": path, "info": info}, copy, outputs=(shipped_dir,))
-    c = with_paths(config, shipped_dir)
+    c = experiment.with_data_dir(config, shipped_dir)
     with c.unlocked():
         c.model = pretrained.model_config(path)
         c.training.init_from = path
@@ -161,11 +146,8 @@ def train_stage(stages: Stages, name: str, config: ml_collections.ConfigDict, wo
                       outputs=(workdir,), budget=budget, continue_if=lambda d: _budget_raised(d, budget))
 
 
-def _split_batches(config: ml_collections.ConfigDict, manifest: str, max_utterances: int) -> list:
-    c = copy.deepcopy(config)
-    with c.unlocked():
-        c.paths.dev_manifest = manifest
-    source = sources.ManifestSource(c, split="dev", training=False)
+def _split_batches(config: ml_collections.ConfigDict, split: str, max_utterances: int) -> tuple[list, Any]:
+    source = sources.ManifestSource(config, split=split, training=False)
     batches = evaluation.load_batches(source.dataset(0))
     if max_utterances > 0:
         kept, n = [], 0
@@ -178,53 +160,36 @@ def _split_batches(config: ml_collections.ConfigDict, manifest: str, max_utteran
     return batches, source.tokenizer
 
 
-def evaluate_levels(config: ml_collections.ConfigDict, workdir: str, manifest: str, out_dir: str,
+def restore(config: ml_collections.ConfigDict, workdir: str) -> Supernet:
+    """The supernet of ``config`` with the latest checkpoint of ``workdir``."""
+    supernet = Supernet(config)
+    supernet.restore(workdir)
+    return supernet
+
+
+def evaluate_levels(config: ml_collections.ConfigDict, workdir: str, out_dir: str,
                     configs: Mapping[str, Mapping[str, int]] | None = None, max_utterances: int = 0,
                     split: str = "test") -> list[dict[str, Any]]:
-    """WER/CER of every uniform level (and of ``configs``) of ``workdir``'s checkpoint on ``manifest``."""
-    model, masks = evaluation.restore_supernet(config, workdir)
-    batches, tokenizer = _split_batches(config, manifest, max_utterances)
-    return evaluation.evaluate_levels(model, masks, batches, tokenizer, configs=configs, out_dir=out_dir,
-                                      split=split)
+    """WER/CER of every uniform level (and of ``configs``) of ``workdir``'s checkpoint on ``split``."""
+    batches, tokenizer = _split_batches(config, split, max_utterances)
+    return evaluation.evaluate_levels(restore(config, workdir), batches, tokenizer, configs=configs,
+                                      out_dir=out_dir, split=split)
 
 
-def tier_budgets(config: ml_collections.ConfigDict, workdir: str, tiers: Mapping[str, float],
-                 metric: str) -> dict[str, float]:
-    """``{tier: target sparsity}`` -> ``{tier: budget}``: the size of a uniform config at that sparsity.
-
-    A sparsity of the supernet's level set gets that level's exact size (so the uniform level fits its own
-    budget); another one an analytic size (``size.py``; structured masks: ``structured.py``, the sliced
-    model keeping ``round(U (1 - s))`` units of every family) at that sparsity.
-    """
-    model, masks = evaluation.restore_supernet(config, workdir)
-    exact = evaluation.size_model_of(model, masks)
-    other = size_lib.count_other_params(model)
-    names = [n for n, _ in model.prunable_kernels()]
-    shapes = [tuple(v.shape) for _, v in model.prunable_kernels()]
-    out = {}
-    for tier, s in tiers.items():
-        if any(abs(s - level) < 1e-9 for level in masks.levels):
-            k = min(range(len(masks.levels)), key=lambda i: abs(masks.levels[i] - s))
-            out[tier] = exact.measure(exact.uniform_config(k), metric)
-            continue
-        if masks.granularity == "structured":
-            sizes = structured.StructuredSizeModel.from_masks(masks, levels=(0.0, float(s)))
-        else:
-            sizes = size_lib.SizeModel(names, shapes, other, levels=(0.0, float(s)), block=masks.block)
-        out[tier] = sizes.measure(sizes.uniform_config(1), metric)
-    return out
+def tier_budgets(config: ml_collections.ConfigDict, workdir: str, tiers: Mapping[str, TierSpec],
+                 quantization: str) -> dict[str, Any]:
+    """``{"metric": size metric, "budgets": {tier: budget}}`` (``Supernet.budget`` of each tier spec)."""
+    supernet = restore(config, workdir)
+    metric = supernet.budget_metric(quantization)
+    return {"metric": metric, "budgets": {t: supernet.budget(spec, metric) for t, spec in tiers.items()}}
 
 
 def search(config: ml_collections.ConfigDict, workdir: str, budgets: Mapping[str, float], out_dir: str,
-           metric: str, population: int, generations: int, max_utterances: int = 64
-           ) -> dict[str, dict[str, Any]]:
+           metric: str, max_utterances: int = 64) -> dict[str, dict[str, Any]]:
     """Per-tier evolutionary search (dev-subset RNN-T loss as fitness) under ``budgets``."""
-    model, masks = evaluation.restore_supernet(config, workdir)
-    batches, tokenizer = _split_batches(config, config.paths.dev_manifest, max_utterances)
-    sp = config.sparsity
-    return evaluation.search_tiers(model, masks, batches, budgets, metric, "loss", tokenizer, out_dir,
-                                   population=population, generations=generations,
-                                   mutation_prob=sp.search_mutation_prob, seed=sp.search_seed)
+    batches, tokenizer = _split_batches(config, "dev", max_utterances)
+    return evaluation.search_tiers(restore(config, workdir), batches, budgets, metric, "loss", tokenizer,
+                                   out_dir)
 
 
 def utterance_features(config: ml_collections.ConfigDict, data_dir: str, manifest: str, count: int
@@ -240,29 +205,28 @@ def utterance_features(config: ml_collections.ConfigDict, data_dir: str, manifes
 
 
 def export_tiers(config: ml_collections.ConfigDict, workdir: str, data_dir: str, tiers: Mapping[str, Any],
-                 out_dir: str, quantization: str, manifest: str, utterances: int, series: str,
-                 sparse: str = "auto") -> dict[str, dict[str, Any]]:
+                 out_dir: str, utterances: int, options: bundle.ExportOptions) -> dict[str, dict[str, Any]]:
     """Exports ``{tier: level index or per-kernel config}`` of the checkpoint in ``workdir`` (structured
     masks: ``{group: level}``, exported as a sliced dense model, ``tflite_export/inference_model.py``).
 
-    Parity (Keras vs LiteRT tokens; WER both ways) runs on the first ``utterances`` of ``manifest``; a tier
-    that fails it raises ``tflite_export.parity.ParityError`` and nothing of it is written.
+    Parity (Keras vs LiteRT tokens; WER both ways) runs on the first ``utterances`` of the test split, int8
+    calibration on the dev split; a tier that fails parity raises ``tflite_export.parity.ParityError`` and
+    nothing of it is written.
     """
-    model, masks = evaluation.restore_supernet(config, workdir)
-    feats, refs = utterance_features(config, data_dir, manifest, utterances)
+    supernet = restore(config, workdir)
+    feats, refs = utterance_features(config, data_dir, sources.manifest_path(config, "test"), utterances)
     calib = None
-    if quantization in ("int8", bundle.AUTO):  # calibrate on dev, judge on ``manifest``
-        calib, _ = utterance_features(config, data_dir, config.paths.dev_manifest.split(",")[0], 20)
+    if options.quantization in ("int8", bundle.AUTO):  # calibrate on dev, judge on test
+        calib, _ = utterance_features(config, data_dir, sources.manifest_path(config, "dev"),
+                                      options.calib_utterances)
     tokenizer = Tokenizer(os.path.join(data_dir, "spm.model"))
     check_model_vocab(tokenizer, config.model.vocab_size, "config.model.vocab_size")
-    cmvn = features_lib.load_cmvn(os.path.join(data_dir, "cmvn.json"))
+    data = bundle.ParitySet(feats, refs, tokenizer, calib, config.data,
+                            features_lib.load_cmvn(os.path.join(data_dir, "cmvn.json")))
     out = {}
     for name, spec in tiers.items():
-        manifest_json = bundle.export_tier(
-            model, config.model, name, spec, out_dir, quantization, feats, data_config=config.data, cmvn=cmvn,
-            tokenizer=tokenizer, references=refs, levels=tuple(masks.levels),
-            survival=masks, block=masks.block, series=series,
-            calib_features=calib, sparse=sparse)
+        manifest_json = bundle.export_tier(inference_model.bake_supernet(supernet, spec), name, out_dir, data,
+                                           options)
         out[name] = {k: manifest_json[k] for k in ("tier", "series", "bytes_on_disk", "nonzero_params")}
     return out
 
@@ -320,46 +284,93 @@ def print_report(rows: Sequence[Mapping[str, Any]], out: str, preamble: str,
     print(f"\n{preamble}\n\n{table}\nwrote {out}/REPORT.md and {out}/pareto.png", flush=True)
 
 
+def run_recipe(flag_values: Any, make_data: Callable[[Stages, str, ml_collections.ConfigDict], str],
+               configure: Callable[[Stages, str, str], tuple[ml_collections.ConfigDict, str]],
+               describe: Callable[[ml_collections.ConfigDict, Mapping[str, Any]], str],
+               extra_tests: tuple[str, ...] = ()) -> None:
+    """An end-to-end recipe's ``main``: ``make_data(stages, out, config) -> data_dir``,
+    ``configure(stages, out, data_dir) -> (config, data_dir)`` (paths set), ``run_tiers`` (plus the
+    ``extra_tests`` splits), then the report with ``describe(config, train_metrics)`` and the stage time as
+    preamble."""
+    logging.set_verbosity(logging.INFO)
+    out = os.path.abspath(flag_values.out)
+    opts = dataclasses.replace(Options.from_flags(flag_values), extra_tests=tuple(extra_tests))
+    with fileio.DirLock(out):  # one run per --out (each stage also locks the folder it writes)
+        stages = Stages(out, log=lambda s: print(s, flush=True))
+        data_dir = make_data(stages, out, flag_values.config)
+        config, data_dir = configure(stages, out, data_dir)
+        config = with_granularity(config, flag_values.sparsity_granularity)
+        rows, level_rows, train_metrics = run_tiers(stages, out, config, data_dir, opts)
+        preamble = (f"{describe(config, train_metrics)}; quantization {flag_values.quantization}; "
+                    f"granularity {config.sparsity.granularity}, block {config.sparsity.block}. "
+                    f"Stages: {sum(stages.timings.values()) / 60:.1f} min.")
+        print_report(rows, out, preamble, level_rows)
+
+
 def load_manifests(tier_dir: str) -> dict[str, dict[str, Any]]:
     """The manifest of a whole tier folder (``bundle.read_tier``: refuses a missing/disagreeing record)."""
     return bundle.read_tier(tier_dir)
+
+
+def define_flags(flags: Any) -> None:
+    """The flags both end-to-end recipes (run_demo, librispeech/run) share, with the same defaults."""
+    define_tiers_flag(["speaker=sparsity:0.6", "phone=sparsity:0.75", "wearable=sparsity:0.9"],
+                      "Device tiers; each tier's budget (in sparsity.search_metric units) is met by the "
+                      "per-layer search.")
+    flags.DEFINE_enum("quantization", "dynamic_int8", list(BUDGET_METRIC),
+                      "Export mode (tflite_export/convert.py), or auto (per tier the smallest file passing "
+                      "parity within 1.2x the fastest encode). With --sparse=auto only float32 files are "
+                      "sparse-encoded (smaller with sparsity); int8 ones need --sparse=always (XNNPACK off).")
+    flags.DEFINE_enum("sparse", "auto", ["auto", "never", "always"],
+                      "Sparse encoding of the tier files: auto = only where smaller, right and "
+                      "XNNPACK-runnable; always = also int8 files that need XNNPACK off (smaller, 3-5x "
+                      "slower).")
+    flags.DEFINE_integer("parity_utterances", 100, "Test utterances run through Keras and LiteRT per tier.")
+    flags.DEFINE_integer("eval_utterances", 0, "Test utterances for the level table (0 = all).")
+    flags.DEFINE_bool("compare_individual", False, "Also train individually pruned models at the tiers.")
+    flags.DEFINE_enum("sparsity_granularity", None, list(structured.GRANULARITIES),
+                      "Sets config.sparsity.granularity: weights (masks over weights / 1xN blocks) or "
+                      "structured (whole heads, FFN units, conv channels, decoder units; tiers export as "
+                      "smaller dense models). Default: the config's.")
 
 
 @dataclasses.dataclass(frozen=True)
 class Options:
     """What the end-to-end recipes share after the data is prepared.
 
-    tiers: ``{name: sparsity}``; each tier's budget is the int8 size of a uniform config at that sparsity.
-      A name becomes a folder (``tiers/<name>``): ValueError unless ``omni_tf.fileio.check_name`` accepts it.
+    tiers: ``{name: TierSpec}``; each tier's budget is ``Supernet.budget`` of its spec, in the size metric of
+    ``quantization`` (``sparsity.search_metric``). A name becomes a folder (``tiers/<name>``): ValueError
+    unless ``omni_tf.fileio.check_name`` accepts it.
     """
 
-    tiers: Mapping[str, float]
+    tiers: Mapping[str, TierSpec]
     max_minutes: float = 0.0
     quantization: str = "dynamic_int8"
     parity_utterances: int = 100
     eval_utterances: int = 0
     compare_individual: bool = False
-    search_population: int = 12  # fitness evaluations per tier <= population * (generations + 1)
-    search_generations: int = 6
     sparse: str = "auto"  # tflite_export sparse encoding: auto | never | always
-    # More test splits reported beside ``test``: ((name, manifest path), ...), e.g. the demo's ``test_ood``.
-    extra_tests: tuple[tuple[str, str], ...] = ()
+    # More test splits reported beside ``test`` (``<data_dir>/<split>.tsv``), e.g. the demo's ``test_ood``.
+    extra_tests: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in self.tiers:
             fileio.check_name(name, "tier name")
 
     @classmethod
-    def from_flags(cls, tiers: Mapping[str, float], flag_values: Any) -> Options:
-        """From the flags both end-to-end recipes define (run_demo, librispeech/run)."""
+    def from_flags(cls, flag_values: Any) -> Options:
+        """From the flags of ``define_flags`` (and ``--max_minutes``)."""
         f = flag_values
-        return cls(tiers, f.max_minutes, f.quantization, f.parity_utterances, f.eval_utterances,
-                   f.compare_individual, f.search_population, f.search_generations, f.sparse)
+        return cls(f.tiers, f.max_minutes, f.quantization, f.parity_utterances, f.eval_utterances,
+                   f.compare_individual, f.sparse)
 
     def export_inputs(self) -> dict[str, Any]:
         """Stage inputs of an export (``sparse`` only when not the default, so older runs stay reusable)."""
         return {"q": self.quantization, "n": self.parity_utterances,
                 **({"sparse": self.sparse} if self.sparse != "auto" else {})}
+
+    def export_options(self, series: str) -> bundle.ExportOptions:
+        return bundle.ExportOptions(self.quantization, self.sparse, series)
 
 
 def train_seconds(train_metrics: Mapping[str, Any]) -> float:
@@ -368,8 +379,8 @@ def train_seconds(train_metrics: Mapping[str, Any]) -> float:
     return float(train_metrics.get("trained_s", train_metrics.get("elapsed_s", 0.0)))
 
 
-def run_tiers(stages: Stages, out: str, config: ml_collections.ConfigDict, data_dir: str, test_manifest: str,
-              opts: Options) -> tuple[list[dict], list[dict], dict]:
+def run_tiers(stages: Stages, out: str, config: ml_collections.ConfigDict, data_dir: str, opts: Options
+              ) -> tuple[list[dict], list[dict], dict]:
     """train omni -> budgets -> search -> evaluate -> export (-> individually pruned baselines).
 
     Returns (tier report rows, uniform-level rows, omni training metrics).
@@ -377,24 +388,23 @@ def run_tiers(stages: Stages, out: str, config: ml_collections.ConfigDict, data_
     workdir = os.path.join(out, "train", "omni")
     c = run_config(config, "omni", config.training.max_steps, opts.max_minutes)
     train_metrics = train_stage(stages, "train", c, workdir)
-    tiers, metric = dict(opts.tiers), BUDGET_METRIC[opts.quantization]
-    budgets = stages.run("budgets", {"tiers": tiers, "metric": metric},
-                         lambda: tier_budgets(config, workdir, tiers, metric))
-    search_inputs = {"budgets": budgets, "population": opts.search_population,
-                     "generations": opts.search_generations}
+    tiers = dict(opts.tiers)
+    sized = stages.run("budgets", {"tiers": {t: str(s) for t, s in tiers.items()}, "q": opts.quantization},
+                       lambda: tier_budgets(config, workdir, tiers, opts.quantization))
+    budgets, metric = sized["budgets"], sized["metric"]
+    search_inputs = {"budgets": budgets, **SparsitySettings.from_config(config.sparsity).search_kwargs()}
     found = stages.run("search", search_inputs, lambda: search(
-        config, workdir, budgets, os.path.join(out, "search"), metric, opts.search_population,
-        opts.search_generations))
+        config, workdir, budgets, os.path.join(out, "search"), metric))
     tier_configs = {t: found[t]["config"] for t in tiers}
     levels = stages.run("levels", {"n": opts.eval_utterances}, lambda: evaluate_levels(
-        config, workdir, test_manifest, os.path.join(out, "eval", "omni"), configs=tier_configs,
+        config, workdir, os.path.join(out, "eval", "omni"), configs=tier_configs,
         max_utterances=opts.eval_utterances))
     evals = {r["name"]: r for r in levels}
     extra = _extra_tests(stages, config, workdir, out, "omni", opts, tier_configs)
     tier_dir = os.path.join(out, "tiers")
     stages.run("export", opts.export_inputs(), lambda: export_tiers(
-        config, workdir, data_dir, tier_configs, tier_dir, opts.quantization, test_manifest,
-        opts.parity_utterances, OMNI_SERIES, opts.sparse))
+        config, workdir, data_dir, tier_configs, tier_dir, opts.parity_utterances,
+        opts.export_options(OMNI_SERIES)))
     seconds = train_seconds(train_metrics)
     rows = [report_row(load_manifests(os.path.join(tier_dir, t)), evals.get(t), seconds) for t in tiers]
     rows = [_with_extra(r, extra, r["tier"], "wer_keras_") for r in rows]
@@ -402,7 +412,7 @@ def run_tiers(stages: Stages, out: str, config: ml_collections.ConfigDict, data_
                   for r in levels if r["name"] not in tiers]
     if opts.compare_individual:
         for row in list(rows):
-            more, more_levels = _individually_pruned(stages, out, config, data_dir, test_manifest, opts,
+            more, more_levels = _individually_pruned(stages, out, config, data_dir, opts,
                                                      row["tier"], row["sparsity"], int(train_metrics["step"]))
             rows.append(more)
             level_rows += more_levels
@@ -410,21 +420,19 @@ def run_tiers(stages: Stages, out: str, config: ml_collections.ConfigDict, data_
 
 
 def _individually_pruned(stages: Stages, out: str, config: ml_collections.ConfigDict, data_dir: str,
-                         test_manifest: str, opts: Options, tier: str, sparsity: float, steps: int
+                         opts: Options, tier: str, sparsity: float, steps: int
                          ) -> tuple[dict, list[dict]]:
     """The baseline for one tier: a model pruned to the tier's sparsity, same loop and step budget."""
     workdir = os.path.join(out, "train", f"pruned_{tier}")
     c = run_config(config, "pruned", steps, 0.0, target_sparsity=round(float(sparsity), 4))
     metrics = train_stage(stages, f"train_pruned_{tier}", c, workdir)
     ev = stages.run(f"levels_pruned_{tier}", {"n": opts.eval_utterances}, lambda: evaluate_levels(
-        c, workdir, test_manifest, os.path.join(out, "eval", f"pruned_{tier}"),
-        max_utterances=opts.eval_utterances))
+        c, workdir, os.path.join(out, "eval", f"pruned_{tier}"), max_utterances=opts.eval_utterances))
     extra = _extra_tests(stages, c, workdir, out, f"pruned_{tier}", opts, None)
     name = f"{tier}_pruned"
     stages.run(f"export_pruned_{tier}", opts.export_inputs(),
                lambda: export_tiers(c, workdir, data_dir, {name: 1}, os.path.join(out, "tiers"),
-                                    opts.quantization, test_manifest, opts.parity_utterances, PRUNED_SERIES,
-                                    opts.sparse))
+                                    opts.parity_utterances, opts.export_options(PRUNED_SERIES)))
     row = report_row(load_manifests(os.path.join(out, "tiers", name)), ev[-1], train_seconds(metrics))
     row = _with_extra(row, extra, ev[-1]["name"], "wer_keras_")
     series = f"{PRUNED_SERIES} {tier}"
@@ -435,9 +443,9 @@ def _extra_tests(stages: Stages, config: ml_collections.ConfigDict, workdir: str
                  opts: Options, configs: Mapping[str, Any] | None) -> dict[str, dict[str, dict]]:
     """``{split: {row name: eval row}}`` of ``workdir``'s levels (and ``configs``) on ``opts.extra_tests``."""
     found = {}
-    for split, manifest in opts.extra_tests:
-        rows = stages.run(f"levels_{run}_{split}", {"n": opts.eval_utterances}, lambda s=split, m=manifest:
-                          evaluate_levels(config, workdir, m, os.path.join(out, "eval", f"{run}_{s}"),
+    for split in opts.extra_tests:
+        rows = stages.run(f"levels_{run}_{split}", {"n": opts.eval_utterances}, lambda s=split:
+                          evaluate_levels(config, workdir, os.path.join(out, "eval", f"{run}_{s}"),
                                           configs=configs, max_utterances=opts.eval_utterances, split=s))
         found[split] = {r["name"]: r for r in rows}
     return found

@@ -119,25 +119,20 @@ def test_temp_folder_of_an_interrupted_save_is_removed_on_next_save(tmp_path):
 
 
 def test_evaluation_and_export_fall_back_past_a_broken_latest(tmp_path):
-    from omni_tf.model import build_model
-    from omni_tf.sparsity.masking import SupernetMasks
-    from omni_tf.training import evaluation
+    from omni_tf.supernet import Supernet
     from tests.training_helpers import tiny_config
     from tflite_export import inference_model
 
     config = tiny_config("omni")
-    model = build_model(config.model)
-    model.build()
-    masks = SupernetMasks(model, evaluation.supernet_levels(config), config.sparsity.block)
-    keeper = CheckpointKeeper(str(tmp_path), {"model": model, "masks": masks}, max_to_keep=5)
-    kernel = model.prunable_kernels()[0][1]
+    trained = Supernet(config)
+    keeper = CheckpointKeeper(str(tmp_path), trained.checkpoint_objects(), max_to_keep=5)
+    kernel = trained.model.prunable_kernels()[0][1]
     for step in (1, 2):
         kernel.assign(tf.fill(kernel.shape, float(step)))
         keeper.save(step)
     _break(tmp_path / "ckpt", 2, "index_deleted")
-    restored, _ = evaluation.restore_supernet(config, str(tmp_path))
-    np.testing.assert_array_equal(restored.prunable_kernels()[0][1].numpy(), 1.0)
-    exported, survival = inference_model.load_checkpoint(config.model, str(tmp_path / "ckpt"),
-                                                         evaluation.supernet_levels(config))
+    restored = Supernet(config)  # the one restore path of evaluation, search and export
+    assert restored.restore(str(tmp_path))[0].endswith("ckpt-1")
+    np.testing.assert_array_equal(restored.model.prunable_kernels()[0][1].numpy(), 1.0)
+    exported = inference_model.bake_supernet(restored, 0).module.model
     np.testing.assert_array_equal(exported.prunable_kernels()[0][1].numpy(), 1.0)
-    assert survival is not None

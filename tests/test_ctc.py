@@ -9,6 +9,7 @@ import tensorflow as tf
 import omni_tf  # noqa: F401
 from omni_tf.losses.ctc import CtcHead, ctc_loss, min_frames
 from omni_tf.losses.rnnt import rnnt_loss
+from omni_tf.supernet import Supernet
 from omni_tf.training import loop, sources
 from omni_tf.training.checkpoint import CheckpointKeeper
 from omni_tf.training.step import TrainStep
@@ -98,9 +99,9 @@ def test_exported_tier_is_identical_with_and_without_ctc_head(tmp_path):
         CheckpointKeeper(workdir, state.trackables(), 1, strategy).save(1)
         keys = tf.train.load_checkpoint(os.path.join(workdir, "ckpt")).get_variable_to_shape_map()
         assert any(k.startswith("ctc_head/") for k in keys) == (weight > 0)
-        modules[name] = inference_model.build_inference_module(
-            os.path.join(workdir, "ckpt"), config.model, tier=1, levels=tuple(config.sparsity.levels),
-            block=config.sparsity.block)
+        restored = Supernet(config)  # the export's restore path (ignores the training-only head)
+        restored.restore(workdir)
+        modules[name] = inference_model.bake_supernet(restored, 1).module
     a, b = modules["with"], modules["without"]
     assert a.describe() == b.describe()
     rng = np.random.default_rng(1)

@@ -10,9 +10,9 @@ import pytest
 import omni_tf  # noqa: F401
 from omni_tf import metrics
 from omni_tf.configs import data as data_configs
-from omni_tf.configs import model as model_configs
 from omni_tf.model import build_model
-from tflite_export import bundle, convert, parity
+from tests.training_helpers import small_model_config
+from tflite_export import bundle, convert, inference_model, parity
 from tflite_export.recognizer import LiteRTRecognizer
 
 BENCHMARK_OUTPUT = """\
@@ -42,11 +42,7 @@ class StubTokenizer:
         return " ".join(chr(ord("A") + i % 26) for i in ids)
 
 
-def small_config():
-    c = model_configs.tiny()
-    c.d_model, c.num_layers, c.num_heads, c.ff_dim, c.conv_kernel = 32, 1, 2, 64, 5
-    c.vocab_size, c.pred_embed_dim, c.pred_hidden, c.joint_dim, c.dropout = 16, 16, 24, 24, 0.0
-    return c
+small_config = small_model_config
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +53,12 @@ def exported(tmp_path_factory):
     rng = np.random.default_rng(0)
     feats = [rng.normal(size=[n, 80]).astype(np.float32) for n in (30, 45)]
     cmvn = (np.full(80, 0.5, np.float32), np.full(80, 2.0, np.float32))
-    manifest = bundle.export_tier(build_model(small_config()), small_config(), "u50_f32", 1, str(out),
-                                  "float32", feats, data_config=data_configs.get_config(), cmvn=cmvn,
-                                  tokenizer=StubTokenizer(str(spm)), references=["A B", "C"],
-                                  levels=(0.0, 0.5, 0.9), block="1x4", latency_runs=5)
+    baked = inference_model.bake(build_model(small_config()), small_config(), 1, levels=(0.0, 0.5, 0.9),
+                                 block="1x4")
+    data = bundle.ParitySet(feats, ["A B", "C"], StubTokenizer(str(spm)),
+                            data_config=data_configs.get_config(), cmvn=cmvn)
+    manifest = bundle.export_tier(baked, "u50_f32", str(out), data,
+                                  bundle.ExportOptions("float32", latency_runs=5))
     return out, manifest, feats
 
 
@@ -229,9 +227,10 @@ def test_auto_export_writes_the_selected_mode_and_records_why(tmp_path):
     rng = np.random.default_rng(5)
     feats = [rng.normal(size=[n, 80]).astype(np.float32) for n in (30, 40)]
     modes = ("float32", "dynamic_int8", "dynamic_int4")
-    manifest = bundle.export_tier(build_model(small_config()), small_config(), "a", None, str(tmp_path),
-                                  "auto", feats, sparse="never", latency_runs=5, max_wer_rel_increase=10.0,
-                                  auto_modes=modes)
+    manifest = bundle.export_tier(inference_model.bake(build_model(small_config()), small_config()), "a",
+                                  str(tmp_path), bundle.ParitySet(feats),
+                                  bundle.ExportOptions("auto", sparse="never", latency_runs=5,
+                                                       max_wer_rel_increase=10.0, auto_modes=modes))
     bundle.validate_manifest(manifest)
     auto = manifest["auto"]
     assert [c["mode"] for c in auto["candidates"]] == list(modes)
@@ -248,8 +247,9 @@ def test_failing_parity_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(parity, "MIN_TOKEN_AGREEMENT", 1.01)  # unreachable: every float tier now fails
     feats = [np.random.default_rng(1).normal(size=[20, 80]).astype(np.float32)]
     with pytest.raises(parity.ParityError, match="token agreement 1.0000 >= 1.01"):
-        bundle.export_tier(build_model(small_config()), small_config(), "bad", None, str(tmp_path), "float32",
-                           feats, sparse="never")
+        bundle.export_tier(inference_model.bake(build_model(small_config()), small_config()), "bad",
+                           str(tmp_path), bundle.ParitySet(feats),
+                           bundle.ExportOptions("float32", sparse="never"))
     assert not (tmp_path / "bad").exists()
 
 
@@ -278,11 +278,11 @@ def test_int8_tier_records_calibration_and_gate_is_configurable(tmp_path):
     calib = [rng.normal(size=[n, 80]).astype(np.float32) for n in (48, 64)]
     spm = tmp_path / "spm_src.model"
     spm.write_bytes(b"placeholder")
-    common = dict(tokenizer=StubTokenizer(str(spm)), references=["A B C", "D E"], sparse="never",
-                  latency_runs=3, calib_features=calib, calib_per_signature=40)
-    model = build_model(small_config())
-    manifest = bundle.export_tier(model, small_config(), "q8", None, str(tmp_path), "int8", feats,
-                                  max_wer_rel_increase=10.0, **common)
+    data = bundle.ParitySet(feats, ["A B C", "D E"], StubTokenizer(str(spm)), calib_features=calib)
+    common = dict(quantization="int8", sparse="never", latency_runs=3, calib_per_signature=40)
+    baked = inference_model.bake(build_model(small_config()), small_config())
+    manifest = bundle.export_tier(baked, "q8", str(tmp_path), data,
+                                  bundle.ExportOptions(max_wer_rel_increase=10.0, **common))
     bundle.validate_manifest(manifest)
     cal = manifest["calibration"]
     assert cal["source"] == "calib_features" and cal["utterances"] == 2 and cal["max_per_signature"] == 40
@@ -292,6 +292,6 @@ def test_int8_tier_records_calibration_and_gate_is_configurable(tmp_path):
     assert manifest["wer"]["parity"]["max_wer_rel_increase"] == 10.0
     assert "+1000% rel" in manifest["wer"]["parity"]["criterion"]
     with pytest.raises(parity.ParityError, match=r"\+-100% rel"):  # limit 0: any word error fails
-        bundle.export_tier(model, small_config(), "q8_strict", None, str(tmp_path), "int8", feats,
-                           max_wer_rel_increase=-1.0, **common)
+        bundle.export_tier(baked, "q8_strict", str(tmp_path), data,
+                           bundle.ExportOptions(max_wer_rel_increase=-1.0, **common))
     assert not (tmp_path / "q8_strict").exists()

@@ -5,19 +5,15 @@ import pytest
 import tensorflow as tf
 
 import omni_tf  # noqa: F401
-from omni_tf.configs import model as model_configs
 from omni_tf.model import build_model
+from tests.training_helpers import small_model_config
 from tflite_export import convert, inference_model
 
 LEVELS = (0.0, 0.5, 0.8, 0.9)
 _SIZES: dict[str, int] = {}
 
 
-def small_config():
-    c = model_configs.tiny()
-    c.d_model, c.num_layers, c.num_heads, c.ff_dim, c.conv_kernel = 32, 1, 2, 64, 5
-    c.vocab_size, c.pred_embed_dim, c.pred_hidden, c.joint_dim, c.dropout = 16, 16, 24, 24, 0.0
-    return c
+small_config = small_model_config
 
 
 @pytest.fixture(scope="module")
@@ -162,28 +158,6 @@ def test_int8_requires_representative_data(model):
         convert.convert_module(module, "int8", sparse="never")
     with pytest.raises(ValueError, match="unknown quantization"):
         convert.convert_module(module, "int4", sparse="never")
-
-
-def test_checkpoint_restores_weights_and_survival_levels(model, tmp_path):
-    from omni_tf.sparsity.masking import SupernetMasks
-
-    masks = SupernetMasks(model, LEVELS, block=4)
-    masks.update_rankings(LEVELS)
-    tf.train.Checkpoint(model=model, masks=masks).save(str(tmp_path / "ckpt" / "ckpt"))
-    restored, survival = inference_model.load_checkpoint(small_config(), str(tmp_path / "ckpt"), LEVELS, 4)
-    want = masks.survival_arrays()
-    assert set(survival) == set(want)
-    for name in want:
-        np.testing.assert_array_equal(survival[name], want[name])
-    module = inference_model.build_inference_module(str(tmp_path / "ckpt"), small_config(), tier=3,
-                                                    levels=LEVELS, block=4)
-    for name, kernel in module.model.prunable_kernels():
-        k = kernel.numpy()
-        orig = dict(model.prunable_kernels())[name].numpy()
-        np.testing.assert_array_equal(k, np.where(want[name] >= 3, orig, 0.0))
-    dense_model, none = inference_model.load_checkpoint(small_config(), str(tmp_path / "ckpt"))
-    assert none is None
-    np.testing.assert_array_equal(dense_model.weights[0].numpy(), model.weights[0].numpy())
 
 
 def test_sparse_int8_kept_only_where_it_agrees_and_records_delegate_option(model):

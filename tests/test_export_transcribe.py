@@ -13,7 +13,7 @@ from omni_tf.configs import model as model_configs
 from omni_tf.model import build_model
 from omni_tf.text.tokenizer import Tokenizer
 from recipes.librispeech import transcribe
-from tflite_export import bundle
+from tflite_export import bundle, inference_model
 from tflite_export.recognizer import audio_features, frontend_config
 
 TEXTS = ["ABC ABD", "BAD CAB", "DAB BAC", "CAD ACE", "BED DEB"]
@@ -39,9 +39,9 @@ def tier_and_tree(tmp_path_factory):
     data_config = data_configs.get_config()
     mean, std = np.zeros(80, np.float32) - 5.0, np.full(80, 3.0, np.float32)
     feats = [audio_features(str(chapter / "7-1-0000.flac"), data_config, mean, std)]
-    bundle.export_tier(build_model(c), c, "t", None, str(root / "out"), "float32", feats,
-                       data_config=data_config, cmvn=(mean, std), tokenizer=tok, references=[TEXTS[0]],
-                       sparse="never", latency_runs=2)
+    bundle.export_tier(inference_model.bake(build_model(c), c), "t", str(root / "out"),
+                       bundle.ParitySet(feats, [TEXTS[0]], tok, data_config=data_config, cmvn=(mean, std)),
+                       bundle.ExportOptions("float32", sparse="never", latency_runs=2))
     return str(root / "out" / "t"), str(root / "tree"), feats[0]
 
 

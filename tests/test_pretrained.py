@@ -7,7 +7,8 @@ import pytest
 
 import omni_tf  # noqa: F401
 from omni_tf.model import build_model
-from omni_tf.training import evaluation, loop, pretrained, sources
+from omni_tf.supernet import Supernet
+from omni_tf.training import loop, pretrained, sources
 from recipes import end_to_end as e2e
 from recipes.stages import Stages
 from tests.training_helpers import tiny_config
@@ -40,7 +41,9 @@ def test_init_from_bundle_sets_weights_on_a_fresh_run_only(tmp_path, monkeypatch
     config.training.learning_rate = 1e-30  # one step that cannot move float32 weights of this size
     workdir = str(tmp_path / "run")
     loop.train(config, workdir, sources.RandomFeatureSource(16))
-    model, _ = evaluation.restore_supernet(config, workdir)
+    restored = Supernet(config)
+    restored.restore(workdir)
+    model = restored.model
     for v in model.trainable_variables:
         np.testing.assert_array_equal(v.numpy(), shipped[v.name].astype(np.float32))
     assert calls == [path]
@@ -77,7 +80,7 @@ def test_use_shipped_takes_the_bundle_tokenizer_cmvn_and_model(tmp_path):
     out = str(tmp_path / "out")
     c, shipped_dir = e2e.use_shipped(Stages(out, log=lambda s: None), out, config, str(data), path)
     assert c.model.num_layers == 2 and c.training.init_from == path
-    assert c.paths.train_manifest == os.path.join(shipped_dir, "train.tsv")
+    assert c.paths.manifest_dir == shipped_dir and not c.paths.train_manifest  # <manifest_dir>/train.tsv
     assert open(os.path.join(shipped_dir, "spm.model"), "rb").read() == b"spm"
     assert json.load(open(os.path.join(shipped_dir, "cmvn.json"))) == {"mean": [], "std": []}
     assert open(os.path.join(shipped_dir, "test.tsv")).read() == "test.tsv\n"

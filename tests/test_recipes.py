@@ -134,11 +134,13 @@ def _librispeech_tree(root):
 
 
 def test_export_stage_inputs_keep_older_runs_reusable_and_track_sparse():
+    from omni_tf.supernet import TierSpec
     from recipes import end_to_end as e2e
 
-    default = e2e.Options({"t": 0.5}, quantization="int8", parity_utterances=7)
+    tiers = {"t": TierSpec("sparsity", 0.5)}
+    default = e2e.Options(tiers, quantization="int8", parity_utterances=7)
     assert default.export_inputs() == {"q": "int8", "n": 7}  # what runs before --sparse existed recorded
-    always = e2e.Options({"t": 0.5}, quantization="int8", parity_utterances=7, sparse="always")
+    always = e2e.Options(tiers, quantization="int8", parity_utterances=7, sparse="always")
     assert always.export_inputs() == {"q": "int8", "n": 7, "sparse": "always"}
 
 
@@ -147,13 +149,14 @@ def test_librispeech_run_end_to_end_and_rerun_reuses_stages(tmp_path):
     _librispeech_tree(tree)
     cmd = [sys.executable, "-m", "recipes.librispeech.run", f"--librispeech_dir={tree}", f"--out={out}",
            "--config=omni_tf/configs/experiment.py:tiny,smoke", "--train_splits=train-clean-100",
-           "--max_steps=4", "--tiers=big:0.5,small:0.9", "--quantization=float32", "--parity_utterances=2",
+           "--max_steps=4", "--tiers=big=sparsity:0.5,small=level:2", "--quantization=float32",
+           "--parity_utterances=2", "--config.sparsity.levels=(0.0,0.5,0.9)",
            "--eval_utterances=3",
            "--config.model.d_model=32", "--config.model.num_layers=1", "--config.model.num_heads=2",
            "--config.model.ff_dim=64", "--config.model.vocab_size=48", "--config.model.pred_hidden=32",
            "--config.model.joint_dim=32", "--config.model.pred_embed_dim=16",
            "--config.model.subsampling_factor=8",  # the demo's front-end: streaming parity at 80 ms frames
-           "--search_population=4", "--search_generations=1"]
+           "--config.sparsity.search_population=4", "--config.sparsity.search_generations=1"]
     env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
     first = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -180,15 +183,26 @@ def test_librispeech_run_end_to_end_and_rerun_reuses_stages(tmp_path):
     export = subprocess.run(
         [sys.executable, "-m", "recipes.librispeech.export",
          "--config=omni_tf/configs/experiment.py:tiny,smoke",
-         *[a for a in cmd if a.startswith("--config.model.")], f"--workdir={out / 'train' / 'omni'}",
-         f"--data_dir={out / 'data'}", "--split=dev-other", f"--out={tmp_path / 'export'}",
-         f"--budgets=b:{budget}", "--budget_metric=float32_sparse_bytes", "--quantization=float32",
-         "--search_population=3", "--search_generations=1", "--search_max_batches=1", "--dev_utterances=2"],
+         *[a for a in cmd if a.startswith("--config.model.")], "--config.sparsity.levels=(0.0,0.5,0.9)",
+         f"--workdir={out / 'train' / 'omni'}", f"--data_dir={out / 'data'}", "--split=dev-other",
+         f"--out={tmp_path / 'export'}", f"--budgets=b:{budget}", "--quantization=float32",
+         "--config.sparsity.search_population=3", "--config.sparsity.search_generations=1",
+         "--search_max_batches=1", "--dev_utterances=2", "--tiers=u9=sparsity:0.9"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert export.returncode == 0, export.stderr[-3000:]
     searched = json.loads((tmp_path / "export" / "b_float32" / "manifest.json").read_text())
     assert searched["sparsity"]["kind"] == "per_kernel" and searched["bytes_on_disk"] <= budget * 1.05
     assert (tmp_path / "export" / "search" / "tier_b.json").exists()
+    uniform = json.loads((tmp_path / "export" / "u9_float32" / "manifest.json").read_text())
+    assert uniform["sparsity"]["level_index"] == 2 and uniform["sparsity"]["level_sparsity"] == 0.9
+    refused = subprocess.run(  # another level set than the checkpoint's: an error naming both
+        [*export.args[:3], *[a for a in export.args[3:] if not a.startswith("--config.sparsity.levels")],
+         "--config.sparsity.levels=(0.0,0.6,0.9)", "--tiers=u9=level:2", "--budgets="],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert refused.returncode != 0
+    assert "(0.0, 0.5, 0.9)" in refused.stderr and "(0.0, 0.6, 0.9)" in refused.stderr
+    bad = subprocess.run([*cmd, "--tiers=big:0.5"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert bad.returncode != 0 and "expected name=kind:value" in bad.stderr
     second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
     ran = [line for line in second.stdout.splitlines() if line.endswith("running")]

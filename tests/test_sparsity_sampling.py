@@ -3,7 +3,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from omni_tf.configs import sparsity as sparsity_config
 from omni_tf.sparsity import sampling
 
 N, K = 12, 7
@@ -64,16 +63,9 @@ def test_distill_weights():
     np.testing.assert_allclose(sampling.distill_weights(levels, 0.0).numpy(), [0.0, 0.0, 0.0])
 
 
-def test_sampler_for_mode_and_errors():
-    c = sparsity_config.get_config()
-    assert sampling.sampler_for_mode("omni", c, N).num_subnets == 2 + c.subnets_per_step
-    pruned = sampling.sampler_for_mode("pruned", c, N)(0).numpy()
-    assert np.all(pruned == list(c.levels).index(c.target_sparsity))
-    assert np.all(sampling.sampler_for_mode("dense", c, N)(0).numpy() == 0)
+def test_sampler_errors():
     with pytest.raises(ValueError, match="unknown sampler"):
         sampling.make_sampler("random", N, K)
-    with pytest.raises(ValueError, match="training mode"):
-        sampling.sampler_for_mode("sparse", c, N)
     with pytest.raises(ValueError):
         sampling.make_sampler("uniform", N, K, subnets_per_step=0)
 
@@ -126,8 +118,11 @@ def test_tiers_sampler_rejects_bad_train_levels():
         sampling.make_sampler("tiers", N, len(LEVELS), train_levels=(0.6,))
 
 
-def test_sampler_for_mode_reads_train_levels():
-    c = sparsity_config.get_config()
-    c.sampler = "tiers"
-    s = sampling.sampler_for_mode("omni", c, N)
-    assert s.num_subnets == 1 + len(c.train_levels)
+def test_supernet_sampler_reads_train_levels():
+    from omni_tf.supernet import Supernet
+    from tests.training_helpers import tiny_config
+
+    c = tiny_config("omni")
+    c.sparsity.sampler, c.sparsity.train_levels = "tiers", (0.5, 0.8)
+    s = Supernet(c).sampler
+    assert s.num_subnets == 1 + len(c.sparsity.train_levels)

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from omni_tf.configs import sparsity as sparsity_config
 from omni_tf.sparsity import levels as lv
 from omni_tf.sparsity.schedule import LevelSchedule
 
@@ -76,12 +75,6 @@ def test_config_round_trip_and_keys_match_init():
     again = LevelSchedule.from_config(config)
     assert again.get_config() == config
     np.testing.assert_allclose(again.sparsities(17).numpy(), sched.sparsities(17).numpy())
-
-
-def test_from_sparsity_config():
-    c = sparsity_config.get_config()
-    sched = LevelSchedule.from_sparsity_config(c)
-    assert sched.levels == tuple(c.levels) and sched.end_step == c.end_step and sched.power == c.power
 
 
 @pytest.mark.parametrize("kwargs", [

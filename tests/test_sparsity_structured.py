@@ -224,28 +224,30 @@ def test_sliced_tier_tflite_has_smaller_shapes():
 
 
 def test_search_and_export_a_byte_budget_tier_end_to_end(tmp_path):
-    """Masks from the config -> per-group search under an int8 byte budget (dev loss fitness) -> sliced
+    """Supernet from the config -> per-group search under an int8 byte budget (dev loss fitness) -> sliced
     float32 tier through bundle.export_tier (parity against Keras enforced), as recipes/end_to_end.py does."""
+    from omni_tf.supernet import Supernet
     from omni_tf.training import evaluation, sources
     from tests.training_helpers import tiny_config
-    from tflite_export import bundle
+    from tflite_export import bundle, inference_model
 
     config = tiny_config("omni")
     config.sparsity.granularity = "structured"
-    model = build_model(config.model)
-    masks = SupernetMasks.from_config(model, config.sparsity, evaluation.supernet_levels(config))
+    config.sparsity.search_population, config.sparsity.search_generations = 4, 1
+    supernet = Supernet(config)
+    masks = supernet.masks
     masks.update_rankings()
     assert masks.granularity == "structured" and masks.names[-1] == "decoder"
+    assert supernet.kernel_names == tuple(masks.names)
     batches = evaluation.load_batches(sources.RandomFeatureSource(16, num_batches=1, batch_size=2).dataset(0))
-    sizes = evaluation.size_model_of(model, masks)
+    sizes = supernet.size_model()
     budget = 0.6 * sizes.dense_int8_bytes()
-    found = evaluation.search_tiers(model, masks, batches, {"t": budget}, metric="int8_bytes",
-                                    population=4, generations=1)["t"]
+    found = evaluation.search_tiers(supernet, batches, {"t": budget}, metric="int8_bytes")["t"]
     assert found["size"] <= budget
     feats = [b["features"][0][: int(b["feature_lengths"][0])] for b in batches]
-    manifest = bundle.export_tier(model, config.model, "t", found["config"], str(tmp_path / "tiers"),
-                                  "float32", feats, levels=tuple(masks.levels), survival=masks,
-                                  latency_runs=2)
+    baked = inference_model.bake_supernet(supernet, found["config"])
+    manifest = bundle.export_tier(baked, "t", str(tmp_path / "tiers"), bundle.ParitySet(feats),
+                                  bundle.ExportOptions("float32", latency_runs=2))
     assert manifest["nonzero_params"] == sizes.measure(found["config"], "nonzero_params")
     assert 0 < manifest["sparsity"]["prunable_sparsity"] < 1
     assert manifest["signatures"]["pred_dim"] <= config.model.pred_hidden

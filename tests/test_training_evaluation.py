@@ -4,11 +4,9 @@ import os
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import omni_tf  # noqa: F401
-from omni_tf.model import build_model
-from omni_tf.sparsity.masking import SupernetMasks
+from omni_tf.supernet import Supernet
 from omni_tf.training import evaluation, sources
 from tests.training_helpers import tiny_config
 
@@ -21,20 +19,17 @@ class DigitTokenizer:
 @pytest.fixture(scope="module")
 def supernet():
     config = tiny_config("omni")
-    tf.keras.utils.set_random_seed(0)
-    model = build_model(config.model)
-    model.build()
-    masks = SupernetMasks(model, config.sparsity.levels, 1)
-    masks.update_rankings()
+    config.sparsity.search_population, config.sparsity.search_generations = 4, 1
+    net = Supernet(config)
+    net.masks.update_rankings()
     src = sources.RandomFeatureSource(16, num_batches=2, batch_size=2)
-    return model, masks, evaluation.load_batches(src.dataset(0))
+    return net, evaluation.load_batches(src.dataset(0))
 
 
 def test_evaluate_levels_rows_and_files(supernet, tmp_path):
-    model, masks, batches = supernet
-    cfg = {n: 1 for n in masks.names}
-    rows = evaluation.evaluate_levels(model, masks, batches, DigitTokenizer(), {"mine": cfg},
-                                      out_dir=str(tmp_path))
+    net, batches = supernet
+    cfg = {n: 1 for n in net.masks.names}
+    rows = evaluation.evaluate_levels(net, batches, DigitTokenizer(), {"mine": cfg}, out_dir=str(tmp_path))
     assert [r["name"] for r in rows] == ["uniform_0.00", "uniform_0.50", "uniform_0.80", "mine"]
     assert all(r["utterances"] == 4 and r["wer"] >= 0 and r["cer"] >= 0 for r in rows)
     assert rows[0]["nonzero_params"] > rows[1]["nonzero_params"] > rows[2]["nonzero_params"]
@@ -45,8 +40,9 @@ def test_evaluate_levels_rows_and_files(supernet, tmp_path):
 
 
 def test_loss_evaluator_depends_on_masks(supernet):
-    model, masks, batches = supernet
-    ev = evaluation.LossEvaluator(model, batches)
+    net, batches = supernet
+    masks = net.masks
+    ev = evaluation.LossEvaluator(net.model, batches)
     masks.apply_uniform(0)
     dense = ev()
     masks.apply_uniform(2)
@@ -57,14 +53,14 @@ def test_loss_evaluator_depends_on_masks(supernet):
 
 
 def test_search_tiers_meets_budgets(supernet, tmp_path):
-    model, masks, batches = supernet
-    sizes = evaluation.size_model_of(model, masks)
+    net, batches = supernet
+    sizes = net.size_model()
     budget = sizes.measure(sizes.uniform_config(1), "nonzero_params")
-    out = evaluation.search_tiers(model, masks, batches, {"mid": budget}, metric="nonzero_params",
-                                  out_dir=str(tmp_path), population=4, generations=1)
+    out = evaluation.search_tiers(net, batches, {"mid": budget}, "nonzero_params", out_dir=str(tmp_path))
     r = out["mid"]
     assert r["size"] <= budget and r["uniform_size"] <= budget and r["fitness_kind"] == "loss"
-    assert set(json.load(open(tmp_path / "tier_mid.json"))) == set(masks.names)
+    assert set(json.load(open(tmp_path / "tier_mid.json"))) == set(net.masks.names)
+    assert r["evaluations"] <= 4 * 2  # population x (generations + 1): config.sparsity.search_*
     assert os.path.exists(tmp_path / "search.md")
     with pytest.raises(ValueError, match="fitness"):
-        evaluation.search_tiers(model, masks, batches, {"x": budget}, fitness="bleu")
+        evaluation.search_tiers(net, batches, {"x": budget}, "nonzero_params", fitness="bleu")

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import omni_tf  # noqa: F401
+from omni_tf.supernet import Supernet
 from omni_tf.training import evaluation, loop, sources
 from tests.training_helpers import tiny_config
 
@@ -34,9 +35,10 @@ def test_train_and_evaluate_on_prepared_corpus(tmp_path):
     metrics = loop.train(config, workdir)  # default source: ManifestSource over prep/train.tsv
     assert metrics["step"] == 3 and metrics["skipped_nonfinite"] == 0 and metrics["frames_per_s"] > 0
     assert json.load(open(os.path.join(workdir, "train_metrics.json")))["checkpoint"].endswith("ckpt-3")
-    model, masks = evaluation.restore_supernet(config, workdir)
+    supernet = Supernet(config)
+    assert supernet.restore(workdir)[0].endswith("ckpt-3")
     dev = sources.ManifestSource(config, split="dev", training=False)
     batches = evaluation.load_batches(dev.dataset(0))
-    rows = evaluation.evaluate_levels(model, masks, batches, dev.tokenizer, out_dir=workdir)
+    rows = evaluation.evaluate_levels(supernet, batches, dev.tokenizer, out_dir=workdir)
     n_dev = len(open(os.path.join(prep, "dev.tsv")).read().splitlines()) - 1
     assert [r["utterances"] for r in rows] == [n_dev] * 3 and all(r["ref_words"] > 0 for r in rows)

@@ -16,6 +16,7 @@ files.
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -273,42 +274,72 @@ def _convert_and_check(module, layout, mode: str, dev_features, rep, *, sparse, 
     return result, report, latency
 
 
-def export_tier(model_or_ckpt, model_config, tier_name: str, tier: im.TierSpec, out_dir: str,
-                quantization: str, dev_features: Sequence[np.ndarray], *, data_config=None,
-                cmvn: tuple[np.ndarray, np.ndarray] | None = None, tokenizer=None,
-                references: Sequence[str] | None = None, levels: Sequence[float] | None = None,
-                survival=None, block: int | str = 1, sparse: str = "auto", calib_utterances: int = 20,
-                calib_per_signature: int = 300, latency_runs: int = 50,
-                enforce_parity: bool = True, series: str = "omni",
-                calib_features: Sequence[np.ndarray] | None = None,
-                int8_keep_float: Sequence[str] = convert_lib.INT8_KEEP_FLOAT,
-                max_wer_rel_increase: float = parity_lib.MAX_WER_REL_INCREASE,
-                auto_modes: Sequence[str] = convert_lib.QUANT_MODES) -> dict[str, Any]:
-    """Builds, converts, checks and writes one tier; returns its manifest (also ``manifest.json``).
+@dataclasses.dataclass(frozen=True)
+class ExportOptions:
+    """How a tier is converted, checked, timed and labelled.
 
-    Args:
-      model_or_ckpt: an in-memory Transducer (not modified) or a checkpoint dir/prefix.
-      model_config: the model preset used to build it.
-      tier: None (the masks currently applied), a uniform level index, or {kernel_name: level_index}.
-      quantization: one of ``convert.QUANT_MODES``, or ``"auto"``: every mode of ``auto_modes`` is
-        converted, checked and timed, and ``select_quantization`` picks the file to write; the manifest's
-        ``auto`` records every candidate's bytes, parity and latency and why the choice was made.
-      dev_features: CMVN-normalized features [T, 80] per dev utterance (parity, calibration, latency).
-      tokenizer / references: for WER (Keras vs TFLite); ``tokenizer.model_path`` is copied as spm.model.
-      series: report/Pareto series name ("omni", "individually-pruned", ...).
-      calib_utterances / calib_per_signature: int8 calibration = the streaming loop over the first
-        ``calib_utterances`` of ``calib_features`` (default: ``dev_features``), at most
-        ``calib_per_signature`` samples per signature.
-      int8_keep_float: op groups int8 keeps float (``convert.INT8_FLOAT_GROUPS``).
-      max_wer_rel_increase: parity gate of float16 / int8 modes (relative WER increase).
+    quantization: one of ``convert.QUANT_MODES``, or ``"auto"``: every mode of ``auto_modes`` is converted,
+    checked and timed, and ``select_quantization`` picks the file to write (the manifest's ``auto`` records
+    every candidate); sparse: sparse tensor encoding (auto | never | always); series: report/Pareto series
+    name ("omni", "individually-pruned", ...); calib_utterances / calib_per_signature: int8 calibration =
+    the streaming loop over the first ``calib_utterances`` of the calibration features, at most
+    ``calib_per_signature`` samples per signature; latency_runs: timed calls per signature; enforce_parity:
+    raise ``ParityError`` (and write nothing) on a failed parity check; int8_keep_float: op groups int8
+    keeps float (``convert.INT8_FLOAT_GROUPS``); max_wer_rel_increase: the parity gate of float16 / int8
+    modes (relative WER increase).
+    """
+
+    quantization: str = "dynamic_int8"
+    sparse: str = "auto"
+    series: str = "omni"
+    calib_utterances: int = 20
+    calib_per_signature: int = 300
+    latency_runs: int = 50
+    enforce_parity: bool = True
+    int8_keep_float: tuple[str, ...] = tuple(convert_lib.INT8_KEEP_FLOAT)
+    max_wer_rel_increase: float = parity_lib.MAX_WER_REL_INCREASE
+    auto_modes: tuple[str, ...] = tuple(convert_lib.QUANT_MODES)
+
+
+@dataclasses.dataclass(frozen=True)
+class ParitySet:
+    """The utterances a tier is checked, calibrated and timed on, and the front-end it records.
+
+    features: CMVN-normalized features ``[T, 80]`` per utterance (parity, latency; calibration unless
+    ``calib_features``); references / tokenizer: for WER (Keras vs TFLite), ``tokenizer.model_path`` is
+    copied as spm.model; data_config / cmvn: the front-end written to the manifest.
+    """
+
+    features: Sequence[np.ndarray]
+    references: Sequence[str] | None = None
+    tokenizer: Any = None
+    calib_features: Sequence[np.ndarray] | None = None
+    data_config: Any = None
+    cmvn: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def export_tier(baked: im.BakedTier, tier_name: str, out_dir: str, data: ParitySet,
+                options: ExportOptions = ExportOptions()) -> dict[str, Any]:
+    """Converts, checks and writes one tier (``<out_dir>/<tier_name>/``); returns its manifest.
+
+    ``baked``: ``inference_model.bake_supernet(supernet, tier)`` (a trained supernet) or
+    ``inference_model.bake(model, model_config, tier, ...)``.
     Raises:
       ParityError (nothing written) when TFLite disagrees with Keras beyond the thresholds in parity.py
       (with ``auto``: when no mode passes).
       ValueError (before any work) when ``tier_name`` is not a safe name (``omni_tf.fileio.check_name``).
     """
     fileio.check_name(tier_name, "tier name")
-    module = im.build_inference_module(model_or_ckpt, model_config, tier, levels=levels, survival=survival,
-                                       block=block)
+    module, model_config, tier, levels, block = (baked.module, baked.model_config, baked.tier, baked.levels,
+                                                 baked.block)
+    dev_features, references, tokenizer = data.features, data.references, data.tokenizer
+    calib_features, data_config, cmvn = data.calib_features, data.data_config, data.cmvn
+    o = options
+    quantization, sparse, series, enforce_parity = o.quantization, o.sparse, o.series, o.enforce_parity
+    calib_utterances, calib_per_signature, latency_runs = o.calib_utterances, o.calib_per_signature, \
+        o.latency_runs
+    int8_keep_float, max_wer_rel_increase, auto_modes = list(o.int8_keep_float), o.max_wer_rel_increase, \
+        o.auto_modes
     layout = module.describe()
     modes = list(auto_modes) if quantization == AUTO else [quantization]
     rep, calib = None, None

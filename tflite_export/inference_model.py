@@ -1,6 +1,7 @@
 """Clean streaming inference module for one device tier: masks baked in, state explicit.
 
-From a trained Transducer (in memory, or a ``tf.train.Checkpoint`` directory) and a tier spec, builds a
+From a Transducer (in memory; a trained one through ``bake_supernet`` of a restored
+``omni_tf.supernet.Supernet``) and a tier spec, builds a
 ``tf.Module`` with three ``tf.function`` signatures (batch 1; D = d_model, P = predictor hidden, V = vocab):
 
 - ``encode(features_chunk [1, chunk_frames + lookahead_frames, 80], cache_<k>...)``
@@ -306,67 +307,63 @@ class StreamingInferenceModule(tf.Module):
                 "predictor_state": [s.as_json() for s in self.predictor_state]}
 
 
-def load_checkpoint(model_config, ckpt_path: str, levels: tuple[float, ...] | None = None,
-                    block: int | str = 1):
-    """``build_model(model_config)`` restored from a training checkpoint (dir or prefix).
+@dataclasses.dataclass(frozen=True)
+class BakedTier:
+    """What ``bundle.export_tier`` exports: the tier module plus what its manifest records.
 
-    The training checkpoint (``omni_tf.training.checkpoint``) is ``tf.train.Checkpoint(model=...,
-    masks=SupernetMasks, optimizer=..., counters=..., progress=...)``. With ``levels`` the survival levels are
-    restored too (returned as ``{kernel_name: int8 [in, out]}``); a checkpoint without masks (mode dense)
-    gives None. Returns (model, survival | None).
+    ``tier``: None (the masks applied when baked), a uniform level index, or ``{kernel_name: level}``;
+    ``levels``: the level set (None if unknown); ``block``: the ranking block (e.g. "1x4").
     """
-    from omni_tf.model import build_model  # noqa: PLC0415
-    from omni_tf.training.checkpoint import resolve_checkpoint  # noqa: PLC0415
 
-    model = build_model(model_config)
-    _ensure_built(model)
-    prefix = resolve_checkpoint(ckpt_path)  # newest readable; FileNotFoundError / CheckpointError
-    objects = {"model": model}
-    masks = None
-    if levels is not None:
-        from omni_tf.sparsity.masking import SupernetMasks  # noqa: PLC0415
-
-        masks = SupernetMasks(model, levels, block)
-        objects["masks"] = masks
-    status = tf.train.Checkpoint(**objects).restore(prefix).expect_partial()
-    try:
-        status.assert_existing_objects_matched()
-    except AssertionError as e:
-        if masks is None:
-            raise ValueError(f"checkpoint {prefix} does not match this model config: {e}") from e
-        tf.train.Checkpoint(model=model).restore(prefix).expect_partial().assert_existing_objects_matched()
-        masks = None  # a dense checkpoint: no survival levels saved
-    names = {n for n, _ in model.prunable_kernels()}
-    reader = tf.train.load_checkpoint(prefix)
-    has_masks = any(k.startswith("masks/") for k in reader.get_variable_to_shape_map())
-    survival = masks.survival_arrays() if masks is not None and has_masks else None
-    if survival is not None and set(survival) != names:
-        raise ValueError(f"checkpoint {prefix}: survival levels do not cover the model's kernels")
-    return model, survival
+    module: StreamingInferenceModule
+    model_config: Mapping[str, Any]
+    tier: TierSpec
+    levels: tuple[float, ...] | None
+    block: str
 
 
-def build_inference_module(model_or_ckpt, model_config, tier: TierSpec = None,
+def bake(model, model_config, tier: TierSpec = None, levels: tuple[float, ...] | None = None,
+         survival: Mapping[str, np.ndarray] | None = None, block: int | str = 1,
+         clone: bool = True) -> BakedTier:
+    """``build_inference_module`` plus the facts a manifest needs (see ``BakedTier``)."""
+    module = build_inference_module(model, model_config, tier, levels, survival, block, clone)
+    return BakedTier(module, dict(model_config), tier, tuple(levels) if levels else None, str(block))
+
+
+def bake_supernet(supernet, tier) -> BakedTier:
+    """The tier module of a (restored) ``omni_tf.supernet.Supernet``.
+
+    ``tier``: a level index, a ``TierSpec`` (level, or sparsity of the level set) or ``{kernel: level}``,
+    validated by ``Supernet.tier``; the survival levels are the supernet's (as trained, not recomputed).
+    A mode-dense supernet has one tier: its model as is.
+    """
+    if supernet.masks is None:
+        supernet.tier(tier)  # validates: level 0 only
+        return bake(supernet.model, supernet.model_config, None, block=supernet.settings.block)
+    config = supernet.tier(tier)
+    if not isinstance(tier, Mapping):  # uniform: recorded as a level index in the manifest
+        config = next(iter(config.values()))
+    structured = supernet.masks.granularity == "structured"  # sliced: the masks object, not its arrays
+    return bake(supernet.model, supernet.model_config, config, supernet.levels,
+                supernet.masks if structured else supernet.masks.survival_arrays(), supernet.settings.block)
+
+
+def build_inference_module(model, model_config, tier: TierSpec = None,
                            levels: tuple[float, ...] | None = None,
                            survival: Mapping[str, np.ndarray] | None = None, block: int | str = 1,
                            clone: bool = True) -> StreamingInferenceModule:
-    """Tier module from a Transducer or checkpoint path; ``tier`` as in ``kernel_masks_for_tier``.
+    """Tier module from a Transducer; ``tier`` as in ``kernel_masks_for_tier``.
 
     ``survival`` may also be a ``SupernetMasks`` (its ``survival_arrays()`` are used); one of granularity
     ``structured`` makes a sliced tier (``slice_model``; ``tier`` is a level index or ``{group: level}``).
+    To export a trained checkpoint, restore it with ``omni_tf.supernet.Supernet.restore`` and use
+    ``bake_supernet``.
     """
     if getattr(survival, "granularity", "weights") == "structured":
-        if isinstance(model_or_ckpt, str):
-            raise ValueError("structured tiers: pass the restored model with its SupernetMasks, not a path")
-        return StreamingInferenceModule(slice_model(model_or_ckpt, model_config, survival, tier))
+        return StreamingInferenceModule(slice_model(model, model_config, survival, tier))
     if survival is not None and hasattr(survival, "survival_arrays"):
         survival = survival.survival_arrays()
-    if isinstance(model_or_ckpt, str):
-        model, restored_survival = load_checkpoint(model_config, model_or_ckpt, levels, block)
-        survival = survival if survival is not None else restored_survival
-        clone = False  # freshly built, ours to modify
-    else:
-        model = model_or_ckpt
-        _ensure_built(model)
+    _ensure_built(model)
     masks = kernel_masks_for_tier(model, tier, levels=levels, survival=survival, block=_block_size(block))
     if clone:
         model = clone_with_masks(model, model_config, masks)

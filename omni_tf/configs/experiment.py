@@ -2,19 +2,29 @@
 
 Use with ``config_flags.DEFINE_config_file("config", "omni_tf/configs/experiment.py:tiny", lock_config=True)``
 and override fields on the command line, e.g. ``--config.training.max_steps=100``.
-``get_config("tiny,smoke")`` is the runlocal-style smoke variant (a few steps, small batches);
+``get_config("tiny,smoke")`` is the runlocal-style smoke variant (a few steps, small batches); an unknown
+variant raises with the known ones;
 ``get_config("paper,librispeech")`` is the LibriSpeech 960 h schedule (``recipes/librispeech/run.py``);
 ``get_config("tiny,demo")`` is the ~20-minute 2-core synthetic demo (``recipes/synthetic/run_demo.py``;
 measurements behind every value in docs/TUNING.md).
 """
+import copy
+import os
+
 import ml_collections
 
 from omni_tf.configs import data, model, sparsity, training
 
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
-    parts = [p for p in (arg or "tiny").split(",") if p]
-    preset = parts[0]
+    """``"<preset>[,<variant>...]"``: a model preset (``model.PRESETS``) and variants (``VARIANTS``,
+    applied in that dict's order). Raises ValueError naming the known presets / variants."""
+    parts = [p.strip() for p in (arg or "tiny").split(",") if p.strip()]
+    preset, variants = parts[0], parts[1:]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown config variant(s) {unknown} in {arg!r}; known variants: "
+                         f"{sorted(VARIANTS)}")
     c = ml_collections.ConfigDict()
     c.preset = preset
     c.model = model.get_preset(preset)
@@ -23,26 +33,47 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.training = training.get_config()
     c.paths = ml_collections.ConfigDict()
     c.paths.manifest_dir = ""  # holds train.tsv / dev.tsv / test.tsv, cmvn.json, spm.model
-    c.paths.train_manifest = ""
-    c.paths.dev_manifest = ""
+    c.paths.train_manifest = ""  # default <manifest_dir>/train.tsv; comma-separated for several
+    c.paths.dev_manifest = ""  # default <manifest_dir>/dev.tsv (search fitness, int8 calibration)
+    c.paths.test_manifest = ""  # default <manifest_dir>/test.tsv (WER tables, export parity)
     c.paths.spm_model = ""
     c.paths.cmvn = ""
-    if "librispeech" in parts[1:]:
-        _librispeech_960h(c)
-    if "demo" in parts[1:]:
-        _synthetic_demo(c)
-    if "smoke" in parts[1:]:
-        c.training.max_steps = 6
-        c.training.warmup_steps = 2
-        c.training.checkpoint_every = 3
-        c.training.summary_every = 1
-        c.training.log_every = 1
-        c.sparsity.begin_step = 1
-        c.sparsity.end_step = 4
-        c.sparsity.frequency = 1
-        c.data.batch_size = 4
-        c.data.max_frames_per_batch = 4000
+    for name, apply in VARIANTS.items():  # fixed order: smoke last, whatever the order given
+        if name in variants:
+            apply(c)
     return c
+
+
+def with_data_dir(config: ml_collections.ConfigDict, data_dir: str, train: str = "", dev: str = "",
+                  test: str = "") -> ml_collections.ConfigDict:
+    """A copy of ``config`` reading manifests, CMVN and SentencePiece model from a prepared ``data_dir``.
+
+    ``train`` / ``dev`` / ``test``: manifest file names in ``data_dir`` (comma-separated for several);
+    empty keeps ``<data_dir>/<split>.tsv``. The one place a recipe's ``--data_dir`` enters the config; an
+    empty ``data_dir`` keeps the config's paths.
+    """
+    c = copy.deepcopy(config)
+    if not data_dir:
+        return c
+    with c.unlocked():
+        c.paths.manifest_dir = data_dir
+        for field, names in (("train_manifest", train), ("dev_manifest", dev), ("test_manifest", test)):
+            c.paths[field] = ",".join(os.path.join(data_dir, n) for n in names.split(",")) if names else ""
+    return c
+
+
+def _smoke(c: ml_collections.ConfigDict) -> None:
+    """A few steps with small batches (tests, a first try on a new machine)."""
+    c.training.max_steps = 6
+    c.training.warmup_steps = 2
+    c.training.checkpoint_every = 3
+    c.training.summary_every = 1
+    c.training.log_every = 1
+    c.sparsity.begin_step = 1
+    c.sparsity.end_step = 4
+    c.sparsity.frequency = 1
+    c.data.batch_size = 4
+    c.data.max_frames_per_batch = 4000
 
 
 def _librispeech_960h(c: ml_collections.ConfigDict) -> None:
@@ -65,6 +96,8 @@ def _librispeech_960h(c: ml_collections.ConfigDict) -> None:
     c.sparsity.frequency = 1000
     c.sparsity.sampler = "sandwich"
     c.sparsity.subnets_per_step = 1
+    c.sparsity.search_population = 32
+    c.sparsity.search_generations = 20
 
 
 def _synthetic_demo(c: ml_collections.ConfigDict) -> None:
@@ -83,7 +116,6 @@ def _synthetic_demo(c: ml_collections.ConfigDict) -> None:
     c.model.vocab_size = 30  # char level: run_demo trains a unigram SentencePiece of this size
     c.model.dropout = 0.0
     c.data.specaugment = False
-    c.data.demo_utterances = 8000  # read by run_demo (corpus size; 7200 train utterances, 5.4 h)
     c.training.max_steps = 2500  # cosine horizon, or --max_minutes when it binds first (1.3-4.8 steps/s seen)
     c.training.warmup_steps = 100
     c.training.learning_rate = 3e-3
@@ -95,3 +127,6 @@ def _synthetic_demo(c: ml_collections.ConfigDict) -> None:
     c.sparsity.begin_step = 1000
     c.sparsity.end_step = 2000
     c.sparsity.frequency = 80
+
+
+VARIANTS = {"librispeech": _librispeech_960h, "demo": _synthetic_demo, "smoke": _smoke}

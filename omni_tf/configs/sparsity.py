@@ -1,4 +1,5 @@
-"""Supernet config: sparsity set, schedule, sampler."""
+"""Supernet config: sparsity set, schedule, sampler, search; every field is read once, by
+``omni_tf.supernet.SparsitySettings``."""
 import ml_collections
 
 
@@ -20,13 +21,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.distill_mode = "add"  # add: label + w*KD | replace: w*KD | mix: (1-w)*label + w*KD
     c.distill_norm = "nodes"  # KD scale: nodes (mean KL per lattice node) | sequence (x (T' + U))
     c.target_sparsity = 0.7  # mode=pruned: the individually-pruned baseline's level
-    c.norm = "l2"  # block score for blocks > 1: l2 | l1
+    c.norm = "l2"  # score of a block (blocks > 1) when ranking: l2 | l1
     c.dense_warmup = True  # omni: train only the dense model before begin_step
     c.random_kind = "per_layer"  # sandwich's random subnets: per_layer | uniform
-    # evolutionary search (search.py)
-    c.search_metric = "int8_sparse_bytes"  # size.py metric the budgets are in
-    c.search_population = 32
-    c.search_generations = 20
+    # evolutionary search of per-layer tiers (sparsity/search.py; the search, export and end-to-end recipes)
+    c.search_metric = "auto"  # size.py metric of tier budgets; auto: the export quantization's (supernet.py)
+    c.search_population = 12  # fitness evaluations per tier <= population * (generations + 1)
+    c.search_generations = 6
     c.search_mutation_prob = 0.1
     c.search_seed = 0
     return c

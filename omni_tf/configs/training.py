@@ -29,6 +29,5 @@ def get_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.summary_every = 25
     c.log_every = 25
-    c.eval_every = 0
     c.seed = 0
     return c

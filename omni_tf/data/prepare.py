@@ -89,9 +89,13 @@ def _train_cmvn(scans: dict[str, librispeech.SplitScan], trains: list[str], max_
 
 def run(librispeech_dir: str, out_dir: str, splits: list[str] | None = None,
         train_split: list[str] | None = None, min_duration_s: float | None = None, check: str = "full",
-        num_workers: int = 2, cmvn_max_utterances: int = 0, strict: bool = False, convert_audio: bool = False
-        ) -> dict[str, librispeech.SplitScan]:
+        num_workers: int = 2, cmvn_max_utterances: int = 0, strict: bool = False, convert_audio: bool = False,
+        add_splits: bool = False) -> dict[str, librispeech.SplitScan]:
     """Writes ``<split>.tsv``, reports and ``cmvn.json`` into ``out_dir``; returns the scans.
+
+    ``add_splits``: add these splits to a prepared ``out_dir`` (e.g. an extra test split from another
+    corpus): the files of its previous prepare that this one does not rewrite (other manifests, their
+    reports, ``cmvn.json``) are kept and listed in the new completion record; without it they are removed.
 
     ``convert_audio``: accept audio that is not 16 kHz mono (down-mixed and resampled when decoded; listed
     per file under ``converted`` in the reports) instead of reporting it as bad.
@@ -116,7 +120,7 @@ def run(librispeech_dir: str, out_dir: str, splits: list[str] | None = None,
             "min_duration_s": min_duration_s, "check": check, "cmvn_max_utterances": cmvn_max_utterances,
             "convert_audio": convert_audio}
     with fileio.DirLock(out_dir):
-        scans = _write_prepared(librispeech_dir, out_dir, splits, trains, spec, num_workers)
+        scans = _write_prepared(librispeech_dir, out_dir, splits, trains, spec, num_workers, add_splits)
     bad = [p for s in scans.values() for p in s.problems]
     if strict and bad:
         listed = "\n".join(f"  {p.kind}: {p.path}: {p.reason}" for p in bad[:50])
@@ -126,7 +130,7 @@ def run(librispeech_dir: str, out_dir: str, splits: list[str] | None = None,
 
 
 def _write_prepared(librispeech_dir: str, out_dir: str, splits: list[str], trains: list[str], spec: dict,
-                    num_workers: int) -> dict[str, librispeech.SplitScan]:
+                    num_workers: int, add_splits: bool = False) -> dict[str, librispeech.SplitScan]:
     previous = fileio.mark_incomplete(out_dir, RECORD_KIND, spec)
     scans = {split: librispeech.scan_split(os.path.join(librispeech_dir, split), check=spec["check"],
                                            min_duration_s=spec["min_duration_s"], num_workers=num_workers,
@@ -149,10 +153,13 @@ def _write_prepared(librispeech_dir: str, out_dir: str, splits: list[str], train
         print(f"cmvn.json: {frames} frames from {trains}", flush=True)
     else:
         logging.warning("no train split among %s (or it has no usable rows): cmvn.json not written", splits)
-    for stale in set(previous) - set(written):  # an older prepare's files do not describe this one
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(os.path.join(out_dir, stale))
-    if "cmvn.json" not in written and os.path.exists(cmvn):
-        os.remove(cmvn)
+    if add_splits:  # the previous prepare's other files stay part of the prepared set
+        written += [f for f in previous if f not in written and os.path.exists(os.path.join(out_dir, f))]
+    else:
+        for stale in set(previous) - set(written):  # an older prepare's files do not describe this one
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(out_dir, stale))
+        if "cmvn.json" not in written and os.path.exists(cmvn):
+            os.remove(cmvn)
     fileio.write_record(out_dir, RECORD_KIND, spec, written)
     return scans

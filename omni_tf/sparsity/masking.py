@@ -101,13 +101,6 @@ class SupernetMasks(tf.Module):
                                               name="current_sparsities",
                                               aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
 
-    @classmethod
-    def from_config(cls, model: Any, sparsity_config: Any, levels: Sequence[float]) -> SupernetMasks:
-        """From ``omni_tf.configs.sparsity`` fields (``block``, ``norm``, ``granularity``): the one place
-        that reads them; ``levels`` is the set of the training mode (``(0, target)`` for mode pruned)."""
-        return cls(model, levels, sparsity_config.block, sparsity_config.get("norm", "l2"),
-                   sparsity_config.get("granularity", "weights"))
-
     @property
     def num_kernels(self) -> int:
         """Entries of a level vector: kernels, or unit groups (structured)."""

@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from omni_tf.sparsity import levels as lv
-
 SAMPLERS = ("sandwich", "uniform", "per_layer", "fixed", "dense", "tiers", "tiers_random")
 RANDOM_KINDS = ("per_layer", "uniform")
 
@@ -211,20 +209,3 @@ def distill_weights(level_matrix: tf.Tensor, distill_weight: float | tf.Tensor) 
     ``level_matrix [M, N]`` with some level > 0, 0 for the all-level-0 (teacher) rows."""
     sparse_row = tf.reduce_any(tf.convert_to_tensor(level_matrix) > 0, axis=1)
     return tf.cast(sparse_row, tf.float32) * tf.cast(distill_weight, tf.float32)
-
-
-def sampler_for_mode(mode: str, sparsity_config, num_kernels: int, seed: int = 0) -> Sampler:
-    """The training mode's sampler: ``dense`` -> dense, ``pruned`` -> fixed at ``target_sparsity``'s level,
-    ``omni`` -> ``sparsity_config.sampler``."""
-    levels = lv.validate_levels(sparsity_config.levels)
-    if mode == "dense":
-        return make_sampler("dense", num_kernels, len(levels), seed)
-    if mode == "pruned":
-        target = lv.level_index(levels, sparsity_config.target_sparsity)
-        return make_sampler("fixed", num_kernels, len(levels), seed, target_level=target)
-    if mode == "omni":
-        kind = sparsity_config.get("random_kind", "per_layer")
-        return make_sampler(sparsity_config.sampler, num_kernels, len(levels), seed,
-                            sparsity_config.subnets_per_step, random_kind=kind, levels=levels,
-                            train_levels=tuple(sparsity_config.get("train_levels", ())))
-    raise ValueError(f"unknown training mode {mode!r}; choose dense, pruned or omni")

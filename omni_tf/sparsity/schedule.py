@@ -109,10 +109,3 @@ class LevelSchedule:
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> LevelSchedule:
         return cls(**config)
-
-    @classmethod
-    def from_sparsity_config(cls, sparsity_config: Any) -> LevelSchedule:
-        """Builds it from ``omni_tf.configs.sparsity.get_config()`` fields."""
-        return cls(levels=tuple(sparsity_config.levels), begin_step=sparsity_config.begin_step,
-                   end_step=sparsity_config.end_step, frequency=sparsity_config.frequency,
-                   power=sparsity_config.power, dense_warmup=sparsity_config.get("dense_warmup", True))

@@ -1,10 +1,11 @@
 """Evaluation and tier search on a trained supernet, as library calls (recipes and the demo use these).
 
-- ``restore_supernet(config, workdir)`` -> (model, masks) from the latest ``<workdir>/ckpt``.
+Both take a restored ``omni_tf.supernet.Supernet`` (``Supernet(config).restore(workdir)``).
 - ``evaluate_levels(...)``: WER / CER (greedy, or beam) for every uniform level and for given per-kernel
   configs, with size estimates; writes ``<out_dir>/eval_<split>.json`` and ``.md``.
 - ``search_tiers(...)``: per budget (``size.py`` metric), evolutionary search (``sparsity/search.py``) of
-  per-kernel levels with dev-subset RNN-T loss (fast) or WER as fitness; the best config per tier is compared
+  per-kernel levels with dev-subset RNN-T loss (fast) or WER as fitness (population, generations, mutation,
+  seed from ``config.sparsity.search_*``); the best config per tier is compared
   with the uniform config of the same budget; writes ``tier_<name>.json`` + ``search.json`` / ``search.md``.
 References are the decoded label tokens of each batch (the pipeline carries tokens, not text).
 """
@@ -15,36 +16,15 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import ml_collections
 import numpy as np
 import tensorflow as tf
 
 from omni_tf import decoding, metrics
 from omni_tf.losses.rnnt import rnnt_loss
-from omni_tf.model import build_model
 from omni_tf.sparsity import search, size
-from omni_tf.sparsity.masking import SupernetMasks
-from omni_tf.training.checkpoint import CKPT_SUBDIR, resolve_checkpoint
+from omni_tf.supernet import Supernet
 
 Batch = dict[str, np.ndarray]
-
-
-def supernet_levels(config: ml_collections.ConfigDict) -> tuple[float, ...]:
-    """The level set the checkpoint's survival tensors index: ``(0, target)`` for mode pruned."""
-    if config.training.mode == "pruned":
-        return (0.0, float(config.sparsity.target_sparsity))
-    return tuple(config.sparsity.levels)
-
-
-def restore_supernet(config: ml_collections.ConfigDict, workdir: str, checkpoint: str | None = None):
-    """(model, masks) with weights and survival levels of ``checkpoint`` (default: the newest readable one in
-    ``<workdir>/ckpt``, see ``checkpoint.resolve_checkpoint``: FileNotFoundError / CheckpointError)."""
-    path = resolve_checkpoint(checkpoint or os.path.join(workdir, CKPT_SUBDIR))
-    model = build_model(config.model)
-    model.build()
-    masks = SupernetMasks.from_config(model, config.sparsity, supernet_levels(config))
-    tf.train.Checkpoint(model=model, masks=masks).restore(path).expect_partial()
-    return model, masks
 
 
 def load_batches(dataset: tf.data.Dataset, max_batches: int = 0) -> list[Batch]:
@@ -88,38 +68,48 @@ class LossEvaluator:
         return total / max(1, sum(len(b["ids"]) for b in self.batches))
 
 
-def size_model_of(model, masks: SupernetMasks) -> size.SizeModel:
-    return size.SizeModel.from_masks(masks, size.count_other_params(model))
-
-
 def _row(name: str, config: Mapping[str, int], masks, sizes: size.SizeModel, model, batches, tokenizer,
          beam: int) -> dict[str, Any]:
-    masks.apply(config)
+    if masks is not None:
+        masks.apply(config)
     ids, refs, hyps = transcribe(model, batches, tokenizer, beam)
     w, c = metrics.corpus_counts(refs, hyps, "word"), metrics.corpus_counts(refs, hyps, "char")
     return {"name": name, "wer": w.rate, "cer": c.rate, "word_errors": w.errors,
             "ref_words": w.reference_units, "utterances": len(ids), **sizes.report(config)}
 
 
-def evaluate_levels(model, masks: SupernetMasks, batches: Sequence[Batch], tokenizer,
+def evaluate_levels(supernet: Supernet, batches: Sequence[Batch], tokenizer,
                     configs: Mapping[str, Mapping[str, int]] | None = None, beam: int = 0,
                     out_dir: str | None = None, split: str = "dev") -> list[dict[str, Any]]:
-    """One row per uniform level (``uniform_<sparsity>``) and per named config: WER, CER, sizes."""
-    sizes = size_model_of(model, masks)
-    named = {f"uniform_{masks.levels[k]:.2f}": sizes.uniform_config(k) for k in range(masks.num_levels)}
-    named.update(configs or {})
+    """One row per uniform level (``uniform_<sparsity>``; mode dense: ``uniform_0.00``, the model as is) and
+    per named config: WER, CER, sizes. Raises ValueError for a config that is not a valid tier.
+    """
+    model, masks = supernet.model, supernet.masks
+    sizes = supernet.size_model()
+    configs = {name: supernet.tier(cfg) for name, cfg in (configs or {}).items()}
+    levels = supernet.levels or (0.0,)
+    named = {f"uniform_{levels[k]:.2f}": sizes.uniform_config(k) for k in range(len(levels))}
+    named.update(configs)
     rows = [_row(n, cfg, masks, sizes, model, batches, tokenizer, beam) for n, cfg in named.items()]
-    masks.apply_uniform(0)
+    if masks is not None:
+        masks.apply_uniform(0)
     if out_dir:
         write_table(rows, out_dir, f"eval_{split}", ["name", "wer", "cer", "utterances", "nonzero_params",
                                                      "int8_sparse_bytes"])
     return rows
 
 
-def search_tiers(model, masks: SupernetMasks, batches: Sequence[Batch], budgets: Mapping[str, float],
-                 metric: str = "int8_sparse_bytes", fitness: str = "loss", tokenizer=None,
-                 out_dir: str | None = None, **search_kwargs: Any) -> dict[str, dict[str, Any]]:
-    """Best per-kernel config per ``{tier: budget}`` (in ``metric`` units) and its uniform baseline."""
+def search_tiers(supernet: Supernet, batches: Sequence[Batch], budgets: Mapping[str, float], metric: str,
+                 fitness: str = "loss", tokenizer=None, out_dir: str | None = None
+                 ) -> dict[str, dict[str, Any]]:
+    """Best per-kernel config per ``{tier: budget}`` (in ``metric`` units) and its uniform baseline.
+
+    The search's population, generations, mutation probability and seed are the supernet's
+    ``settings.search_*`` (``config.sparsity``).
+    """
+    model, masks = supernet.model, supernet.masks
+    if masks is None:
+        raise ValueError("search_tiers needs a supernet with levels (mode omni or pruned), not mode dense")
     if fitness == "loss":
         evaluate = LossEvaluator(model, batches)
     elif fitness == "wer":
@@ -131,9 +121,8 @@ def search_tiers(model, masks: SupernetMasks, batches: Sequence[Batch], budgets:
             return metrics.wer(refs, hyps)
     else:
         raise ValueError(f"fitness must be 'loss' or 'wer', got {fitness!r}")
-    sizes = size_model_of(model, masks)
-    results = search.search_budgets(search.masked_fitness(masks, evaluate), sizes, budgets, metric=metric,
-                                    **search_kwargs)
+    results = search.search_budgets(search.masked_fitness(masks, evaluate), supernet.size_model(), budgets,
+                                    metric=metric, **supernet.settings.search_kwargs())
     masks.apply_uniform(0)
     out = {tier: {**r.to_dict(), "fitness_kind": fitness} for tier, r in results.items()}
     if out_dir:

@@ -18,6 +18,7 @@ dense warm-up: the individually pruned baseline), ``omni`` (the supernet; ``conf
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -32,17 +33,14 @@ from absl import logging
 
 from omni_tf.losses.ctc import CtcHead
 from omni_tf.losses.rnnt import rnnt_loss
-from omni_tf.model import build_model
 from omni_tf.sparsity import sampling
-from omni_tf.sparsity.masking import SupernetMasks
-from omni_tf.sparsity.schedule import LevelSchedule
+from omni_tf.supernet import Supernet
 from omni_tf.training import optim, pretrained, summaries
 from omni_tf.training.checkpoint import CheckpointKeeper, TrainCounters
 from omni_tf.training.progress import TrainingProgress
 from omni_tf.training.sources import ManifestSource
 from omni_tf.training.step import TrainStep
 
-MODES = ("dense", "pruned", "omni")
 STRATEGIES = ("one_device", "mirrored", "multi_worker")
 
 
@@ -72,22 +70,50 @@ def make_strategy(training_config: ml_collections.ConfigDict) -> tf.distribute.S
 
 
 # -- phase 2: state -----------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class LoopSettings:
+    """The ``config.training`` fields the loop itself reads (the optimizer's are read by ``optim``, the
+    strategy's by ``make_strategy``, mode and seed by ``Supernet``)."""
+
+    max_steps: int
+    max_minutes: float
+    clip_norm: float
+    grad_accum_steps: int
+    mixed_precision: bool
+    checkpoint_every: int
+    keep_checkpoints: int
+    summary_every: int
+    log_every: int
+    max_consecutive_skips: int
+    ctc_weight: float
+    init_from: str
+
+    @classmethod
+    def from_config(cls, t: ml_collections.ConfigDict) -> LoopSettings:
+        return cls(max_steps=int(t.max_steps), max_minutes=float(t.max_minutes), clip_norm=float(t.clip_norm),
+                   grad_accum_steps=max(1, int(t.grad_accum_steps)), mixed_precision=bool(t.mixed_precision),
+                   checkpoint_every=max(1, int(t.checkpoint_every)), keep_checkpoints=int(t.keep_checkpoints),
+                   summary_every=max(1, int(t.summary_every)), log_every=max(1, int(t.log_every)),
+                   max_consecutive_skips=int(t.max_consecutive_skips), ctc_weight=float(t.ctc_weight),
+                   init_from=str(t.init_from))
+
+
 class TrainState:
-    """Everything a checkpoint holds, built under the strategy scope."""
+    """Everything a checkpoint holds: the ``Supernet`` (model, survival levels, level set) plus optimizer,
+    counters, progress clock and the training-only CTC head; model, head and optimizer are built under the
+    strategy scope."""
 
     def __init__(self, config: ml_collections.ConfigDict, strategy: tf.distribute.Strategy):
-        t, sp = config.training, config.sparsity
-        if t.mode not in MODES:
-            raise ValueError(f"training.mode must be one of {MODES}, got {t.mode!r}")
-        self.mixed = bool(t.mixed_precision) and bool(tf.config.list_logical_devices("GPU"))
-        if t.mixed_precision and not self.mixed:
+        self.settings = s = LoopSettings.from_config(config.training)
+        self.mixed = s.mixed_precision and bool(tf.config.list_logical_devices("GPU"))
+        if s.mixed_precision and not self.mixed:
             logging.warning("training.mixed_precision ignored: no GPU (float16 is off on CPU)")
         keras.mixed_precision.set_global_policy("mixed_float16" if self.mixed else "float32")
-        keras.utils.set_random_seed(int(t.seed))  # same initial weights in every process and on restart
-        self.ctc_weight = float(t.get("ctc_weight", 0.0))
+        self.supernet = Supernet(config, strategy)
+        self.model, self.masks = self.supernet.model, self.supernet.masks
+        self.schedule, self.sampler = self.supernet.schedule, self.supernet.sampler
+        self.ctc_weight = s.ctc_weight
         with strategy.scope():
-            self.model = build_model(config.model)
-            self.model.build()
             # Training-only auxiliary CTC head (omni_tf/losses/ctc.py), built after the model so the model's
             # seeded initial weights are the same with and without it.
             self.ctc_head = (CtcHead(config.model.d_model, config.model.vocab_size) if self.ctc_weight
@@ -96,42 +122,21 @@ class TrainState:
             if self.ctc_head is not None:
                 self.ctc_head.build()
                 head_vars = self.ctc_head.trainable_variables
-            self.progress = TrainingProgress(t.max_steps, t.max_minutes)
-            self.optimizer = optim.make_optimizer(t, self.progress, loss_scale=self.mixed)
+            self.progress = TrainingProgress(s.max_steps, s.max_minutes)
+            self.optimizer = optim.make_optimizer(config.training, self.progress, loss_scale=self.mixed)
             self.optimizer.build(self.model.trainable_variables + head_vars)
             self.counters = TrainCounters()
-        # Survival levels are plain local variables, outside the scope: MultiWorkerMirrored cannot broadcast
-        # int8 initial values, and they are only read/written in cross-replica context. Every worker computes
-        # the same rankings from the same (mirrored) kernels.
-        self.masks = None
-        if t.mode != "dense":
-            levels = (0.0, float(sp.target_sparsity)) if t.mode == "pruned" else tuple(sp.levels)
-            self.masks = SupernetMasks.from_config(self.model, sp, levels)
-        self.schedule = None
-        if self.masks is not None:
-            self.schedule = LevelSchedule(self.masks.levels, sp.begin_step, sp.end_step, sp.frequency,
-                                          sp.power, sp.get("dense_warmup", True))
 
-    def trackables(self) -> dict[str, Any]:
-        # A LossScaleOptimizer saves like its Adam plus a "loss_scale" child (current scale, good steps).
-        objs = {"model": self.model, "optimizer": self.optimizer, "counters": self.counters,
-                "progress": self.progress}
-        if self.masks is not None:
-            objs["masks"] = self.masks
+    def extra_objects(self) -> dict[str, Any]:
+        """The checkpointed objects beyond the supernet's. A LossScaleOptimizer saves like its Adam plus a
+        "loss_scale" child (current scale, good steps)."""
+        objs = {"optimizer": self.optimizer, "counters": self.counters, "progress": self.progress}
         if self.ctc_head is not None:
             objs["ctc_head"] = self.ctc_head
         return objs
 
-
-def make_level_sampler(config: ml_collections.ConfigDict, masks: SupernetMasks | None):
-    """The subnet sampler of the mode: None (dense), fixed target level (pruned), or the omni sampler."""
-    if masks is None:
-        return None
-    t, sp = config.training, config.sparsity
-    if t.mode == "pruned":
-        return sampling.make_sampler("fixed", masks.num_kernels, masks.num_levels, t.seed, target_level=1)
-    return sampling.make_sampler(sp.sampler, masks.num_kernels, masks.num_levels, t.seed, sp.subnets_per_step,
-                                 levels=masks.levels, train_levels=tuple(sp.get("train_levels", ())))
+    def trackables(self) -> dict[str, Any]:
+        return {**self.supernet.checkpoint_objects(), **self.extra_objects()}
 
 
 def sample_levels(sampler: sampling.Sampler | None, step: int, warmup: bool, distill: bool) -> np.ndarray:
@@ -218,24 +223,22 @@ def _stop_after_skips(max_skips: int, skipped: list[tuple[int, list[str]]]) -> N
 def run(config: ml_collections.ConfigDict, workdir: str, source: DataSource,
         on_step: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
     """Trains until ``max_steps`` or ``max_minutes``; see ``train``."""
-    t = config.training
-    strategy = make_strategy(t)
+    strategy = make_strategy(config.training)
     state = TrainState(config, strategy)
-    keeper = CheckpointKeeper(workdir, state.trackables(), t.keep_checkpoints, strategy)
-    restored = _restore(keeper, state)
-    if restored is None and t.get("init_from", ""):  # a fresh run from shipped dense weights; resume wins
+    t = state.settings
+    restored, keeper = _restore(workdir, state, strategy)
+    if restored is None and t.init_from:  # a fresh run from shipped dense weights; resume wins
         n = pretrained.load_weights(state.model, pretrained.bundle_dir(t.init_from))
         logging.info("initialised %d variables from the shipped model %s", n, t.init_from)
     chief = keeper.chief
     counters, masks, clock = state.counters, state.masks, state.progress
     if restored:
         logging.info("resumed from %s at %s", restored, counters.as_dict())
-    sp = config.sparsity
+    sp = state.supernet.settings
     step_fn = TrainStep(state.model, state.optimizer, strategy, rnnt_loss, counters, masks,
-                        sp.distill_weight if t.mode == "omni" else 0.0, t.clip_norm,
-                        seed=int(t.seed), ctc_head=state.ctc_head, ctc_weight=state.ctc_weight,
-                        distill_mode=sp.get("distill_mode", "add"),
-                        distill_norm=sp.get("distill_norm", "nodes"))
+                        state.supernet.distill_weight, t.clip_norm, seed=state.supernet.seed,
+                        ctc_head=state.ctc_head, ctc_weight=state.ctc_weight, distill_mode=sp.distill_mode,
+                        distill_norm=sp.distill_norm)
     writer = summaries.SummaryWriter(workdir, enabled=chief)
     batches = _Batches(source, strategy, counters)
     # meter: the recent rate (reset at every log line and after this invocation's first step, whose time is
@@ -247,8 +250,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, source: DataSource,
     def trained_seconds() -> float:
         return _agree(strategy, seconds_before + time.monotonic() - start)
 
-    sampler = make_level_sampler(config, masks)
-    distill = t.mode == "omni" and config.sparsity.distill_weight > 0
+    sampler = state.sampler
+    distill = state.supernet.distill_weight > 0
     step = last_saved = first_step = int(counters.step.numpy())
     skipped: list[tuple[int, list[str]]] = []  # the current run of consecutive skipped updates
     ctc_infeasible = 0  # utterances (this run) whose CTC loss was masked: too few encoder frames
@@ -262,7 +265,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, source: DataSource,
                 masks.update_rankings(targets)
             warmup = bool(state.schedule.in_warmup(schedule_step))
         levels = sample_levels(sampler, step, warmup, distill)
-        micro = [batches.next() for _ in range(max(1, t.grad_accum_steps))]
+        micro = [batches.next() for _ in range(t.grad_accum_steps)]
         step_fn.element_spec = step_fn.element_spec or batches.element_spec
         out = step_fn(micro, levels)
         step += 1
@@ -278,15 +281,15 @@ def run(config: ml_collections.ConfigDict, workdir: str, source: DataSource,
             meter.reset()
         if on_step is not None:
             on_step(step, out)
-        if chief and step % max(1, t.summary_every) == 0:
+        if chief and step % t.summary_every == 0:
             _write_summaries(writer, step, out, levels, state, meter.rates())
-        if chief and step % max(1, t.log_every) == 0:
+        if chief and step % t.log_every == 0:
             r = meter.rates()
             logging.info(summaries.progress_line(
                 step, t.max_steps, float(out["loss"]), _current_lr(state), r["steps_per_s"], r["utts_per_s"],
                 float(clock.seconds.numpy()), budget_s=60.0 * t.max_minutes, progress=clock.value))
             meter.reset()
-        if step % max(1, t.checkpoint_every) == 0 and step < t.max_steps:
+        if step % t.checkpoint_every == 0 and step < t.max_steps:
             keeper.save(step)
             last_saved = step
     finalized = _finalize_rankings(state, step)
@@ -311,21 +314,24 @@ def run(config: ml_collections.ConfigDict, workdir: str, source: DataSource,
     return metrics
 
 
-def _restore(keeper: CheckpointKeeper, state: TrainState) -> str | None:
-    """Restores the newest checkpoint; one written before the progress clock existed restores without it,
-    and the clock starts at the restored step (its training time is unknown: counted as 0)."""
-    path = keeper.latest
-    if path is None or any(name.startswith("progress/") for name, _ in tf.train.list_variables(path)):
-        return keeper.restore_or_initialize()
-    legacy = {k: v for k, v in state.trackables().items() if k != "progress"}
-    try:
-        tf.train.Checkpoint(**legacy).restore(path).assert_existing_objects_matched()
-    except (AssertionError, ValueError, tf.errors.OpError) as e:
-        raise ValueError(f"checkpoint {path} does not match this model/config: {e}") from e
-    state.progress.schedule_step.assign(state.counters.step)
-    logging.warning("checkpoint %s has no progress clock (written by an older version): schedules continue "
-                    "from step %d, the time budget from 0", path, int(state.counters.step.numpy()))
-    return path
+def _restore(workdir: str, state: TrainState, strategy: tf.distribute.Strategy
+             ) -> tuple[str | None, CheckpointKeeper]:
+    """``Supernet.restore`` with the training objects (level set checked); one written before the progress
+    clock existed restores without it, and the clock starts at the restored step (its training time is
+    unknown: counted as 0). Returns (path or None, the keeper that saves every object)."""
+    extra = state.extra_objects()
+    path = CheckpointKeeper(workdir, {}, 1, strategy).latest
+    legacy = path is not None and not any(name.startswith("progress/")
+                                          for name, _ in tf.train.list_variables(path))
+    read = {k: v for k, v in extra.items() if k != "progress"} if legacy else None
+    restored, keeper = state.supernet.restore(workdir, extra, state.settings.keep_checkpoints, strategy,
+                                              required=False, read_extra=read)
+    if legacy:
+        state.progress.schedule_step.assign(state.counters.step)
+        logging.warning("checkpoint %s has no progress clock (written by an older version): schedules "
+                        "continue from step %d, the time budget from 0", restored,
+                        int(state.counters.step.numpy()))
+    return restored, keeper
 
 
 def _agree(strategy: tf.distribute.Strategy, seconds: float) -> float:

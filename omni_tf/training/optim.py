@@ -101,8 +101,9 @@ def make_schedule(training_config: Mapping) -> keras.optimizers.schedules.Learni
     if peak <= 0 or warmup < 0 or total < 1 or not 0 <= t["min_lr_ratio"] <= 1:
         raise ValueError(f"bad schedule: learning_rate={peak} warmup_steps={warmup} max_steps={total} "
                          f"min_lr_ratio={t['min_lr_ratio']}")
+    eden_steps, eden_progress = t["eden_steps"], t["eden_progress"]  # read for every decay (coverage)
     if t["decay"] == "eden":
-        return Eden(peak, t["eden_steps"], warmup, total, t["eden_progress"])
+        return Eden(peak, eden_steps, warmup, total, eden_progress)
     decay_steps = max(total - warmup, 1) if t["decay"] == "cosine" else 1
     alpha = float(t["min_lr_ratio"]) if t["decay"] == "cosine" else 1.0  # constant: floor = peak
     if warmup == 0:

@@ -17,8 +17,8 @@ import tensorflow as tf
 def _paths(config: ml_collections.ConfigDict, split: str) -> tuple[str, str, str]:
     p = config.paths
     root = p.manifest_dir
-    named = p.train_manifest if split == "train" else p.dev_manifest
-    manifest = named or os.path.join(root, f"{split}.tsv")
+    named = {"train": p.train_manifest, "dev": p.dev_manifest, "test": p.test_manifest}.get(split, "")
+    manifest = named or os.path.join(root, f"{split}.tsv")  # any other split: <manifest_dir>/<split>.tsv
     spm = p.spm_model or os.path.join(root, "spm.model")
     cmvn = p.cmvn or os.path.join(root, "cmvn.json")
     for what, path in (("manifest", manifest), ("spm model", spm), ("cmvn", cmvn)):
@@ -28,6 +28,12 @@ def _paths(config: ml_collections.ConfigDict, split: str) -> tuple[str, str, str
 
     check_prepared([*manifest.split(","), cmvn])  # refuses files of an unfinished or altered prepare
     return manifest, spm, cmvn
+
+
+def manifest_path(config: ml_collections.ConfigDict, split: str) -> str:
+    """The (first) manifest of ``split`` (train / dev / test: ``config.paths.<split>_manifest``, else
+    ``<manifest_dir>/<split>.tsv``); FileNotFoundError if it, the SentencePiece model or CMVN is missing."""
+    return _paths(config, split)[0].split(",")[0]
 
 
 class ManifestSource:

@@ -24,7 +24,9 @@ from omni_tf import fileio
 CONFIG_FILE = "config.json"
 # Dotted config fields that do not change what training computes.
 RESULT_NEUTRAL = ("training.log_every", "training.summary_every", "training.checkpoint_every",
-                  "training.keep_checkpoints", "training.eval_every", "training.device", "paths", "preset")
+                  "training.keep_checkpoints", "training.device", "paths", "preset",
+                  "sparsity.search_metric", "sparsity.search_population", "sparsity.search_generations",
+                  "sparsity.search_mutation_prob", "sparsity.search_seed")
 # The budget: a larger one continues training from the checkpoint.
 BUDGET = ("training.max_steps", "training.max_minutes")
 

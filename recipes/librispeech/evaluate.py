@@ -19,6 +19,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 import omni_tf  # noqa: F401
+from omni_tf.configs import experiment
+from omni_tf.supernet import Supernet
 from omni_tf.training import evaluation, sources
 
 FLAGS = flags.FLAGS
@@ -26,7 +28,8 @@ config_flags.DEFINE_config_file("config", "omni_tf/configs/experiment.py:tiny", 
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Training workdir (checkpoints in <workdir>/ckpt).")
 flags.DEFINE_string("data_dir", "", "Prepared directory (<split>.tsv, cmvn.json, spm.model).")
-flags.DEFINE_string("split", "dev", "Manifest <split>.tsv to evaluate.")
+flags.DEFINE_string("split", "dev", "Split to evaluate: dev / test (config.paths.<split>_manifest, default "
+                    "<data_dir>/<split>.tsv) or any <data_dir>/<split>.tsv (e.g. test-other).")
 flags.DEFINE_list("configs", [], "JSON files of {kernel: level}; each adds a row named after the file.")
 flags.DEFINE_integer("beam", 0, "Beam width; 0 = greedy.")
 flags.DEFINE_integer("max_batches", 0, "Evaluate only the first N batches (0 = all).")
@@ -44,14 +47,12 @@ def load_configs(paths: list[str]) -> dict[str, dict[str, int]]:
 
 def main(argv):
     del argv
-    config = FLAGS.config
-    with config.unlocked():
-        config.paths.manifest_dir = FLAGS.data_dir or config.paths.manifest_dir
-        config.paths.dev_manifest = os.path.join(config.paths.manifest_dir, f"{FLAGS.split}.tsv")
-    source = sources.ManifestSource(config, split="dev", training=False)
-    model, masks = evaluation.restore_supernet(config, FLAGS.workdir)
+    config = experiment.with_data_dir(FLAGS.config, FLAGS.data_dir)
+    source = sources.ManifestSource(config, split=FLAGS.split, training=False)
+    supernet = Supernet(config)
+    supernet.restore(FLAGS.workdir)
     batches = evaluation.load_batches(source.dataset(0), FLAGS.max_batches)
-    rows = evaluation.evaluate_levels(model, masks, batches, source.tokenizer, load_configs(FLAGS.configs),
+    rows = evaluation.evaluate_levels(supernet, batches, source.tokenizer, load_configs(FLAGS.configs),
                                       FLAGS.beam, FLAGS.out_dir or os.path.join(FLAGS.workdir, "eval"),
                                       FLAGS.split)
     for r in rows:

@@ -2,16 +2,21 @@
 
 Usage (from the repository root; WORK = the training workdir with ckpt/, DATA = prepared dir with
 <split>.tsv (--split, default dev), cmvn.json, spm.model):
-  python -m recipes.librispeech.export --config=omni_tf/configs/experiment.py:tiny --workdir=WORK \\
-      --data_dir=DATA --out=WORK/tflite --tiers=s0:0,s50:2,s70:4,s90:6 --quantization=dynamic_int8,float32
+  python -m recipes.librispeech.export --config=omni_tf/configs/experiment.py:tiny --workdir=WORK \
+      --data_dir=DATA --out=WORK/tflite --tiers=s0=level:0,s50=sparsity:0.5,s90=level:6 \
+      --quantization=dynamic_int8,float32
   python -m recipes.librispeech.export ... --search_json=WORK/search.json     # per-kernel configs from search
-  python -m recipes.librispeech.export ... --budgets=phone:1500000,watch:600000  # bytes -> searched config
+  python -m recipes.librispeech.export ... --budgets=phone:1500000,watch:600000  # budgets -> searched config
   python -m recipes.librispeech.export ... --budgets=phone:1500000 --nobudget_search  # -> densest uniform
-  python -m recipes.librispeech.export --config=omni_tf/configs/experiment.py:tiny --random_init \\
-      --data_dir=DATA --out=/tmp/tflite_smoke --tiers=s70:4                     # untrained smoke export
+  python -m recipes.librispeech.export --config=omni_tf/configs/experiment.py:tiny --random_init \
+      --data_dir=DATA --out=/tmp/tflite_smoke --tiers=s70=level:4                # untrained smoke export
 
-Tier ``<name>:<k>`` is the uniform level index k of ``config.sparsity.levels`` (mode pruned: levels
-(0, target)). ``--search_json`` is ``{tier: {kernel_name: level}}`` or ``{tier: {"config": {...}}}``. Output:
+``--tiers`` (the syntax of every recipe, ``recipes/tier_flags.py``): ``name=level:K`` is the uniform level
+index K of the supernet's level set (mode pruned: (0, target)), ``name=sparsity:S`` the uniform level of
+sparsity S (one of the set). ``--budgets`` are in the size metric of the (first) ``--quantization``
+(``config.sparsity.search_metric``; search population / generations: ``config.sparsity.search_*``).
+``--search_json`` is ``{tier: {kernel_name: level}}`` or ``{tier: {"config": {...}}}``. A checkpoint trained
+with another level set than ``--config`` gives is refused (the error names both). Output:
 ``<out>/<tier>_<quantization>/{model.tflite, manifest.json, spm.model, android_benchmark.sh}``, plus
 ``<out>/report.md`` and ``<out>/pareto.png`` over all tiers there. A structured supernet
 (``config.sparsity.granularity=structured``) exports sliced tiers; its configs are ``{group: level}``. A tier
@@ -30,11 +35,14 @@ from ml_collections import config_flags
 
 import omni_tf  # noqa: F401
 from omni_tf import fileio
+from omni_tf.configs import experiment
 from omni_tf.data import features as features_lib
 from omni_tf.data.librispeech import read_manifest
 from omni_tf.data.prepare import check_prepared
+from omni_tf.supernet import Supernet
 from omni_tf.text.tokenizer import Tokenizer, check_model_vocab
-from tflite_export import bundle, convert, parity
+from recipes.tier_flags import define_tiers_flag
+from tflite_export import bundle, convert, inference_model, parity
 from tflite_export.recognizer import audio_features
 
 FLAGS = flags.FLAGS
@@ -45,14 +53,12 @@ flags.DEFINE_string("data_dir", "", "Prepared directory (<split>.tsv, cmvn.json,
 flags.DEFINE_string("split", "dev", "Manifest <split>.tsv (in --data_dir) for parity, int8 calibration and "
                     "the budget search: dev for the synthetic corpus, e.g. dev-other for LibriSpeech.")
 flags.DEFINE_string("out", "", "Bundle directory (default <workdir>/tflite).")
-flags.DEFINE_list("tiers", [], "name:level_index,... (default: every level of the sparsity set).")
+define_tiers_flag([], "Uniform tiers (default: every level of the level set).", kinds=("level", "sparsity"))
 flags.DEFINE_string("search_json", "", "JSON {tier: per-kernel level config} from the search recipe.")
-flags.DEFINE_list("budgets", [], "name:budget,... in --budget_metric units (bytes), each resolved by the "
-                  "per-layer search (dev RNN-T loss) or, with --nobudget_search, the densest uniform level.")
+flags.DEFINE_list("budgets", [], "name:budget,... in the size metric of --quantization "
+                  "(sparsity.search_metric), each resolved by the per-layer search (dev RNN-T loss) or, "
+                  "with --nobudget_search, the densest uniform level.")
 flags.DEFINE_bool("budget_search", True, "Resolve --budgets by searching per-layer levels.")
-flags.DEFINE_string("budget_metric", "int8_sparse_bytes", "omni_tf/sparsity/size.py metric of --budgets.")
-flags.DEFINE_integer("search_population", 12, "Budget search: population per generation.")
-flags.DEFINE_integer("search_generations", 6, "Budget search: generations.")
 flags.DEFINE_integer("search_max_batches", 8, "Budget search: dev batches for the fitness (0 = all).")
 flags.DEFINE_list("quantization", ["dynamic_int8"], f"Any of {convert.QUANT_MODES}, or auto: per tier "
                   "the smallest file passing parity with encode latency <= 1.2x the fastest passing mode.")
@@ -69,13 +75,6 @@ flags.DEFINE_bool("random_init", False, "Export a freshly initialized model (smo
 flags.DEFINE_string("series", "omni", "Series name in the report / Pareto plot (e.g. individually-pruned).")
 
 
-def levels_and_block(config) -> tuple[tuple[float, ...], str]:
-    sp = config.sparsity
-    if config.training.mode == "pruned":
-        return (0.0, float(sp.target_sparsity)), sp.block
-    return tuple(float(s) for s in sp.levels), sp.block
-
-
 def _split_manifest(data_dir: str) -> str:
     path = os.path.join(data_dir, f"{FLAGS.split}.tsv")
     if not os.path.isfile(path):
@@ -84,56 +83,51 @@ def _split_manifest(data_dir: str) -> str:
     return path
 
 
-def searched_configs(config, budgets: dict[str, float]) -> dict[str, dict[str, int]]:
+def searched_configs(config, supernet: Supernet, budgets: dict[str, float], metric: str
+                     ) -> dict[str, dict[str, int]]:
     """{tier: per-kernel level config}: the supernet search (``omni_tf.training.evaluation``) per budget.
 
-    Fitness = RNN-T loss on the first ``--search_max_batches`` dev batches; results also go to
+    Fitness = RNN-T loss on the first ``--search_max_batches`` batches of --split; results also go to
     ``<out>/search/`` (``tier_<name>.json``, ``search.md``).
     """
     from omni_tf.training import evaluation, sources  # noqa: PLC0415
 
-    if config.training.mode == "pruned" or FLAGS.random_init:
+    if supernet.mode != "omni" or FLAGS.random_init:
         raise app.UsageError("--budgets with --budget_search needs a supernet checkpoint (mode omni)")
-    with config.unlocked():
-        config.paths.manifest_dir = FLAGS.data_dir
-        config.paths.dev_manifest = _split_manifest(FLAGS.data_dir)
     source = sources.ManifestSource(config, split="dev", training=False)
-    model, masks = evaluation.restore_supernet(config, FLAGS.workdir)
     batches = evaluation.load_batches(source.dataset(0), FLAGS.search_max_batches)
     out = FLAGS.out or os.path.join(FLAGS.workdir, "tflite")
-    found = evaluation.search_tiers(model, masks, batches, budgets, FLAGS.budget_metric, "loss",
-                                    source.tokenizer, os.path.join(out, "search"),
-                                    population=FLAGS.search_population, generations=FLAGS.search_generations,
-                                    seed=config.training.seed)
+    found = evaluation.search_tiers(supernet, batches, budgets, metric, "loss", source.tokenizer,
+                                    os.path.join(out, "search"))
     for name, r in found.items():
         logging.info("budget %s: %.0f %s -> searched config of size %.0f (uniform %.0f)", name, r["budget"],
-                     FLAGS.budget_metric, r["size"], r["uniform_size"])
+                     metric, r["size"], r["uniform_size"])
     return {name: {k: int(v) for k, v in r["config"].items()} for name, r in found.items()}
 
 
-def tier_specs(config, levels: tuple[float, ...], model, block: str, survival=None) -> dict[str, object]:
-    """{tier name: level index or per-kernel config} from --tiers / --search_json / --budgets."""
-    specs: dict[str, object] = {}
-    for item in FLAGS.tiers:
-        name, _, k = item.partition(":")
-        specs[name] = int(k)
+def tier_specs(config, supernet: Supernet) -> dict[str, object]:
+    """{tier name: TierSpec or per-kernel config} from --tiers / --search_json / --budgets."""
+    specs: dict[str, object] = dict(FLAGS.tiers)
     if FLAGS.search_json:
         with open(FLAGS.search_json) as f:
             for name, value in json.load(f).items():
                 specs[name] = {k: int(v) for k, v in value.get("config", value).items()}
     if FLAGS.budgets:
+        metrics = {supernet.budget_metric(q) for q in FLAGS.quantization}
+        if len(metrics) > 1:
+            raise app.UsageError(f"--budgets: the modes {FLAGS.quantization} size budgets in different "
+                                 f"metrics {sorted(metrics)}; export them in separate runs or set "
+                                 "--config.sparsity.search_metric")
+        metric = metrics.pop()
         budgets = {name: float(b) for name, _, b in (item.partition(":") for item in FLAGS.budgets)}
         if FLAGS.budget_search:
-            specs.update(searched_configs(config, budgets))
+            specs.update(searched_configs(config, supernet, budgets, metric))
         else:
-            from omni_tf.sparsity.size import SizeModel  # noqa: PLC0415
-
-            structured = getattr(survival, "granularity", "weights") == "structured"
-            size_model = SizeModel.from_model(model, levels, block, masks=survival if structured else None)
+            size_model = supernet.size_model()
             for name, budget in budgets.items():
-                specs[name] = size_model.uniform_level_for_budget(budget, FLAGS.budget_metric)
+                specs[name] = size_model.uniform_level_for_budget(budget, metric)
     if not specs:
-        specs = {f"s{round(100 * s)}": k for k, s in enumerate(levels)}
+        specs = {f"s{round(100 * s)}": k for k, s in enumerate(supernet.levels or (0.0,))}
     for name in specs:  # <name>_<quantization> becomes a folder and goes into android_benchmark.sh
         try:
             fileio.check_name(name, "tier name (--tiers / --search_json / --budgets)")
@@ -161,28 +155,24 @@ def dev_data(config, data_dir: str):
     return feats, [r["text"] for r in rows], tokenizer, (mean, std), calib
 
 
-def load_model(config, levels, block):
-    from omni_tf.model import build_model  # noqa: PLC0415
-    from tflite_export.inference_model import load_checkpoint  # noqa: PLC0415
-
+def load_supernet(config) -> Supernet:
+    supernet = Supernet(config)
     if FLAGS.random_init:
-        return build_model(config.model), None
+        if supernet.masks is not None:
+            supernet.masks.update_rankings()  # rank the fresh weights at the final levels
+        return supernet
     if not FLAGS.workdir:
         raise app.UsageError("give --workdir (checkpoint) or --random_init")
-    from omni_tf.training import evaluation  # noqa: PLC0415
-
-    model, masks = evaluation.restore_supernet(config, FLAGS.workdir)
-    if masks.granularity == "structured":  # tiers export sliced: survival is the masks object
-        return model, masks
-    return load_checkpoint(config.model, os.path.join(FLAGS.workdir, "ckpt"), levels, block)
+    supernet.restore(FLAGS.workdir)
+    return supernet
 
 
 def main(argv):
     del argv
     logging.set_verbosity(logging.INFO)
-    config = FLAGS.config
     if not FLAGS.data_dir:
         raise app.UsageError("give --data_dir (<split>.tsv, cmvn.json, spm.model)")
+    config = experiment.with_data_dir(FLAGS.config, FLAGS.data_dir, dev=f"{FLAGS.split}.tsv")
     out = FLAGS.out or os.path.join(FLAGS.workdir, "tflite")
     with fileio.DirLock(out):  # one export per --out at a time
         return export(config, out)
@@ -190,21 +180,19 @@ def main(argv):
 
 def export(config, out: str) -> int:
     """Every tier x quantization into ``out`` (each tier folder written whole); 1 if a tier failed parity."""
-    levels, block = levels_and_block(config)
-    feats, refs, tokenizer, cmvn, calib = dev_data(config, FLAGS.data_dir)
-    model, survival = load_model(config, levels, block)
+    feats, refs, tokenizer, cmvn, calib = dev_data(config, FLAGS.data_dir)  # checks the vocab first
+    supernet = load_supernet(config)
+    data = bundle.ParitySet(feats, refs, tokenizer, calib, config.data, cmvn)
     failed = []
-    for name, spec in tier_specs(config, levels, model, block, survival).items():
+    for name, spec in tier_specs(config, supernet).items():
+        baked = inference_model.bake_supernet(supernet, spec)
         for quant in FLAGS.quantization:
             tier = f"{name}_{quant}"
+            options = bundle.ExportOptions(quant, FLAGS.sparse, FLAGS.series, FLAGS.calib_utterances,
+                                           int8_keep_float=tuple(FLAGS.int8_keep_float),
+                                           max_wer_rel_increase=FLAGS.max_wer_rel_increase)
             try:
-                m = bundle.export_tier(model, config.model, tier, spec, out, quant, feats,
-                                       data_config=config.data, cmvn=cmvn, tokenizer=tokenizer,
-                                       references=refs, levels=levels,
-                                       survival=survival, block=block, sparse=FLAGS.sparse,
-                                       calib_utterances=FLAGS.calib_utterances, series=FLAGS.series,
-                                       calib_features=calib, int8_keep_float=FLAGS.int8_keep_float,
-                                       max_wer_rel_increase=FLAGS.max_wer_rel_increase)
+                m = bundle.export_tier(baked, tier, out, data, options)
             except parity.ParityError as e:
                 logging.error("%s", e)
                 failed.append(tier)

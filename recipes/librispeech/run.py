@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import os
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 import omni_tf  # noqa: F401
-from omni_tf import fileio
 from omni_tf.configs import experiment
 from omni_tf.data import prepare
-from omni_tf.sparsity import structured
 from omni_tf.text.tokenizer import train_from_manifest
 from recipes import end_to_end as e2e
 from recipes.stages import Stages
@@ -44,18 +42,7 @@ flags.DEFINE_string("dev_split", "dev-other", "Split for search fitness and int8
 flags.DEFINE_string("test_split", "test-other", "Split for WER and TFLite parity.")
 flags.DEFINE_integer("max_steps", 0, "Overrides config.training.max_steps when > 0.")
 flags.DEFINE_float("max_minutes", 0.0, "Wall-clock budget of the omni training (0 = none).")
-flags.DEFINE_list("tiers", ["speaker:0.6", "phone:0.75", "wearable:0.9"], "name:sparsity (see run_demo).")
-flags.DEFINE_enum("quantization", "dynamic_int8", list(e2e.BUDGET_METRIC), "Export mode (see run_demo).")
-flags.DEFINE_enum("sparse", "auto", ["auto", "never", "always"],
-                  "Sparse encoding of the tier files: auto = only where smaller, right and XNNPACK-runnable; "
-                  "always = also int8 files that need XNNPACK off (smaller, 3-5x slower).")
-flags.DEFINE_integer("parity_utterances", 200, "Test utterances run through Keras and LiteRT per tier.")
-flags.DEFINE_integer("eval_utterances", 0, "Test utterances for the level table (0 = all).")
-flags.DEFINE_bool("compare_individual", False, "Also train individually pruned models at the tiers.")
-flags.DEFINE_integer("search_population", 12, "Per-layer search: population per generation.")
-flags.DEFINE_integer("search_generations", 6, "Per-layer search: generations.")
-flags.DEFINE_enum("sparsity_granularity", None, list(structured.GRANULARITIES),
-                  "Sets config.sparsity.granularity (see run_demo). Default: the config's.")
+e2e.define_flags(flags)
 flags.DEFINE_integer("cmvn_max_utterances", 20000, "Train utterances for global CMVN (0 = all).")
 flags.mark_flags_as_required(["librispeech_dir", "out"])
 
@@ -85,30 +72,24 @@ def _concat_manifests(paths: list[str], out_path: str) -> int:
     return len(rows)
 
 
-def main(argv: list[str]) -> None:
-    del argv
-    logging.set_verbosity(logging.INFO)
-    out = os.path.abspath(FLAGS.out)
-    tiers = {n: float(s) for n, _, s in (t.partition(":") for t in FLAGS.tiers)}
-    with fileio.DirLock(out):  # one run per --out
-        run(out, tiers)
-
-
-def run(out: str, tiers: dict[str, float]) -> None:
-    stages = Stages(out, log=lambda s: print(s, flush=True))
-    data_dir = make_data(stages, out, FLAGS.config)
-    config = e2e.with_paths(FLAGS.config, data_dir, train="train.tsv", dev=f"{FLAGS.dev_split}.tsv")
-    config = e2e.with_granularity(config, FLAGS.sparsity_granularity)
+def configure(stages: Stages, out: str, data_dir: str):
+    del stages, out
+    config = experiment.with_data_dir(FLAGS.config, data_dir, train="train.tsv", dev=f"{FLAGS.dev_split}.tsv",
+                                      test=f"{FLAGS.test_split}.tsv")
     if FLAGS.max_steps > 0:
         config = e2e.run_config(config, config.training.mode, FLAGS.max_steps, config.training.max_minutes)
-    opts = e2e.Options.from_flags(tiers, FLAGS)
-    rows, level_rows, train_metrics = e2e.run_tiers(
-        stages, out, config, data_dir, os.path.join(data_dir, f"{FLAGS.test_split}.tsv"), opts)
-    preamble = (f"LibriSpeech {FLAGS.librispeech_dir}: train {','.join(FLAGS.train_splits)}, dev "
-                f"{FLAGS.dev_split}, test {FLAGS.test_split}; preset `{config.preset}`; omni training "
-                f"{train_metrics.get('step')} steps in {e2e.train_seconds(train_metrics) / 60:.1f} min; "
-                f"quantization {FLAGS.quantization}. Stages: {sum(stages.timings.values()) / 60:.1f} min.")
-    e2e.print_report(rows, out, preamble, level_rows)
+    return config, data_dir
+
+
+def describe(config, train_metrics) -> str:
+    return (f"LibriSpeech {FLAGS.librispeech_dir}: train {','.join(FLAGS.train_splits)}, dev "
+            f"{FLAGS.dev_split}, test {FLAGS.test_split}; preset `{config.preset}`; omni training "
+            f"{train_metrics.get('step')} steps in {e2e.train_seconds(train_metrics) / 60:.1f} min")
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    e2e.run_recipe(FLAGS, make_data, configure, describe)
 
 
 if __name__ == "__main__":

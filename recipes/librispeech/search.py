@@ -2,14 +2,21 @@
 
 Usage (from the repository root):
   python -m recipes.librispeech.search --config=omni_tf/configs/experiment.py:tiny \
-      --workdir=/tmp/omni_tiny --data_dir=DATA --tiers=small:0.35,mid:0.5,large:0.7 \
-      --metric=int8_sparse_bytes --fitness=loss --max_batches=8
-  python -m recipes.librispeech.search ... --fitness=wer --population=16 --generations=10
+      --workdir=/tmp/omni_tiny --data_dir=DATA --tiers=phone=sparsity:0.75,watch=level:6 --max_batches=8
+  python -m recipes.librispeech.search ... --config.sparsity.search_metric=int8_sparse_bytes \
+      --tiers=small=bytes:0.35,mid=bytes:0.5
+  python -m recipes.librispeech.search ... --fitness=wer --config.sparsity.search_population=16 \
+      --config.sparsity.search_generations=10
+  python -m recipes.librispeech.search ... --config.sparsity.search_metric=nonzero_params --budgets=a:500000
 
-``--tiers`` gives budgets as fractions of the dense int8 model's bytes (``size.py``); ``--budgets`` gives
-absolute budgets in ``--metric`` units instead (e.g. ``--metric=nonzero_params --budgets=a:500000``).
-Writes ``<out_dir>/tier_<name>.json`` (the config, for export/evaluate) and ``search.json`` / ``search.md``
-(best vs uniform config of the same budget). Default ``out_dir``: ``<workdir>/search``.
+``--tiers`` (the syntax of every recipe, ``recipes/tier_flags.py``): ``bytes:F`` = F x the dense int8 model's
+bytes, ``sparsity:S`` = the size of a uniform config of sparsity S, ``level:K`` = the size of uniform level K,
+each in the size metric of ``--quantization`` (``config.sparsity.search_metric``, "auto": the export mode's);
+(``bytes:`` needs a bytes metric, e.g. ``--config.sparsity.search_metric=int8_sparse_bytes``); ``--budgets``
+gives absolute budgets in that metric's units instead. Population, generations, mutation and seed are
+``config.sparsity.search_*``. Writes ``<out_dir>/tier_<name>.json`` (the config, for export/evaluate) and
+``search.json`` / ``search.md`` (best vs uniform config of the same budget). Default ``out_dir``:
+``<workdir>/search``.
 """
 from __future__ import annotations
 
@@ -19,51 +26,49 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 import omni_tf  # noqa: F401
-from omni_tf.sparsity import search
+from omni_tf.configs import experiment
+from omni_tf.supernet import BUDGET_METRIC, Supernet
 from omni_tf.training import evaluation, sources
+from recipes.tier_flags import define_tiers_flag
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "omni_tf/configs/experiment.py:tiny", "Experiment config.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Training workdir (checkpoints in <workdir>/ckpt).")
 flags.DEFINE_string("data_dir", "", "Prepared directory (dev.tsv, cmvn.json, spm.model).")
-flags.DEFINE_list("tiers", ["small:0.35", "mid:0.5", "large:0.7"], "name:fraction of dense int8 bytes.")
-flags.DEFINE_list("budgets", [], "name:absolute budget in --metric units (overrides --tiers).")
-flags.DEFINE_string("metric", "int8_sparse_bytes", "size.py metric the budgets are in.")
+define_tiers_flag(["speaker=sparsity:0.6", "phone=sparsity:0.75", "wearable=sparsity:0.9"], "Tier budgets.")
+flags.DEFINE_list("budgets", [], "name:absolute budget in the size metric's units (overrides --tiers).")
+flags.DEFINE_enum("quantization", "dynamic_int8", list(BUDGET_METRIC),
+                  "Export mode the budgets are for (its size metric when sparsity.search_metric=auto).")
 flags.DEFINE_enum("fitness", "loss", ["loss", "wer"], "Dev-subset RNN-T loss (fast) or greedy WER.")
 flags.DEFINE_integer("max_batches", 8, "Dev batches used for the fitness (0 = all).")
-flags.DEFINE_integer("population", 16, "Search population.")
-flags.DEFINE_integer("generations", 8, "Search generations.")
 flags.DEFINE_string("out_dir", "", "Output directory (default <workdir>/search).")
 flags.mark_flags_as_required(["workdir"])
 
 
-def parse_pairs(items: list[str]) -> dict[str, float]:
+def parse_budgets(items: list[str]) -> dict[str, float]:
     out = {}
     for item in items:
         name, sep, value = item.partition(":")
         if not sep:
-            raise app.UsageError(f"expected name:value, got {item!r}")
+            raise app.UsageError(f"--budgets wants name:value, got {item!r}")
         out[name] = float(value)
     return out
 
 
 def main(argv):
     del argv
-    config = FLAGS.config
-    with config.unlocked():
-        config.paths.manifest_dir = FLAGS.data_dir or config.paths.manifest_dir
+    config = experiment.with_data_dir(FLAGS.config, FLAGS.data_dir)
     source = sources.ManifestSource(config, split="dev", training=False)
-    model, masks = evaluation.restore_supernet(config, FLAGS.workdir)
+    supernet = Supernet(config)
+    supernet.restore(FLAGS.workdir)
+    metric = supernet.budget_metric(FLAGS.quantization)
+    budgets = parse_budgets(FLAGS.budgets) or {t: supernet.budget(s, metric) for t, s in FLAGS.tiers.items()}
     batches = evaluation.load_batches(source.dataset(0), FLAGS.max_batches)
-    sizes = evaluation.size_model_of(model, masks)
-    budgets = parse_pairs(FLAGS.budgets) or search.budgets_from_fractions(sizes, parse_pairs(FLAGS.tiers))
-    results = evaluation.search_tiers(
-        model, masks, batches, budgets, FLAGS.metric, FLAGS.fitness, source.tokenizer,
-        FLAGS.out_dir or os.path.join(FLAGS.workdir, "search"), population=FLAGS.population,
-        generations=FLAGS.generations, seed=config.training.seed)
+    results = evaluation.search_tiers(supernet, batches, budgets, metric, FLAGS.fitness, source.tokenizer,
+                                      FLAGS.out_dir or os.path.join(FLAGS.workdir, "search"))
     for tier, r in results.items():
-        logging.info("%s: size %.0f fitness %.4f (uniform: size %.0f fitness %.4f)", tier, r["size"],
+        logging.info("%s: %s %.0f fitness %.4f (uniform: %.0f fitness %.4f)", tier, metric, r["size"],
                      r["fitness"], r["uniform_size"], r["uniform_fitness"])
 
 

@@ -31,6 +31,7 @@ from ml_collections import config_flags
 
 import omni_tf  # noqa: F401
 from omni_tf import fileio
+from omni_tf.configs import experiment
 from omni_tf.training import loop, sources, workdir
 
 FLAGS = flags.FLAGS
@@ -46,11 +47,7 @@ flags.mark_flags_as_required(["workdir"])
 
 
 def resolve_config():
-    config = FLAGS.config
-    if FLAGS.data_dir:
-        with config.unlocked():
-            config.paths.manifest_dir = FLAGS.data_dir
-    return config
+    return experiment.with_data_dir(FLAGS.config, FLAGS.data_dir)
 
 
 def make_source(config):

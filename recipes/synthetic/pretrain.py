@@ -33,7 +33,7 @@ from ml_collections import config_flags
 import omni_tf  # noqa: F401
 from omni_tf.configs import experiment
 from omni_tf.data import synthetic
-from omni_tf.training import evaluation, pretrained
+from omni_tf.training import pretrained
 from recipes import end_to_end as e2e
 from recipes.stages import Stages
 
@@ -81,14 +81,14 @@ def main(argv: list[str]) -> None:
     out = os.path.abspath(FLAGS.out)
     stages = Stages(out, log=lambda s: print(s, flush=True))
     data_dir = e2e.make_synthetic_data(stages, out, corpus_spec(), FLAGS.config.model.vocab_size)
-    config = e2e.run_config(e2e.with_paths(FLAGS.config, data_dir), "dense", FLAGS.config.training.max_steps,
-                            FLAGS.max_minutes)
+    config = e2e.run_config(experiment.with_data_dir(FLAGS.config, data_dir), "dense",
+                            FLAGS.config.training.max_steps, FLAGS.max_minutes)
     workdir = os.path.join(out, "train")
     metrics, cpu_s = train_and_account(config, workdir, os.path.join(out, "pretrain_runs.json"))
-    rows = e2e.evaluate_levels(config, workdir, os.path.join(data_dir, "test.tsv"), os.path.join(out, "eval"),
+    rows = e2e.evaluate_levels(config, workdir, os.path.join(out, "eval"),
                                max_utterances=FLAGS.eval_utterances)
     dense = rows[0]  # uniform level 0 = the dense model
-    model, _ = evaluation.restore_supernet(config, workdir)
+    model = e2e.restore(config, workdir).model
     target = FLAGS.bundle_dir or pretrained.bundle_dir(FLAGS.name)
     info = {"name": FLAGS.name, "command": "python -m recipes.synthetic.pretrain " + " ".join(sys.argv[1:]),
             "cpu_hours": round(cpu_s / 3600.0, 3), "steps": metrics.get("step"),

@@ -1,0 +1,376 @@
+"""The supernet as one object built from an experiment config: the seam between the config and its users.
+
+Training, evaluation, search, export and the benchmarks all ask a ``Supernet`` for the same five things,
+built here from the same fields (every ``config.sparsity`` field is read once, in ``SparsitySettings``):
+
+- the level set: ``sparsity.levels`` (mode omni), ``(0, target_sparsity)`` (mode pruned: the individually
+  pruned baseline of Omni-sparsity DNN, Wu et al. 2021, Sec. 4), none (mode dense);
+- the masks (``SupernetMasks``: block, norm, granularity), the schedule (``LevelSchedule``), the sampler
+  (kind, random kind, subnets per step) and the size model (``SizeModel``);
+- what goes into a checkpoint (``checkpoint_objects``: the model, the survival levels and the level set
+  itself) and ``restore(workdir)``: the only restore path, through ``training/checkpoint.py``. A checkpoint
+  trained with another level set (even of the same count: a tier called 0.6 would silently be 0.8 sparse)
+  raises ``LevelSetMismatch`` naming both sets;
+- tiers: ``TierSpec`` (one syntax for every recipe's ``--tiers``: ``name=sparsity:0.75``,
+  ``name=bytes:0.35`` = fraction of the dense int8 model's bytes, ``name=level:3`` = index into the level
+  set), ``tier(spec)`` -> a validated per-kernel level config, ``budget(spec, metric)`` -> a size budget.
+
+Usage::
+
+    supernet = Supernet(config)                 # model built, masks / schedule / sampler from config
+    supernet.restore(workdir)                   # latest checkpoint of <workdir>/ckpt (level set checked)
+    supernet.masks.apply(supernet.tier(TierSpec("level", 3)))
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+from absl import logging
+
+from omni_tf.model import build_model
+from omni_tf.sparsity import levels as lv
+from omni_tf.sparsity import sampling
+from omni_tf.sparsity import size as size_lib
+from omni_tf.sparsity.masking import SupernetMasks
+from omni_tf.sparsity.schedule import LevelSchedule
+from omni_tf.sparsity.structured import StructuredSizeModel
+from omni_tf.training.checkpoint import CheckpointKeeper
+
+MODES = ("dense", "pruned", "omni")
+TIER_KINDS = ("sparsity", "bytes", "level")
+# The size a tier's budget limits per export quantization (``size.py`` metrics), used when
+# ``sparsity.search_metric`` is "auto". Only float32 files are written sparse-encoded by default
+# (tflite_export/convert.py: with LiteRT 2.3.0 sparse float16 files output NaN and sparse int8 files compute
+# wrong values), so only their bytes shrink with sparsity; the other modes count nonzero parameters (what a
+# runtime with working sparse kernels would store).
+BUDGET_METRIC = {"float32": "float32_sparse_bytes", "float16": "nonzero_params",
+                 "dynamic_int8": "nonzero_params", "weight_only_int8": "nonzero_params",
+                 "dynamic_int4": "nonzero_params", "int8": "nonzero_params", "auto": "nonzero_params"}
+
+
+class LevelSetMismatch(ValueError):
+    """A checkpoint's stored level set differs from the config's."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Settings: every config.sparsity field, read once
+
+
+@dataclasses.dataclass(frozen=True)
+class SparsitySettings:
+    """``config.sparsity`` as typed values (see ``omni_tf/configs/sparsity.py`` for each field's meaning)."""
+
+    levels: tuple[float, ...]
+    block: str
+    norm: str
+    granularity: str
+    begin_step: int
+    end_step: int
+    frequency: int
+    power: float
+    dense_warmup: bool
+    sampler: str
+    subnets_per_step: int
+    random_kind: str
+    train_levels: tuple[float, ...]
+    distill_weight: float
+    distill_mode: str
+    distill_norm: str
+    target_sparsity: float
+    search_metric: str
+    search_population: int
+    search_generations: int
+    search_mutation_prob: float
+    search_seed: int
+
+    @classmethod
+    def from_config(cls, sp: ml_collections.ConfigDict) -> SparsitySettings:
+        return cls(
+            levels=tuple(float(s) for s in sp.levels), block=str(sp.block), norm=str(sp.norm),
+            granularity=sp.granularity,
+            begin_step=int(sp.begin_step), end_step=int(sp.end_step), frequency=int(sp.frequency),
+            power=float(sp.power), dense_warmup=bool(sp.dense_warmup), sampler=str(sp.sampler),
+            subnets_per_step=int(sp.subnets_per_step), random_kind=str(sp.random_kind),
+            train_levels=tuple(float(s) for s in sp.train_levels), distill_weight=float(sp.distill_weight),
+            distill_mode=str(sp.distill_mode), distill_norm=str(sp.distill_norm),
+            target_sparsity=float(sp.target_sparsity),
+            search_metric=str(sp.search_metric), search_population=int(sp.search_population),
+            search_generations=int(sp.search_generations),
+            search_mutation_prob=float(sp.search_mutation_prob), search_seed=int(sp.search_seed))
+
+    def search_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``omni_tf.sparsity.search.evolutionary_search``."""
+        return {"population": self.search_population, "generations": self.search_generations,
+                "mutation_prob": self.search_mutation_prob, "seed": self.search_seed}
+
+
+def level_set(mode: str, levels: Sequence[float], target_sparsity: float) -> tuple[float, ...]:
+    """The level set the survival tensors index: ``levels`` (omni), ``(0, target)`` (pruned), ``()`` (dense).
+
+    Raises ValueError for an unknown mode or an invalid set.
+    """
+    if mode not in MODES:
+        raise ValueError(f"training.mode must be one of {MODES}, got {mode!r}")
+    if mode == "dense":
+        return ()
+    if mode == "pruned":
+        return lv.validate_levels((0.0, float(target_sparsity)))
+    return lv.validate_levels(levels)
+
+
+class _LevelRecord(tf.Module):
+    """The level set as a checkpointed variable (float32 ``[K]``, any K on restore)."""
+
+    def __init__(self, levels: Sequence[float], name: str = "level_set"):
+        super().__init__(name=name)
+        self.levels = tf.Variable(tf.constant(list(levels), tf.float32, shape=[len(levels)]),
+                                  shape=tf.TensorShape([None]), trainable=False, name="levels")
+
+    def value(self) -> tuple[float, ...]:
+        return tuple(round(float(s), 6) for s in self.levels.numpy())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tier specs
+
+
+@dataclasses.dataclass(frozen=True)
+class TierSpec:
+    """One tier: ``kind`` (``sparsity`` | ``bytes`` | ``level``) and its value.
+
+    sparsity: the sparsity of a uniform config, in [0, 1); bytes: a fraction of the dense dynamic-range int8
+    model's bytes, > 0; level: an index into the supernet's level set, an int >= 0.
+    """
+
+    kind: str
+    value: float
+
+    def __post_init__(self):
+        if self.kind not in TIER_KINDS:
+            raise ValueError(f"tier kind {self.kind!r} unknown; choose one of {TIER_KINDS}")
+        v = self.value
+        if self.kind == "sparsity" and not 0.0 <= v < 1.0:
+            raise ValueError(f"tier sparsity must be in [0, 1), got {v}")
+        if self.kind == "bytes" and not v > 0.0:
+            raise ValueError(f"tier bytes (fraction of the dense int8 bytes) must be > 0, got {v}")
+        if self.kind == "level" and (v < 0 or not float(v).is_integer()):
+            raise ValueError(f"tier level must be an integer >= 0, got {v}")
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{int(self.value) if self.kind == 'level' else self.value:g}"
+
+
+def parse_tiers(items: Sequence[str], kinds: Sequence[str] = TIER_KINDS) -> dict[str, TierSpec]:
+    """``["phone=sparsity:0.75", "watch=bytes:0.2"]`` -> ``{name: TierSpec}``, in order.
+
+    Raises ValueError naming the item for a missing ``=`` or ``:``, an unknown or (for this caller) not
+    accepted kind, a bad value, or a repeated name.
+    """
+    out: dict[str, TierSpec] = {}
+    for item in items:
+        name, eq, rest = item.partition("=")
+        kind, colon, value = rest.partition(":")
+        if not eq or not colon or not name:
+            raise ValueError(f"tier {item!r}: expected name=kind:value with kind one of {tuple(kinds)}, "
+                             "e.g. phone=sparsity:0.75, phone=bytes:0.35 (fraction of the dense int8 "
+                             "bytes) or phone=level:3")
+        if kind not in kinds:
+            raise ValueError(f"tier {item!r}: kind {kind!r} is not accepted here; use one of {tuple(kinds)}")
+        if name in out:
+            raise ValueError(f"tier {item!r}: name {name!r} given twice")
+        try:
+            out[name] = TierSpec(kind, float(value))
+        except ValueError as e:
+            raise ValueError(f"tier {item!r}: {e}") from None
+    return out
+
+
+def budget_metric(search_metric: str, quantization: str) -> str:
+    """The size metric of tier budgets: ``search_metric``, or for "auto" the one of the export mode."""
+    if search_metric != "auto":
+        if search_metric not in size_lib.METRICS:
+            raise ValueError(f"sparsity.search_metric {search_metric!r} unknown; choose 'auto' or one of "
+                             f"{size_lib.METRICS}")
+        return search_metric
+    if quantization not in BUDGET_METRIC:
+        raise ValueError(f"quantization {quantization!r} unknown; choose one of {sorted(BUDGET_METRIC)}")
+    return BUDGET_METRIC[quantization]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The supernet
+
+
+class Supernet:
+    """Model + masks + schedule + sampler + size model of one experiment config.
+
+    Args:
+      config: an experiment config (``omni_tf.configs.experiment.get_config``).
+      strategy: build the model (not the masks) under this strategy's scope (training).
+
+    Attributes: ``mode``, ``settings`` (``SparsitySettings``), ``levels`` (the level set; ``()`` for dense),
+    ``model`` (built), ``masks`` / ``schedule`` / ``sampler`` (None in mode dense), ``distill_weight``
+    (0 unless mode omni).
+    Raises ValueError for an unknown mode, sampler, norm, block or an invalid level set.
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, strategy: tf.distribute.Strategy | None = None):
+        self.mode = str(config.training.mode)
+        self.seed = int(config.training.seed)
+        self.settings = s = SparsitySettings.from_config(config.sparsity)
+        self.levels = level_set(self.mode, s.levels, s.target_sparsity)
+        self.model_config = config.model
+        keras.utils.set_random_seed(self.seed)  # same initial weights in every process and on restart
+        if strategy is not None:
+            with strategy.scope():
+                self.model = build_model(config.model)
+                self.model.build()
+        else:
+            self.model = build_model(config.model)
+            self.model.build()
+        # Survival levels and the level record are plain local variables, outside the strategy scope:
+        # MultiWorkerMirrored cannot broadcast int8 initial values; every worker computes the same rankings.
+        self._record = _LevelRecord(self.levels)
+        self.masks: SupernetMasks | None = None
+        self.schedule: LevelSchedule | None = None
+        self.sampler: sampling.Sampler | None = None
+        self.distill_weight = s.distill_weight if self.mode == "omni" else 0.0
+        if self.mode == "dense":
+            return
+        self.masks = SupernetMasks(self.model, self.levels, s.block, s.norm, s.granularity)
+        self.schedule = LevelSchedule(self.levels, s.begin_step, s.end_step, s.frequency, s.power,
+                                      s.dense_warmup)
+        n, k = self.masks.num_kernels, self.masks.num_levels
+        if self.mode == "pruned":  # always the target level (after the dense warm-up)
+            self.sampler = sampling.make_sampler("fixed", n, k, self.seed, target_level=1)
+        else:
+            self.sampler = sampling.make_sampler(s.sampler, n, k, self.seed, s.subnets_per_step,
+                                                 random_kind=s.random_kind, levels=self.levels,
+                                                 train_levels=s.train_levels)
+
+    @property
+    def kernel_names(self) -> tuple[str, ...]:
+        """Entries of a tier config: prunable kernels, or unit groups (granularity structured)."""
+        if self.masks is not None:
+            return tuple(self.masks.names)
+        return tuple(n for n, _ in self.model.prunable_kernels())
+
+    # -- checkpoint --------------------------------------------------------------------------------------
+    def checkpoint_objects(self) -> dict[str, Any]:
+        """What a checkpoint holds of the supernet: model, survival levels (if any), the level set."""
+        objs: dict[str, Any] = {"model": self.model, "level_set": self._record}
+        if self.masks is not None:
+            objs["masks"] = self.masks
+        return objs
+
+    def restore(self, workdir: str, extra: Mapping[str, Any] | None = None, max_to_keep: int = 3,
+                strategy: tf.distribute.Strategy | None = None, required: bool = True,
+                read_extra: Mapping[str, Any] | None = None) -> tuple[str | None, CheckpointKeeper]:
+        """Restores the latest checkpoint of ``<workdir>/ckpt`` into this supernet (and ``extra`` objects,
+        e.g. the optimizer and counters of a training state; ``read_extra``: restore only these of them, e.g.
+        from a checkpoint older than one of them).
+
+        Returns ``(path or None, keeper)``; the keeper saves all objects (training). Discovery and reading go
+        through ``training.checkpoint.CheckpointKeeper``.
+        Raises:
+          FileNotFoundError: no checkpoint and ``required``.
+          LevelSetMismatch: the checkpoint was trained with another level set (both sets named).
+          ValueError: the checkpoint does not match the model (``CheckpointKeeper``).
+        """
+        objects = {**self.checkpoint_objects(), **(extra or {})}
+        keeper = CheckpointKeeper(workdir, objects, max_to_keep, strategy)
+        stored = _LevelRecord(())
+        try:
+            found = CheckpointKeeper(workdir, {"level_set": stored}, 1, strategy).restore_or_initialize()
+            has_record = True
+        except ValueError as e:  # written before level sets were stored
+            logging.warning("%s; assuming it was trained with the config's level set %s", e, self.levels)
+            found, has_record = keeper.latest, False
+        if found is None:
+            if required:
+                raise FileNotFoundError(f"no checkpoint in {keeper.read_directory}")
+            return None, keeper
+        if has_record and stored.value() != tuple(round(s, 6) for s in self.levels):
+            raise LevelSetMismatch(
+                f"checkpoint {found} was trained with level set {stored.value()} (mode dense if empty), "
+                f"but the config gives {self.levels} (mode {self.mode}); use the training run's "
+                "--config (sparsity.levels, training.mode, sparsity.target_sparsity)")
+        reader = keeper
+        if not has_record or read_extra is not None:
+            read = {**self.checkpoint_objects(), **(extra if read_extra is None else read_extra)}
+            read = {k: v for k, v in read.items() if has_record or k != "level_set"}
+            reader = CheckpointKeeper(workdir, read, max_to_keep, strategy)
+        path = reader.restore_or_initialize()
+        return path, keeper
+
+    # -- sizes and tiers ---------------------------------------------------------------------------------
+    def budget_metric(self, quantization: str) -> str:
+        """The size metric of tier budgets for an export ``quantization`` (``sparsity.search_metric``)."""
+        return budget_metric(self.settings.search_metric, quantization)
+
+    def size_model(self) -> size_lib.SizeModel:
+        """Exact counts from the survival levels (after ranking/restoring); analytic for mode dense."""
+        other = size_lib.count_other_params(self.model)
+        if self.masks is not None:
+            return size_lib.SizeModel.from_masks(self.masks, other)
+        return size_lib.SizeModel.from_model(self.model, (0.0,), self.settings.block)
+
+    def _uniform_size(self, sparsity: float, metric: str) -> float:
+        for k, level in enumerate(self.levels):
+            if abs(level - sparsity) < 1e-9:  # a level of the set: its exact size
+                sizes = self.size_model()
+                return sizes.measure(sizes.uniform_config(k), metric)
+        if self.masks is not None and self.masks.granularity == "structured":  # round(U (1 - s)) units kept
+            analytic = StructuredSizeModel.from_masks(self.masks, levels=(0.0, float(sparsity)))
+            return analytic.measure(analytic.uniform_config(1), metric)
+        kernels = self.model.prunable_kernels()
+        analytic = size_lib.SizeModel([n for n, _ in kernels], [tuple(v.shape) for _, v in kernels],
+                                      size_lib.count_other_params(self.model), levels=(0.0, float(sparsity)),
+                                      block=self.settings.block)
+        return analytic.measure(analytic.uniform_config(1), metric)
+
+    def budget(self, spec: TierSpec, metric: str) -> float:
+        """A tier's budget in ``metric`` units.
+
+        sparsity: the size of a uniform config at that sparsity (exact for a level of the set, analytic
+        otherwise); bytes: the fraction of the dense int8 model's bytes (whatever ``metric``; raises
+        ValueError unless ``metric`` is a bytes metric); level: the size of that uniform level.
+        """
+        if spec.kind == "sparsity":
+            return self._uniform_size(spec.value, metric)
+        if spec.kind == "bytes":
+            if not metric.endswith("_bytes"):
+                raise ValueError(f"tier {spec}: a bytes budget needs a bytes size metric, not {metric!r} "
+                                 "(set --config.sparsity.search_metric, e.g. int8_sparse_bytes)")
+            return float(spec.value) * self.size_model().dense_int8_bytes()
+        sizes = self.size_model()
+        return sizes.measure(self.tier(spec), metric)
+
+    def tier(self, spec: TierSpec | int | Mapping[str, int]) -> dict[str, int]:
+        """A validated per-kernel level config ``{kernel_name: level index}`` (every kernel).
+
+        ``spec``: a level index, a ``TierSpec`` of kind level or sparsity (a sparsity must be one of the
+        level set), or a per-kernel config (every kernel named, levels in range).
+        Raises ValueError naming the level set / the kernels at fault.
+        """
+        names, k = self.kernel_names, max(len(self.levels), 1)
+        if isinstance(spec, Mapping):
+            return lv.vector_to_config(lv.config_to_vector(spec, names, k), names)
+        if isinstance(spec, TierSpec):
+            if spec.kind == "bytes":
+                raise ValueError(f"tier {spec}: a bytes budget is resolved by a search, not by a level; "
+                                 "use sparsity: or level:, or the recipe's --budgets")
+            index = lv.level_index(self.levels, spec.value) if spec.kind == "sparsity" else int(spec.value)
+        elif isinstance(spec, int | np.integer):
+            index = int(spec)
+        else:
+            raise TypeError(f"tier {spec!r}: give a level index, a TierSpec or a per-kernel config")
+        if not 0 <= index < k:
+            raise ValueError(f"tier level {index} outside the level set {self.levels} (mode {self.mode})")
+        return {n: index for n in names}

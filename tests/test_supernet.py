@@ -1,0 +1,150 @@
+"""omni_tf.supernet: one object from the config (levels, masks, sampler, schedule, sizes, restore, tiers)."""
+import numpy as np
+import pytest
+
+import omni_tf  # noqa: F401
+from omni_tf.supernet import LevelSetMismatch, Supernet, TierSpec, budget_metric, parse_tiers
+from omni_tf.training import loop, sources
+from omni_tf.training.checkpoint import CheckpointKeeper
+from tests.training_helpers import tiny_config
+
+
+def _saved(tmp_path, config) -> Supernet:
+    net = Supernet(config)
+    if net.masks is not None:
+        net.masks.update_rankings()
+    CheckpointKeeper(str(tmp_path), net.checkpoint_objects()).save(1)
+    return net
+
+
+@pytest.mark.parametrize("levels", [(0.0, 0.6, 0.8), (0.0, 0.5, 0.7, 0.8)])
+def test_restore_with_another_level_set_names_both(tmp_path, levels):
+    _saved(tmp_path, tiny_config("omni"))  # levels (0, 0.5, 0.8)
+    other = tiny_config("omni")
+    other.sparsity.levels = levels
+    with pytest.raises(LevelSetMismatch, match=r"\(0\.0, 0\.5, 0\.8\).*" + re_tuple(levels)):
+        Supernet(other).restore(str(tmp_path))
+
+
+def re_tuple(levels) -> str:
+    return r"\(" + r", ".join(str(s).replace(".", r"\.") for s in levels) + r"\)"
+
+
+def test_restore_checks_mode_and_restores_survival(tmp_path):
+    pruned = tiny_config("pruned")
+    pruned.sparsity.target_sparsity = 0.8
+    trained = _saved(tmp_path, pruned)
+    for mode in ("omni", "dense"):
+        with pytest.raises(LevelSetMismatch, match=r"\(0\.0, 0\.8\)"):
+            Supernet(tiny_config(mode)).restore(str(tmp_path))
+    again = Supernet(pruned)
+    path, _ = again.restore(str(tmp_path))
+    assert path.endswith("ckpt-1") and again.levels == (0.0, 0.8)
+    for name, surv in trained.masks.survival_arrays().items():
+        np.testing.assert_array_equal(again.masks.survival_arrays()[name], surv)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        Supernet(pruned).restore(str(tmp_path / "empty"))
+
+
+def test_resuming_training_with_another_level_set_is_refused(tmp_path):
+    config = tiny_config("omni")
+    config.training.max_steps, config.sparsity.begin_step = 2, 0
+    src = sources.RandomFeatureSource(16, num_batches=2, batch_size=2)
+    loop.train(config, str(tmp_path), src)
+    config.sparsity.levels = (0.0, 0.6, 0.8)  # same count: today a tier called 0.6 would be 0.5 sparse
+    config.training.max_steps = 3
+    with pytest.raises(ValueError, match=r"level set \(0\.0, 0\.5, 0\.8\).*\(0\.0, 0\.6, 0\.8\)"):
+        loop.train(config, str(tmp_path), src)
+
+
+def test_config_fields_reach_masks_sampler_and_schedule():
+    config = tiny_config("omni")
+    config.sparsity.norm, config.sparsity.random_kind = "l1", "uniform"
+    config.sparsity.sampler, config.sparsity.subnets_per_step = "sandwich", 3
+    config.sparsity.dense_warmup, config.sparsity.power = False, 2
+    net = Supernet(config)
+    assert net.masks.norm == "l1" and net.masks.levels == (0.0, 0.5, 0.8)
+    rows = net.sampler(7).numpy()
+    assert rows.shape == (5, net.masks.num_kernels)
+    assert all((r == r[0]).all() for r in rows[2:])  # random_kind=uniform: one level per random subnet
+    assert net.schedule.power == 2 and not bool(net.schedule.in_warmup(0))
+    pruned = tiny_config("pruned")
+    pruned.sparsity.target_sparsity = 0.7
+    net = Supernet(pruned)
+    assert net.levels == (0.0, 0.7) and (net.sampler(0).numpy() == 1).all() and net.distill_weight == 0.0
+    dense = Supernet(tiny_config("dense"))
+    assert dense.masks is None and dense.sampler is None and dense.levels == ()
+    bad = tiny_config("omni")
+    bad.training.mode = "sparse"
+    with pytest.raises(ValueError, match="training.mode"):
+        Supernet(bad)
+
+
+def test_parse_tiers_syntax_and_errors():
+    tiers = parse_tiers(["phone=sparsity:0.75", "watch=bytes:0.2", "s3=level:3"])
+    assert tiers == {"phone": TierSpec("sparsity", 0.75), "watch": TierSpec("bytes", 0.2),
+                     "s3": TierSpec("level", 3)}
+    assert str(tiers["s3"]) == "level:3" and str(tiers["phone"]) == "sparsity:0.75"
+    for item, message in (("phone:0.75", "expected name=kind:value"), ("p=size:3", "kind 'size'"),
+                          ("p=sparsity:1.2", r"in \[0, 1\)"), ("p=bytes:0", "> 0"),
+                          ("p=level:1.5", "integer")):
+        with pytest.raises(ValueError, match=message):
+            parse_tiers([item])
+    with pytest.raises(ValueError, match="given twice"):
+        parse_tiers(["a=level:1", "a=level:2"])
+    with pytest.raises(ValueError, match="not accepted here"):
+        parse_tiers(["a=bytes:0.3"], kinds=("level", "sparsity"))
+
+
+def test_tiers_and_budgets():
+    net = Supernet(tiny_config("omni"))
+    net.masks.update_rankings()
+    names = net.kernel_names
+    assert net.tier(TierSpec("sparsity", 0.8)) == dict.fromkeys(names, 2) == net.tier(2)
+    with pytest.raises(ValueError, match=r"not one of the levels \(0\.0, 0\.5, 0\.8\)"):
+        net.tier(TierSpec("sparsity", 0.6))
+    with pytest.raises(ValueError, match="outside the level set"):
+        net.tier(TierSpec("level", 3))
+    with pytest.raises(ValueError, match="missing"):
+        net.tier({names[0]: 1})
+    sizes = net.size_model()
+    exact = sizes.measure(sizes.uniform_config(1), "nonzero_params")
+    assert net.budget(TierSpec("sparsity", 0.5), "nonzero_params") == exact
+    assert net.budget(TierSpec("level", 1), "nonzero_params") == exact
+    between = net.budget(TierSpec("sparsity", 0.6), "nonzero_params")  # analytic, between levels 1 and 2
+    assert sizes.measure(sizes.uniform_config(2), "nonzero_params") < between < exact
+    assert net.budget(TierSpec("bytes", 0.5), "int8_sparse_bytes") == pytest.approx(
+        0.5 * sizes.dense_int8_bytes())
+    with pytest.raises(ValueError, match="needs a bytes size metric"):
+        net.budget(TierSpec("bytes", 0.5), "nonzero_params")
+    assert budget_metric("auto", "float32") == "float32_sparse_bytes"
+    assert budget_metric("auto", "dynamic_int8") == net.budget_metric("dynamic_int8") == "nonzero_params"
+    assert budget_metric("int8_sparse_bytes", "float32") == "int8_sparse_bytes"
+    with pytest.raises(ValueError, match="search_metric 'bytes' unknown"):
+        budget_metric("bytes", "float32")
+
+
+def test_restored_supernet_bakes_its_trained_survival_levels(tmp_path):
+    from omni_tf.configs import experiment
+    from tests.training_helpers import small_model_config
+    from tflite_export import inference_model
+
+    levels = (0.0, 0.5, 0.8, 0.9)
+    config = experiment.get_config("tiny,smoke")
+    config.model = small_model_config()
+    config.sparsity.levels, config.sparsity.block = levels, "1x4"
+    trained = Supernet(config)
+    trained.masks.update_rankings(levels)
+    CheckpointKeeper(str(tmp_path), trained.checkpoint_objects()).save(1)
+    restored = Supernet(config)
+    assert restored.restore(str(tmp_path))[0].endswith("ckpt-1")
+    want = trained.masks.survival_arrays()
+    for name, surv in restored.masks.survival_arrays().items():
+        np.testing.assert_array_equal(surv, want[name])
+    baked = inference_model.bake_supernet(restored, TierSpec("sparsity", 0.9))
+    assert baked.tier == 3 and baked.levels == levels and baked.block == "1x4"
+    for name, kernel in baked.module.model.prunable_kernels():
+        orig = dict(trained.model.prunable_kernels())[name].numpy()
+        np.testing.assert_array_equal(kernel.numpy(), np.where(want[name] >= 3, orig, 0.0))
+    with pytest.raises(ValueError, match="not one of the levels"):
+        inference_model.bake_supernet(restored, TierSpec("sparsity", 0.7))
