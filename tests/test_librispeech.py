@@ -381,6 +381,26 @@ def test_prepare_without_train_split_removes_the_old_cmvn(tmp_path):
     assert not os.path.exists(os.path.join(out, "train.tsv"))
 
 
+def test_prepare_add_splits_keeps_the_prepared_set(tmp_path):
+    """An extra split from another corpus (the demo's out-of-domain test) is added to a prepared folder: the
+    other manifests and cmvn.json stay, unchanged, and the completion record lists them all."""
+    from omni_tf import fileio
+    from omni_tf.data import prepare
+
+    out = str(tmp_path / "out")
+    prepare.run(_small_root(tmp_path), out)
+    before = {n: open(os.path.join(out, n), "rb").read() for n in ("train.tsv", "dev.tsv", "cmvn.json")}
+    other = tmp_path / "other"
+    _chapter(str(other / "test_ood"), "7", "70", ["7-70-0000 HELLO GOOD"], ["7-70-0000"])
+    prepare.run(str(other), out, splits=["test_ood"], add_splits=True)
+    for name, content in before.items():
+        assert open(os.path.join(out, name), "rb").read() == content, name
+    record = fileio.read_record(out)
+    assert record["complete"]
+    assert {"train.tsv", "dev.tsv", "cmvn.json", "test_ood.tsv"} <= set(record["files"])
+    prepare.check_prepared([os.path.join(out, n) for n in ("train.tsv", "cmvn.json", "test_ood.tsv")])
+
+
 def test_prepare_refuses_unsafe_split_names(tmp_path):
     from omni_tf.data import prepare
 
