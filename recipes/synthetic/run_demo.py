@@ -21,7 +21,10 @@ command per --out at a time (a lock)), in order:
   train     the omni supernet within --max_minutes (progress line with rate and ETA; the learning rate
             and the sparsity ramp end with the budget, omni_tf/training/progress.py)
   budgets   each tier's byte budget: the size of the uniform config at its sparsity (--tiers name:sparsity)
-  search    per-layer levels within each tier's budget
+  search    per-layer levels within each tier's budget (fitness: sparsity.search_fitness on the first
+            sparsity.search_dev_utterances dev utterances)
+  choose    per tier, the searched config if its greedy dev WER beats the uniform config of the same budget
+            (95 % bootstrap interval below 0), else the uniform config; REPORT.md says which and why
   levels    WER of every uniform sparsity level and of the tier configs on the test split
   export    per tier: TFLite (--quantization), parity vs Keras, local LiteRT latency
   train_pruned_<tier>, levels_pruned_<tier>, export_pruned_<tier>
