@@ -19,14 +19,14 @@ sparsity, same recipe). For every budget ``B`` (steps):
 Both sides start from the same initialisation (``training.seed``) and use the same loop
 (``omni_tf.training.loop.train``), data and schedule shape.
 
-Schedules and resuming between budgets: the cosine learning rate ends at ``max_steps`` and the sparsity
-ramp (``sparsity.begin_step``/``end_step``/``frequency``) is placed at the same fractions of every budget as
-in the config (relative to its ``training.max_steps``), so each budget is a complete run (rate decayed, masks
-frozen and fine-tuned). Such a run cannot continue another budget's run, so each budget trains from scratch.
-Only when no schedule depends on the horizon (``training.decay=constant``, or ``eden`` with
-``eden_progress=0``, and ``--no-scale_schedule``, so the ramp is the same absolute steps at every budget) does
-a budget start from a copy of the previous budget's final checkpoint (``continues_from``); its cost then
-includes the previous budget's.
+Schedules and resuming between budgets (whatever the sampler: uniform, sandwich, ...): the cosine learning
+rate ends at ``max_steps`` and the sparsity ramp (``sparsity.begin_step``/``end_step``/``frequency``) is
+placed at the same fractions of every budget as in the config (relative to its ``training.max_steps``), so
+each budget is a complete run (rate decayed, masks frozen and fine-tuned). Such a run cannot continue
+another budget's run, so each budget trains from scratch. Only when no schedule depends on its horizon
+(``training.decay=constant``, or ``eden`` with ``eden_progress=0``, and ``--noscale_schedule``, so the ramp
+is the same absolute steps at every budget: ``horizon_free``) does a budget start from a copy of the final
+checkpoint of the same side's longest shorter run; its cost then includes that run's.
 
 Cost per run: process CPU time (``time.process_time``: all threads of this process) and wall time of the
 training call, and the 1/5/15-minute load average at its end (other jobs on the machine slow the wall clock,
@@ -42,6 +42,7 @@ a 95 % paired bootstrap interval over test utterances (``omni_tf.metrics.bootstr
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import shutil
@@ -71,9 +72,9 @@ flags.DEFINE_enum("compute_unit", "cpu", ["cpu", "steps"], "How protocol compute
 flags.DEFINE_bool("scale_schedule", True, "Place the sparsity ramp at the config's fractions of each budget.")
 flags.DEFINE_integer("test_utterances", 0, "Test utterances evaluated (0 = the whole test split).")
 flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples per WER difference.")
-flags.DEFINE_bool("smoke", False, "One-layer model, tiny corpus (made under --out when --data_dir is unset), "
-                  "budgets 1,2: the whole driver in about a minute (with --compute_unit=steps every "
-                  "compute run is a steps run).")
+flags.DEFINE_bool("smoke", False, "One-layer model (other config fields as given), tiny corpus (made under "
+                  "--out when --data_dir is unset), budgets 1,2: the whole driver in about a minute (with "
+                  "--compute_unit=steps every compute run is a steps run).")
 flags.mark_flags_as_required(["out"])
 
 PROTOCOLS = ("steps", "compute")
@@ -159,13 +160,16 @@ def train_run(results: Results, out: str, name: str, config: ml_collections.Conf
     """Trains ``name`` (cached in ``results``); returns {steps, cpu_s, wall_s, trained_s, loadavg, ...}.
 
     ``previous``: a finished run whose checkpoint this one continues (copied before the first step); its
-    cost is added. Raises ValueError when ``train/<name>`` holds a run of another config.
+    cost is added. Raises ValueError when ``train/<name>`` or the cached record is of another config.
     """
+    config_json = config.to_json_best_effort(indent=1, sort_keys=True)
+    digest = hashlib.sha256(config_json.encode()).hexdigest()[:16]
     done = results.get("runs", name)
     if done is not None:
+        if done["config_sha256"] != digest:
+            raise ValueError(f"{name} in {results.path} was trained with another config: use another --out")
         return done
     workdir = os.path.join(out, "train", name)
-    config_json = config.to_json_best_effort(indent=1, sort_keys=True)
     config_path = os.path.join(workdir, "config.json")
     if os.path.exists(config_path):
         with open(config_path) as f:
@@ -183,7 +187,7 @@ def train_run(results: Results, out: str, name: str, config: ml_collections.Conf
     record = {"steps": int(m["step"]), "cpu_s": cpu + (before["cpu_s"] if before else 0.0),
               "wall_s": wall + (before["wall_s"] if before else 0.0), "trained_s": float(m["trained_s"]),
               "loadavg": list(os.getloadavg()), "continued_from": previous, "stopped_by": m["stopped_by"],
-              "loss": float(m["loss"]), "mode": config.training.mode,
+              "loss": float(m["loss"]), "mode": config.training.mode, "config_sha256": digest,
               "cpu_s_per_step": cpu / max(1, int(m["step"]) - (before["steps"] if before else 0))}
     return results.put("runs", name, record)
 
@@ -353,10 +357,10 @@ def write_outputs(rows: Sequence[Mapping[str, Any]], out: str, preamble: str) ->
 
 # -- main ---------------------------------------------------------------------------------------------------
 def smoke_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """``tiny,smoke`` with a one-layer model (the ``--smoke`` mode)."""
-    c = experiment.get_config("tiny,smoke")
-    c.model.update(SMOKE_MODEL)
-    c.paths.update(config.paths)
+    """``config`` with a one-layer model (the ``--smoke`` mode; every other field as given)."""
+    c = copy.deepcopy(config)
+    with c.unlocked():
+        c.model.update(SMOKE_MODEL)
     return c
 
 

@@ -81,3 +81,20 @@ def test_smoke_driver_writes_table_json_plot_and_rerun_skips_finished(tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resumed from" not in second.stderr and "step 1" not in second.stderr  # nothing trained again
     assert json.loads((out / "results.json").read_text())["runs"] == results["runs"]
+
+
+def test_smoke_driver_continues_a_shorter_budget_when_no_schedule_has_a_horizon(tmp_path):
+    out = tmp_path / "cmp"
+    cmd = [sys.executable, "-m", "benchmarks.omni_vs_pruned", "--smoke", f"--out={out}", "--tiers=t:0.5",
+           "--protocols=steps", "--bootstrap=20", "--config.training.decay=constant", "--noscale_schedule"]
+    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    for side in ("omni_s", "pruned_t_s"):
+        first, second = runs[f"{side}1"], runs[f"{side}2"]
+        assert first["continued_from"] is None and second["continued_from"] == f"{side}1"
+        assert second["steps"] == 2 and second["cpu_s"] > first["cpu_s"]  # its cost includes the first's
+    assert "resumed from" in proc.stderr  # the 2-step runs started from the 1-step checkpoints
+    changed = subprocess.run([*cmd[:-2]], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert changed.returncode != 0 and "another config" in changed.stderr  # cosine + scaled ramp != cached
