@@ -4,10 +4,12 @@ Usage (from the repository root; ``--data_dir`` is a prepared corpus, e.g. ``run
 ``make demo``; run one job at a time, niced, it trains for hours at the longer budgets):
   nice -n 10 python -m benchmarks.omni_vs_pruned --data_dir=runs/demo/data --out=runs/compare \
       --budgets=800,2500,6000 --tiers=speaker:0.6,phone:0.75,wearable:0.9
+  nice -n 10 python -m benchmarks.omni_vs_pruned --data_dir=runs/demo/data_shipped --pretrained=BUNDLE \
+      --out=runs/compare_shipped --budgets=800,2500      # both sides from a shipped dense model
   python -m benchmarks.omni_vs_pruned --smoke --compute_unit=steps --out=/tmp/compare_smoke  # ~1 min
 
-Sides and protocols (Omni-sparsity DNN, Wu et al. 2021, section 4: one supernet vs one model pruned per
-sparsity, same recipe). For every budget ``B`` (steps):
+Sides and protocols (the comparison of the Omni-sparsity DNN paper, Wu et al. 2021: one supernet vs one
+model pruned per sparsity, same recipe). For every budget ``B`` (steps):
 - ``omni``: one supernet (``training.mode=omni``, the config's sampler) trained for ``B`` steps; each tier is
   its uniform level at the tier's sparsity (the tier sparsities are added to the supernet's level set).
 - protocol ``steps`` (the paper's): one model per tier (``training.mode=pruned`` at the tier's sparsity),
@@ -16,7 +18,8 @@ sparsity, same recipe). For every budget ``B`` (steps):
   gets ``1 / num_tiers`` of the omni run's process CPU-seconds, converted to steps with that tier's
   CPU-seconds per step measured in its protocol-``steps`` run at the same budget; ``--compute_unit=steps``:
   each gets ``B / num_tiers`` steps.
-Both sides start from the same initialisation (``training.seed``) and use the same loop
+Both sides start from the same initial weights (``training.seed``, or with ``--pretrained`` the shipped dense
+model, ``training.init_from``) and use the same loop
 (``omni_tf.training.loop.train``), data and schedule shape.
 
 Schedules and resuming between budgets (whatever the sampler: uniform, sandwich, ...): the cosine learning
@@ -58,7 +61,7 @@ from ml_collections import config_flags
 import omni_tf  # noqa: F401
 from omni_tf import metrics
 from omni_tf.configs import experiment
-from omni_tf.training import evaluation, loop, sources
+from omni_tf.training import evaluation, loop, pretrained, sources
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", f"{experiment.__file__}:tiny,demo", "Experiment config.",
@@ -72,6 +75,10 @@ flags.DEFINE_enum("compute_unit", "cpu", ["cpu", "steps"], "How protocol compute
 flags.DEFINE_bool("scale_schedule", True, "Place the sparsity ramp at the config's fractions of each budget.")
 flags.DEFINE_integer("test_utterances", 0, "Test utterances evaluated (0 = the whole test split).")
 flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples per WER difference.")
+flags.DEFINE_string("pretrained", "", "Start both sides from this shipped dense bundle (a name under "
+                    "omni_tf/resources/pretrained/ or a path; its model config replaces config.model); "
+                    "--data_dir must then hold its spm.model / cmvn.json (run_demo --init=shipped: "
+                    "<out>/data_shipped). Empty: random initial weights (training.seed).")
 flags.DEFINE_bool("smoke", False, "One-layer model (other config fields as given), tiny corpus (made under "
                   "--out when --data_dir is unset), budgets 1,2: the whole driver in about a minute (with "
                   "--compute_unit=steps every compute run is a steps run).")
@@ -392,6 +399,14 @@ def main(argv: list[str]) -> None:
         config.paths.manifest_dir = data_dir
         config.paths.train_manifest = os.path.join(data_dir, "train.tsv")
         config.paths.dev_manifest = os.path.join(data_dir, "dev.tsv")
+    if FLAGS.pretrained and FLAGS.smoke:
+        raise app.UsageError("--smoke replaces the model: it cannot start from --pretrained")
+    if FLAGS.pretrained:
+        path = pretrained.bundle_dir(FLAGS.pretrained)
+        pretrained.check_bundle(path)
+        with config.unlocked():
+            config.model = pretrained.model_config(path)
+            config.training.init_from = path
     budgets = [int(b) for b in FLAGS.budgets]
     if FLAGS.smoke:
         config, budgets = smoke_config(config), [1, 2]
