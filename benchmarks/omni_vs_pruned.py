@@ -59,9 +59,10 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 import omni_tf  # noqa: F401
-from omni_tf import metrics
+from omni_tf import fileio, metrics
 from omni_tf.configs import experiment
 from omni_tf.training import evaluation, loop, pretrained, sources
+from omni_tf.training import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", f"{experiment.__file__}:tiny,demo", "Experiment config.",
@@ -120,7 +121,6 @@ def run_config(config: ml_collections.ConfigDict, mode: str, steps: int, tiers: 
     with c.unlocked():
         base = int(c.training.max_steps)
         c.training.mode, c.training.max_steps, c.training.max_minutes = mode, int(steps), 0.0
-        c.training.warmup_steps = min(int(c.training.warmup_steps), max(1, steps // 4))
         c.training.checkpoint_every = max(1, min(int(c.training.checkpoint_every), steps))
         c.sparsity.levels = tuple(sorted({*map(float, c.sparsity.levels), *tiers.values()}))
         if sparsity is not None:
@@ -154,10 +154,7 @@ class Results:
 
     def put(self, kind: str, key: str, value: dict[str, Any]) -> dict[str, Any]:
         self.data[kind][key] = value
-        tmp = f"{self.path}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.data, f, indent=1)
-        os.replace(tmp, self.path)
+        fileio.write_json(self.path, self.data)
         return value
 
 
@@ -167,7 +164,8 @@ def train_run(results: Results, out: str, name: str, config: ml_collections.Conf
     """Trains ``name`` (cached in ``results``); returns {steps, cpu_s, wall_s, trained_s, loadavg, ...}.
 
     ``previous``: a finished run whose checkpoint this one continues (copied before the first step); its
-    cost is added. Raises ValueError when ``train/<name>`` or the cached record is of another config.
+    cost is added. Raises ValueError when the cached record, or ``train/<name>``'s checkpoint
+    (``omni_tf.training.workdir.claim``), is of another config.
     """
     config_json = config.to_json_best_effort(indent=1, sort_keys=True)
     digest = hashlib.sha256(config_json.encode()).hexdigest()[:16]
@@ -177,18 +175,16 @@ def train_run(results: Results, out: str, name: str, config: ml_collections.Conf
             raise ValueError(f"{name} in {results.path} was trained with another config: use another --out")
         return done
     workdir = os.path.join(out, "train", name)
-    config_path = os.path.join(workdir, "config.json")
-    if os.path.exists(config_path):
-        with open(config_path) as f:
-            if f.read() != config_json:
-                raise ValueError(f"{workdir} holds a run of another config: remove it or use another --out")
-    elif previous is not None:
-        shutil.copytree(os.path.join(out, "train", previous), workdir)
-    os.makedirs(workdir, exist_ok=True)
-    with open(config_path, "w") as f:
-        f.write(config_json)
+    if previous is not None and not os.path.exists(workdir):
+        with fileio.build_dir(workdir) as tmp:  # whole or not at all
+            shutil.copytree(os.path.join(out, "train", previous), tmp, dirs_exist_ok=True)
+    lock = workdir_lib.claim(workdir, config)  # one writer; a checkpoint of another config is refused
     cpu0, wall0 = time.process_time(), time.monotonic()
-    m = loop.train(config, workdir)
+    try:
+        m = loop.train(config, workdir)
+    finally:
+        if lock is not None:
+            lock.release()
     cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
     before = results.get("runs", previous) if previous else None
     record = {"steps": int(m["step"]), "cpu_s": cpu + (before["cpu_s"] if before else 0.0),
