@@ -88,6 +88,8 @@ class SparsitySettings:
     search_generations: int
     search_mutation_prob: float
     search_seed: int
+    search_fitness: str
+    search_dev_utterances: int
 
     @classmethod
     def from_config(cls, sp: ml_collections.ConfigDict) -> SparsitySettings:
@@ -102,7 +104,8 @@ class SparsitySettings:
             target_sparsity=float(sp.target_sparsity),
             search_metric=str(sp.search_metric), search_population=int(sp.search_population),
             search_generations=int(sp.search_generations),
-            search_mutation_prob=float(sp.search_mutation_prob), search_seed=int(sp.search_seed))
+            search_mutation_prob=float(sp.search_mutation_prob), search_seed=int(sp.search_seed),
+            search_fitness=str(sp.search_fitness), search_dev_utterances=int(sp.search_dev_utterances))
 
     def search_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``omni_tf.sparsity.search.evolutionary_search``."""

@@ -185,11 +185,22 @@ def tier_budgets(config: ml_collections.ConfigDict, workdir: str, tiers: Mapping
 
 
 def search(config: ml_collections.ConfigDict, workdir: str, budgets: Mapping[str, float], out_dir: str,
-           metric: str, max_utterances: int = 64) -> dict[str, dict[str, Any]]:
-    """Per-tier evolutionary search (dev-subset RNN-T loss as fitness) under ``budgets``."""
-    batches, tokenizer = _split_batches(config, "dev", max_utterances)
-    return evaluation.search_tiers(restore(config, workdir), batches, budgets, metric, "loss", tokenizer,
-                                   out_dir)
+           metric: str) -> dict[str, dict[str, Any]]:
+    """Per-tier evolutionary search under ``budgets``; fitness ``sparsity.search_fitness`` (loss or greedy
+    WER) on the first ``sparsity.search_dev_utterances`` of the dev split."""
+    supernet = restore(config, workdir)
+    s = supernet.settings
+    batches, tokenizer = _split_batches(config, "dev", s.search_dev_utterances)
+    return evaluation.search_tiers(supernet, batches, budgets, metric, s.search_fitness, tokenizer, out_dir)
+
+
+def choose(config: ml_collections.ConfigDict, workdir: str, found: Mapping[str, Mapping[str, Any]],
+           out_dir: str) -> dict[str, dict[str, Any]]:
+    """Per tier the searched config if its greedy WER on the whole dev split is better than the uniform
+    config's of the same budget (bootstrap interval below 0), else the uniform one (``choose_tiers``)."""
+    supernet = restore(config, workdir)
+    batches, tokenizer = _split_batches(config, "dev", 0)
+    return evaluation.choose_tiers(supernet, batches, tokenizer, found, out_dir)
 
 
 def utterance_features(config: ml_collections.ConfigDict, data_dir: str, manifest: str, count: int
@@ -247,8 +258,8 @@ def report_row(manifest: Mapping[str, Any], keras_eval: Mapping[str, Any] | None
             "train_minutes": None if train_seconds is None else round(train_seconds / 60.0, 1)}
 
 
-REPORT_COLUMNS = ("tier", "series", "config", "sparsity", "nonzero_params", "bytes", "wer_keras_test",
-                  "wer_keras", "wer_tflite", "ms_per_chunk", "rtf", "train_minutes")
+REPORT_COLUMNS = ("tier", "series", "choice", "config", "sparsity", "nonzero_params", "bytes",
+                  "wer_keras_test", "wer_keras", "wer_tflite", "ms_per_chunk", "rtf", "train_minutes")
 
 
 def write_report(rows: Sequence[Mapping[str, Any]], out: str, preamble: str, level_rows: Sequence[Mapping]
@@ -256,7 +267,8 @@ def write_report(rows: Sequence[Mapping[str, Any]], out: str, preamble: str, lev
     """``<out>/REPORT.md`` + ``<out>/pareto.png``; returns the tier table (Markdown)."""
     extra = sorted({k for r in rows for k in r if k.startswith("wer_keras_") and k not in REPORT_COLUMNS})
     extra_levels = sorted({k for r in level_rows for k in r if k.startswith("wer_") and k != "wer"})
-    table = bundle.markdown_table(rows, REPORT_COLUMNS[:7] + tuple(extra) + REPORT_COLUMNS[7:])
+    at = REPORT_COLUMNS.index("wer_keras_test") + 1  # the other test splits beside the test split
+    table = bundle.markdown_table(rows, REPORT_COLUMNS[:at] + tuple(extra) + REPORT_COLUMNS[at:])
     levels = bundle.markdown_table(level_rows, ("series", "name", "wer", *extra_levels, "cer",
                                                 "nonzero_params", "int8_sparse_bytes", "utterances"))
     extra_note = (f" {', '.join(f'`{k}`' for k in extra)}: the same on another test split "
@@ -265,7 +277,8 @@ def write_report(rows: Sequence[Mapping[str, Any]], out: str, preamble: str, lev
             "`wer_keras_test`: Keras greedy WER on the whole test split; `wer_keras` / `wer_tflite`: "
             "the same utterances through Keras and through the exported LiteRT model (parity set); "
             "`ms_per_chunk`: median LiteRT encode step, 1 thread; `rtf`: streaming real-time factor "
-            f"(encode + greedy predict/join), 1 thread.{extra_note}\n\n![Pareto](pareto.png)\n\n"
+            f"(encode + greedy predict/join), 1 thread.{extra_note}\n\n"
+            f"{_choice_text(rows)}![Pareto](pareto.png)\n\n"
             "## Every uniform level (Keras, test split)\n\n"
             f"{levels}")
     fileio.write_text(os.path.join(out, "REPORT.md"), text)
@@ -275,6 +288,16 @@ def write_report(rows: Sequence[Mapping[str, Any]], out: str, preamble: str, lev
         bundle.pareto_plot(rows, os.path.join(out, "pareto.png"), x_key="nonzero_params",
                            x_label="nonzero parameters (M); files are dense-encoded", x_scale=1e-6)
     return table
+
+
+def _choice_text(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Why each omni tier is its searched or its uniform config (the ``choose`` stage), as Markdown."""
+    lines = [f"- {r['tier']}: {r['choice']} ({r['choice_reason']})" for r in rows if r.get("choice_reason")]
+    if not lines:
+        return ""
+    return ("`choice`: the searched per-layer config is kept only when its greedy WER on the whole dev split "
+            "is better than the uniform config of the same budget (95 % paired bootstrap interval of the "
+            "difference below 0); otherwise the tier is the uniform config.\n\n" + "\n".join(lines) + "\n\n")
 
 
 def print_report(rows: Sequence[Mapping[str, Any]], out: str, preamble: str,
@@ -392,10 +415,13 @@ def run_tiers(stages: Stages, out: str, config: ml_collections.ConfigDict, data_
     sized = stages.run("budgets", {"tiers": {t: str(s) for t, s in tiers.items()}, "q": opts.quantization},
                        lambda: tier_budgets(config, workdir, tiers, opts.quantization))
     budgets, metric = sized["budgets"], sized["metric"]
-    search_inputs = {"budgets": budgets, **SparsitySettings.from_config(config.sparsity).search_kwargs()}
+    settings = SparsitySettings.from_config(config.sparsity)
+    search_inputs = {"budgets": budgets, **settings.search_kwargs(), "fitness": settings.search_fitness,
+                     "dev_utterances": settings.search_dev_utterances}
     found = stages.run("search", search_inputs, lambda: search(
         config, workdir, budgets, os.path.join(out, "search"), metric))
-    tier_configs = {t: found[t]["config"] for t in tiers}
+    chosen = stages.run("choose", {}, lambda: choose(config, workdir, found, os.path.join(out, "search")))
+    tier_configs = {t: chosen[t]["config"] for t in tiers}
     levels = stages.run("levels", {"n": opts.eval_utterances}, lambda: evaluate_levels(
         config, workdir, os.path.join(out, "eval", "omni"), configs=tier_configs,
         max_utterances=opts.eval_utterances))
@@ -406,7 +432,8 @@ def run_tiers(stages: Stages, out: str, config: ml_collections.ConfigDict, data_
         config, workdir, data_dir, tier_configs, tier_dir, opts.parity_utterances,
         opts.export_options(OMNI_SERIES)))
     seconds = train_seconds(train_metrics)
-    rows = [report_row(load_manifests(os.path.join(tier_dir, t)), evals.get(t), seconds) for t in tiers]
+    rows = [{**report_row(load_manifests(os.path.join(tier_dir, t)), evals.get(t), seconds),
+             "choice": chosen[t]["choice"], "choice_reason": chosen[t]["reason"]} for t in tiers]
     rows = [_with_extra(r, extra, r["tier"], "wer_keras_") for r in rows]
     level_rows = [_with_extra({**r, "series": OMNI_SERIES}, extra, r["name"], "wer_")
                   for r in levels if r["name"] not in tiers]

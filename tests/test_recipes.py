@@ -164,6 +164,9 @@ def test_librispeech_run_end_to_end_and_rerun_reuses_stages(tmp_path):
         assert (out / "data" / f"{split}.tsv").exists() and (out / "data" / f"{split}.report.json").exists()
     report = (out / "REPORT.md").read_text()
     assert "| big | omni |" in report and "| small | omni |" in report and (out / "pareto.png").exists()
+    choice = json.loads((out / "search" / "choice.json").read_text())  # searched vs uniform on dev, per tier
+    for tier in ("big", "small"):
+        assert f"| {tier} | omni | {choice[tier]['choice']} |" in report and f"- {tier}: " in report
     from ai_edge_litert.interpreter import Interpreter
 
     from tflite_export import bundle

@@ -122,3 +122,17 @@ def test_masked_fitness_on_fake_model():
                                         metric="nonzero_params", population=8, generations=5, seed=0)
     assert result.size <= budget and result.fitness < result.uniform_fitness
     assert result.config["k0"] < 4  # the heavily weighted kernel is kept denser than uniform
+
+
+def test_choose_config_keeps_the_searched_config_only_when_better_on_dev():
+    better = search.choose_config((-0.03, -0.05, -0.01))
+    assert better[0] == search.SEARCHED and "better on dev" in better[1]
+    assert search.choose_config((-0.01, -0.03, 0.01)) == (
+        search.UNIFORM, "dev WER searched - uniform -1.0 points [-3.0, +1.0]: not better on dev (interval "
+        "contains 0)")
+    worse = search.choose_config((0.02, 0.01, 0.04))
+    assert worse[0] == search.UNIFORM and "worse on dev" in worse[1]
+    assert search.choose_config((0.0, 0.0, 0.0), same_config=True)[0] == search.UNIFORM
+    assert search.choose_config((-0.03, -0.05, -0.01), same_config=True)[0] == search.UNIFORM
+    with pytest.raises(ValueError, match="lo <= diff <= hi"):
+        search.choose_config((0.1, 0.0, 0.05))

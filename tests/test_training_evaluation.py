@@ -64,3 +64,23 @@ def test_search_tiers_meets_budgets(supernet, tmp_path):
     assert os.path.exists(tmp_path / "search.md")
     with pytest.raises(ValueError, match="fitness"):
         evaluation.search_tiers(net, batches, {"x": budget}, "nonzero_params", fitness="bleu")
+
+
+def test_choose_tiers_falls_back_to_uniform_unless_searched_is_better(supernet, tmp_path):
+    from omni_tf.sparsity import search
+
+    net, batches = supernet
+    masks = net.masks
+    dense, sparse = ({n: k for n in masks.names} for k in (0, masks.num_levels - 1))
+    found = {"same": {"config": sparse, "uniform_config": sparse},
+             "two": {"config": dense, "uniform_config": sparse}}
+    out = evaluation.choose_tiers(net, batches, DigitTokenizer(), found, str(tmp_path), resamples=50)
+    same = out["same"]
+    assert same["choice"] == search.UNIFORM and same["config"] == sparse
+    assert same["diff"] == same["lo"] == same["hi"] == 0.0 and same["searched_wer"] == same["uniform_wer"]
+    two = out["two"]
+    assert (two["choice"] == search.SEARCHED) == (two["hi"] < 0)  # the rule, on this model's dev WERs
+    assert two["config"] == (dense if two["choice"] == search.SEARCHED else sparse)
+    assert two["diff"] == pytest.approx(two["searched_wer"] - two["uniform_wer"])
+    assert two["utterances"] == sum(len(b["ids"]) for b in batches)
+    assert json.load(open(tmp_path / "choice.json"))["two"]["choice"] == two["choice"]

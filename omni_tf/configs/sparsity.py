@@ -30,4 +30,6 @@ def get_config() -> ml_collections.ConfigDict:
     c.search_generations = 6
     c.search_mutation_prob = 0.1
     c.search_seed = 0
+    c.search_fitness = "loss"  # end-to-end search stage: dev-subset RNN-T loss | greedy WER
+    c.search_dev_utterances = 256  # dev utterances of that fitness (0 = the whole dev split)
     return c

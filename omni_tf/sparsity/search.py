@@ -15,6 +15,10 @@ dev-subset loss or WER measured on the supernet with ``SupernetMasks.apply(confi
 
 Fitness values are cached per config; the result reports the best config, its size, and the uniform config
 of the same budget for comparison. Seeded: ``numpy.random.default_rng(seed)``.
+
+A fitness measured on a dev subset can rank configs differently from test WER, so the deployed tier is the
+searched config only when it is better than the uniform config of the same budget on held-out data
+(``choose_config``: its WER difference to the uniform config, with a bootstrap interval, is below 0).
 """
 from __future__ import annotations
 
@@ -178,3 +182,27 @@ def masked_fitness(masks: Any, evaluate: Callable[[], float]) -> Callable[[dict[
         masks.apply(config)
         return float(evaluate())
     return fitness
+
+
+SEARCHED, UNIFORM = "searched", "uniform"
+
+
+def choose_config(searched_minus_uniform: tuple[float, float, float], same_config: bool = False
+                  ) -> tuple[str, str]:
+    """``(SEARCHED or UNIFORM, reason)``: keep the searched config only when it is better on dev.
+
+    ``searched_minus_uniform`` is ``(diff, lo, hi)``: dev WER of the searched config minus that of the uniform
+    config of the same budget, with a confidence interval (``omni_tf.metrics.bootstrap_wer_diff``). The
+    searched config wins only when the whole interval is below 0; a tie or a loss falls back to the uniform
+    config (the simpler one, and the one the search started from). ``same_config``: the search returned the
+    uniform config itself.
+    """
+    diff, lo, hi = searched_minus_uniform
+    if not lo <= diff <= hi:
+        raise ValueError(f"choose_config wants lo <= diff <= hi, got {searched_minus_uniform}")
+    pts = f"dev WER searched - uniform {100 * diff:+.1f} points [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+    if same_config:
+        return UNIFORM, "the search returned the uniform config"
+    if hi < 0:
+        return SEARCHED, f"{pts}: better on dev"
+    return UNIFORM, f"{pts}: " + ("worse on dev" if lo > 0 else "not better on dev (interval contains 0)")

@@ -7,6 +7,9 @@ Both take a restored ``omni_tf.supernet.Supernet`` (``Supernet(config).restore(w
   per-kernel levels with dev-subset RNN-T loss (fast) or WER as fitness (population, generations, mutation,
   seed from ``config.sparsity.search_*``); the best config per tier is compared
   with the uniform config of the same budget; writes ``tier_<name>.json`` + ``search.json`` / ``search.md``.
+- ``choose_tiers(...)``: per searched tier, greedy WER of the searched and the uniform config on held-out
+  (dev) batches with a paired bootstrap interval; the tier keeps the searched config only when it is better
+  (``sparsity/search.py`` ``choose_config``); writes ``choice.json`` / ``choice.md``.
 References are the decoded label tokens of each batch (the pipeline carries tokens, not text).
 """
 from __future__ import annotations
@@ -135,6 +138,44 @@ def search_tiers(supernet: Supernet, batches: Sequence[Batch], budgets: Mapping[
                 for t, r in out.items()]
         write_table(rows, out_dir, "search", list(rows[0]) if rows else [], full=out)
     return out
+
+
+def choose_tiers(supernet: Supernet, batches: Sequence[Batch], tokenizer,
+                 found: Mapping[str, Mapping[str, Any]], out_dir: str | None = None, resamples: int = 1000,
+                 seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Searched vs uniform config per tier of ``found`` (``search_tiers`` output) on ``batches``.
+
+    Returns ``{tier: {"choice", "reason", "config" (the chosen one), "searched_wer", "uniform_wer", "diff",
+    "lo", "hi", "utterances"}}``; differences are searched - uniform (fractions), 95 % intervals.
+    """
+    model, masks = supernet.model, supernet.masks
+    hyps: dict[tuple, tuple[list, list]] = {}
+
+    def decode(config: Mapping[str, int]) -> tuple[list, list]:
+        key = tuple(sorted(config.items()))
+        if key not in hyps:
+            masks.apply(config)
+            _, refs, out = transcribe(model, batches, tokenizer)
+            hyps[key] = (refs, out)
+        return hyps[key]
+
+    chosen = {}
+    for tier, r in found.items():
+        refs, searched = decode(r["config"])
+        _, uniform = decode(r["uniform_config"])
+        interval = metrics.bootstrap_wer_diff(refs, searched, uniform, n=resamples, seed=seed)
+        same = dict(r["config"]) == dict(r["uniform_config"])
+        choice, reason = search.choose_config(interval, same_config=same)
+        chosen[tier] = {"choice": choice, "reason": reason,
+                        "config": dict(r["config"] if choice == search.SEARCHED else r["uniform_config"]),
+                        "searched_wer": metrics.wer(refs, searched),
+                        "uniform_wer": metrics.wer(refs, uniform),
+                        "diff": interval[0], "lo": interval[1], "hi": interval[2], "utterances": len(refs)}
+    masks.apply_uniform(0)
+    if out_dir:
+        rows = [{"tier": t, **{k: v for k, v in c.items() if k != "config"}} for t, c in chosen.items()]
+        write_table(rows, out_dir, "choice", list(rows[0]) if rows else [], full=chosen)
+    return chosen
 
 
 def write_table(rows: list[dict], out_dir: str, stem: str, columns: list[str], full: Any = None) -> None:

@@ -23,7 +23,10 @@ command per --out at a time (a lock)), in order:
   budgets   each tier's budget in the size metric of --quantization (config.sparsity.search_metric):
             --tiers name=sparsity:S (a uniform config of sparsity S), name=bytes:F (F x the dense int8
             bytes) or name=level:K (uniform level K)
-  search    per-layer levels within each tier's budget
+  search    per-layer levels within each tier's budget (fitness: sparsity.search_fitness on the first
+            sparsity.search_dev_utterances dev utterances)
+  choose    per tier, the searched config if its greedy dev WER beats the uniform config of the same budget
+            (95 % bootstrap interval below 0), else the uniform config; REPORT.md says which and why
   levels    WER of every uniform sparsity level and of the tier configs on the test split
   export    per tier: TFLite (--quantization), parity vs Keras, local LiteRT latency
   train_pruned_<tier>, levels_pruned_<tier>, export_pruned_<tier>

@@ -1,0 +1,425 @@
+"""Omni supernet vs individually pruned models at the device tiers: learning curves at two protocols.
+
+Usage (from the repository root; ``--data_dir`` is a prepared corpus, e.g. ``runs/demo/data`` of
+``make demo``; run one job at a time, niced, it trains for hours at the longer budgets):
+  nice -n 10 python -m benchmarks.omni_vs_pruned --data_dir=runs/demo/data --out=runs/compare \
+      --budgets=800,2500,6000 --tiers=speaker=sparsity:0.6,phone=sparsity:0.75,wearable=sparsity:0.9
+  nice -n 10 python -m benchmarks.omni_vs_pruned --data_dir=runs/demo/data_shipped --pretrained=BUNDLE \
+      --out=runs/compare_shipped --budgets=800,2500      # both sides from a shipped dense model
+  python -m benchmarks.omni_vs_pruned --smoke --compute_unit=steps --out=/tmp/compare_smoke  # ~1 min
+
+Sides and protocols (the comparison of the Omni-sparsity DNN paper, Wu et al. 2021: one supernet vs one
+model pruned per sparsity, same recipe). For every budget ``B`` (steps):
+- ``omni``: one supernet (``training.mode=omni``, the config's sampler) trained for ``B`` steps; each tier is
+  its uniform level at the tier's sparsity (the tier sparsities are added to the supernet's level set).
+- protocol ``steps`` (the paper's): one model per tier (``training.mode=pruned`` at the tier's sparsity),
+  each trained for the same ``B`` steps.
+- protocol ``compute``: the pruned models together get omni's training compute. ``--compute_unit=cpu``: each
+  gets ``1 / num_tiers`` of the omni run's process CPU-seconds, converted to steps with that tier's
+  CPU-seconds per step measured in its protocol-``steps`` run at the same budget; ``--compute_unit=steps``:
+  each gets ``B / num_tiers`` steps.
+Both sides start from the same initial weights (``training.seed``, or with ``--pretrained`` the shipped dense
+model, ``training.init_from``) and use the same loop
+(``omni_tf.training.loop.train``), data and schedule shape.
+
+Schedules and resuming between budgets (whatever the sampler: uniform, sandwich, ...): the cosine learning
+rate ends at ``max_steps`` and the sparsity ramp (``sparsity.begin_step``/``end_step``/``frequency``) is
+placed at the same fractions of every budget as in the config (relative to its ``training.max_steps``), so
+each budget is a complete run (rate decayed, masks frozen and fine-tuned). Such a run cannot continue
+another budget's run, so each budget trains from scratch. Only when no schedule depends on its horizon
+(``training.decay=constant``, or ``eden`` with ``eden_progress=0``, and ``--noscale_schedule``, so the ramp
+is the same absolute steps at every budget: ``horizon_free``) does a budget start from a copy of the final
+checkpoint of the same side's longest shorter run; its cost then includes that run's.
+
+Cost per run: process CPU time (``time.process_time``: all threads of this process) and wall time of the
+training call, and the 1/5/15-minute load average at its end (other jobs on the machine slow the wall clock,
+not the CPU time). A run interrupted and resumed counts only the CPU time of its completing invocation (the
+loop's ``trained_s`` counts every invocation's wall time and is reported too).
+
+Outputs under ``--out``: ``train/<run>/`` (checkpoints), ``results.json`` (every finished run and evaluation,
+written after each one; a rerun skips what it holds and resumes an interrupted training from its checkpoint),
+``RESULTS.md`` (tables) and ``curves.png`` (WER vs steps per model, and vs the CPU-minutes each side spent).
+For each tier, budget and protocol: WER of both sides on the test split and the difference omni - pruned with
+a 95 % paired bootstrap interval over test utterances (``omni_tf.metrics.bootstrap_wer_diff``).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import ml_collections
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+import omni_tf  # noqa: F401
+from omni_tf import fileio, metrics
+from omni_tf.configs import experiment
+from omni_tf.supernet import Supernet
+from omni_tf.training import evaluation, loop, pretrained, sources
+from omni_tf.training import workdir as workdir_lib
+from recipes.tier_flags import define_tiers_flag
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", f"{experiment.__file__}:tiny,demo", "Experiment config.",
+                                lock_config=True)
+flags.DEFINE_string("data_dir", None, "Prepared corpus: train.tsv, dev.tsv, test.tsv, cmvn.json, spm.model.")
+flags.DEFINE_string("out", None, "Output directory (reused: finished runs and evaluations are skipped).")
+flags.DEFINE_list("budgets", ["800", "2500"], "Steps per model, ascending.")
+define_tiers_flag(["speaker=sparsity:0.6", "phone=sparsity:0.75", "wearable=sparsity:0.9"],
+                  "Device tiers, each a uniform sparsity (added to omni's level set).", kinds=("sparsity",))
+flags.DEFINE_list("protocols", ["steps", "compute"], "steps (same steps per model) and/or compute.")
+flags.DEFINE_enum("compute_unit", "cpu", ["cpu", "steps"], "How protocol compute splits omni's budget.")
+flags.DEFINE_bool("scale_schedule", True, "Place the sparsity ramp at the config's fractions of each budget.")
+flags.DEFINE_integer("test_utterances", 0, "Test utterances evaluated (0 = the whole test split).")
+flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples per WER difference.")
+flags.DEFINE_string("pretrained", "", "Start both sides from this shipped dense bundle (a name under "
+                    "omni_tf/resources/pretrained/ or a path; its model config replaces config.model); "
+                    "--data_dir must then hold its spm.model / cmvn.json (run_demo --init=shipped: "
+                    "<out>/data_shipped). Empty: random initial weights (training.seed).")
+flags.DEFINE_bool("smoke", False, "One-layer model (other config fields as given), tiny corpus (made under "
+                  "--out when --data_dir is unset), budgets 1,2: the whole driver in about a minute (with "
+                  "--compute_unit=steps every compute run is a steps run).")
+flags.mark_flags_as_required(["out"])
+
+PROTOCOLS = ("steps", "compute")
+SMOKE_MODEL = {"d_model": 32, "num_layers": 1, "num_heads": 2, "ff_dim": 64, "vocab_size": 30,
+               "pred_hidden": 32, "joint_dim": 32, "pred_embed_dim": 16, "subsampling_factor": 8}
+
+
+# -- configs ------------------------------------------------------------------------------------------------
+def tier_sparsities(tiers: Mapping[str, Any]) -> dict[str, float]:
+    """``{name: TierSpec of kind sparsity}`` (``--tiers``) -> ``{name: sparsity}``; ValueError unless
+    0 < sparsity < 1."""
+    out = {}
+    for name, spec in tiers.items():
+        if spec.kind != "sparsity" or not 0.0 < float(spec.value) < 1.0:
+            raise ValueError(f"--tiers wants name=sparsity:S with 0 < S < 1, got {name}={spec}")
+        out[name] = float(spec.value)
+    return out
+
+
+def horizon_free(config: ml_collections.ConfigDict, scale_schedule: bool) -> bool:
+    """True when no schedule of a run depends on its ``max_steps``, so a longer budget may continue a shorter
+    one's checkpoint: constant (or horizon-free Eden) learning rate and an unscaled sparsity ramp."""
+    t = config.training
+    rate_free = t.decay == "constant" or (t.decay == "eden" and float(t.eden_progress) == 0.0)
+    return rate_free and not scale_schedule
+
+
+def run_config(config: ml_collections.ConfigDict, mode: str, steps: int, tiers: Mapping[str, float],
+               sparsity: float | None, scale_schedule: bool) -> ml_collections.ConfigDict:
+    """The config of one run: ``mode`` (omni | pruned at ``sparsity``), ``steps`` steps, no time budget.
+
+    Omni's level set gets the tier sparsities; with ``scale_schedule`` the sparsity ramp sits at the same
+    fractions of ``steps`` as of the config's ``training.max_steps``.
+    """
+    c = copy.deepcopy(config)
+    with c.unlocked():
+        base = int(c.training.max_steps)
+        c.training.mode, c.training.max_steps, c.training.max_minutes = mode, int(steps), 0.0
+        c.training.checkpoint_every = max(1, min(int(c.training.checkpoint_every), steps))
+        c.sparsity.levels = tuple(sorted({*map(float, c.sparsity.levels), *tiers.values()}))
+        if sparsity is not None:
+            c.sparsity.target_sparsity = float(sparsity)
+        if scale_schedule:
+            sp = c.sparsity
+            sp.begin_step = round(sp.begin_step * steps / base)
+            sp.end_step = max(sp.begin_step + 1, round(sp.end_step * steps / base))
+            sp.frequency = max(1, round(sp.frequency * steps / base))
+    return c
+
+
+def run_name(mode: str, steps: int, tier: str | None = None) -> str:
+    return f"omni_s{steps}" if mode == "omni" else f"pruned_{tier}_s{steps}"
+
+
+# -- results cache ------------------------------------------------------------------------------------------
+class Results:
+    """``results.json``: ``{"runs": {name: {...}}, "evals": {name/tier: {...}}}``, rewritten atomically after
+    every finished item so an interrupted benchmark skips it on the next run."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.data: dict[str, Any] = {"runs": {}, "evals": {}}
+        if os.path.exists(path):
+            with open(path) as f:
+                self.data = json.load(f)
+
+    def get(self, kind: str, key: str) -> dict[str, Any] | None:
+        return self.data[kind].get(key)
+
+    def put(self, kind: str, key: str, value: dict[str, Any]) -> dict[str, Any]:
+        self.data[kind][key] = value
+        fileio.write_json(self.path, self.data)
+        return value
+
+
+# -- training and evaluation --------------------------------------------------------------------------------
+def train_run(results: Results, out: str, name: str, config: ml_collections.ConfigDict,
+              previous: str | None) -> dict[str, Any]:
+    """Trains ``name`` (cached in ``results``); returns {steps, cpu_s, wall_s, trained_s, loadavg, ...}.
+
+    ``previous``: a finished run whose checkpoint this one continues (copied before the first step); its
+    cost is added. Raises ValueError when the cached record, or ``train/<name>``'s checkpoint
+    (``omni_tf.training.workdir.claim``), is of another config.
+    """
+    config_json = config.to_json_best_effort(indent=1, sort_keys=True)
+    digest = hashlib.sha256(config_json.encode()).hexdigest()[:16]
+    done = results.get("runs", name)
+    if done is not None:
+        if done["config_sha256"] != digest:
+            raise ValueError(f"{name} in {results.path} was trained with another config: use another --out")
+        return done
+    workdir = os.path.join(out, "train", name)
+    if previous is not None and not os.path.exists(workdir):
+        with fileio.build_dir(workdir) as tmp:  # whole or not at all
+            shutil.copytree(os.path.join(out, "train", previous), tmp, dirs_exist_ok=True)
+    lock = workdir_lib.claim(workdir, config)  # one writer; a checkpoint of another config is refused
+    cpu0, wall0 = time.process_time(), time.monotonic()
+    try:
+        m = loop.train(config, workdir)
+    finally:
+        if lock is not None:
+            lock.release()
+    cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
+    before = results.get("runs", previous) if previous else None
+    record = {"steps": int(m["step"]), "cpu_s": cpu + (before["cpu_s"] if before else 0.0),
+              "wall_s": wall + (before["wall_s"] if before else 0.0), "trained_s": float(m["trained_s"]),
+              "loadavg": list(os.getloadavg()), "continued_from": previous, "stopped_by": m["stopped_by"],
+              "loss": float(m["loss"]), "mode": config.training.mode, "config_sha256": digest,
+              "cpu_s_per_step": cpu / max(1, int(m["step"]) - (before["steps"] if before else 0))}
+    return results.put("runs", name, record)
+
+
+def test_batches(config: ml_collections.ConfigDict, manifest: str, max_utterances: int) -> tuple[list, Any]:
+    """Materialised batches of (the first ``max_utterances`` of) ``manifest`` and its tokenizer."""
+    c = copy.deepcopy(config)
+    with c.unlocked():
+        c.paths.dev_manifest = manifest
+    source = sources.ManifestSource(c, split="dev", training=False)
+    batches, kept, n = evaluation.load_batches(source.dataset(0)), [], 0
+    for b in batches:
+        if max_utterances and n >= max_utterances:
+            break
+        kept.append(b)
+        n += len(b["ids"])
+    return kept, source.tokenizer
+
+
+def evaluate_run(results: Results, out: str, name: str, config: ml_collections.ConfigDict,
+                 tier_levels: Mapping[str, float], data: tuple[list, Any]) -> dict[str, dict[str, Any]]:
+    """Greedy test hypotheses and WER of ``name``'s checkpoint at each ``{tier: sparsity}`` (cached)."""
+    todo = {t: s for t, s in tier_levels.items() if results.get("evals", f"{name}/{t}") is None}
+    if todo:
+        supernet = Supernet(config)
+        supernet.restore(os.path.join(out, "train", name))
+        model, masks = supernet.model, supernet.masks
+        batches, tokenizer = data
+        for tier, s in todo.items():
+            k = min(range(masks.num_levels), key=lambda i: abs(masks.levels[i] - s))
+            if abs(masks.levels[k] - s) > 1e-6:
+                raise ValueError(f"{name}: sparsity {s} of tier {tier} is not a level of {masks.levels}")
+            masks.apply_uniform(k)
+            ids, refs, hyps = evaluation.transcribe(model, batches, tokenizer)
+            results.put("evals", f"{name}/{tier}", {"wer": metrics.wer(refs, hyps), "ids": ids, "refs": refs,
+                                                    "hyps": hyps, "utterances": len(ids)})
+    return {t: results.get("evals", f"{name}/{t}") for t in tier_levels}
+
+
+def compute_steps(omni: Mapping[str, Any], pruned_same_steps: Mapping[str, Any], steps: int, num_tiers: int,
+                  unit: str) -> int:
+    """Protocol compute: a pruned model's steps for ``1 / num_tiers`` of the omni run's compute (>= 1)."""
+    if unit == "steps":
+        return max(1, steps // num_tiers)
+    return max(1, round(omni["cpu_s"] / num_tiers / pruned_same_steps["cpu_s_per_step"]))
+
+
+# -- the comparison ------------------------------------------------------------------------------------------
+def compare(config: ml_collections.ConfigDict, out: str, test_manifest: str, tiers: Mapping[str, float],
+            budgets: Sequence[int], protocols: Sequence[str], compute_unit: str = "cpu",
+            scale_schedule: bool = True, test_utterances: int = 0, bootstrap: int = 1000
+            ) -> list[dict[str, Any]]:
+    """Trains and evaluates both sides at every budget and protocol; returns one row per (budget, protocol,
+    tier) with both WERs, the difference omni - pruned with its 95 % interval and each side's cost."""
+    bad = [p for p in protocols if p not in PROTOCOLS]
+    if bad or not budgets or list(budgets) != sorted(set(budgets)) or budgets[0] < 1:
+        raise ValueError(f"protocols must be in {PROTOCOLS} and budgets ascending positive, got "
+                         f"{list(protocols)}, {list(budgets)}")
+    results = Results(os.path.join(out, "results.json"))
+    resume = horizon_free(config, scale_schedule)
+    data = test_batches(config, test_manifest, test_utterances)
+    rows, trained = [], {}  # (mode, tier) -> {steps: run name} of this invocation's finished runs
+
+    def run(mode: str, steps: int, tier: str | None = None) -> tuple[str, dict[str, Any]]:
+        name = run_name(mode, steps, tier)
+        c = run_config(config, mode, steps, tiers, None if tier is None else tiers[tier], scale_schedule)
+        shorter = [s for s in trained.get((mode, tier), {}) if s < steps]
+        prev = trained[(mode, tier)][max(shorter)] if resume and shorter else None
+        record = train_run(results, out, name, c, prev)
+        trained.setdefault((mode, tier), {})[steps] = name
+        levels = dict(tiers) if tier is None else {tier: tiers[tier]}
+        return name, {**record, "evals": evaluate_run(results, out, name, c, levels, data)}
+
+    for steps in budgets:
+        omni_name, omni = run("omni", steps)
+        same = {t: run("pruned", steps, t)[1] for t in tiers}
+        for protocol in protocols:
+            if protocol == "steps":
+                pruned = same
+            else:
+                split = {t: compute_steps(omni, same[t], steps, len(tiers), compute_unit) for t in tiers}
+                pruned = {t: run("pruned", split[t], t)[1] for t in tiers}
+            pruned_cpu = sum(p["cpu_s"] for p in pruned.values())
+            pruned_wall = sum(p["wall_s"] for p in pruned.values())
+            for tier in tiers:
+                a, b = omni["evals"][tier], pruned[tier]["evals"][tier]
+                if a["ids"] != b["ids"]:
+                    raise ValueError(f"{tier}: omni and pruned evaluated different utterances")
+                diff, lo, hi = metrics.bootstrap_wer_diff(a["refs"], a["hyps"], b["hyps"], n=bootstrap,
+                                                          seed=0)
+                rows.append({"budget": steps, "protocol": protocol, "tier": tier, "sparsity": tiers[tier],
+                             "omni_steps": omni["steps"], "pruned_steps": pruned[tier]["steps"],
+                             "omni_wer": a["wer"], "pruned_wer": b["wer"], "diff": diff, "diff_lo": lo,
+                             "diff_hi": hi, "utterances": a["utterances"],
+                             "omni_cpu_min": omni["cpu_s"] / 60, "pruned_cpu_min": pruned_cpu / 60,
+                             "omni_wall_min": omni["wall_s"] / 60, "pruned_wall_min": pruned_wall / 60,
+                             "loadavg": omni["loadavg"]})
+    return rows
+
+
+# -- report -------------------------------------------------------------------------------------------------
+TABLE_COLUMNS = ("budget", "protocol", "tier", "sparsity", "omni_steps", "pruned_steps", "omni_wer",
+                 "pruned_wer", "diff [95% CI]", "verdict", "omni_cpu_min", "pruned_cpu_min", "omni_wall_min",
+                 "pruned_wall_min")
+
+
+def verdict(lo: float, hi: float) -> str:
+    """``omni better`` / ``pruned better`` when the interval of omni - pruned excludes 0, else ``tie``."""
+    return "omni better" if hi < 0 else "pruned better" if lo > 0 else "tie"
+
+
+def markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The comparison table: WERs in %, the difference in WER points with its interval, cost in minutes."""
+    def cell(r: Mapping[str, Any], c: str) -> str:
+        if c == "diff [95% CI]":
+            return f"{100 * r['diff']:+.1f} [{100 * r['diff_lo']:+.1f}, {100 * r['diff_hi']:+.1f}]"
+        if c == "verdict":
+            return verdict(r["diff_lo"], r["diff_hi"])
+        v = r[c]
+        if c.endswith("_wer"):
+            return f"{100 * v:.1f} %"
+        return f"{v:.2f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
+    lines += ["| " + " | ".join(cell(r, c) for c in TABLE_COLUMNS) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: Sequence[Mapping[str, Any]], path: str) -> None:
+    """WER vs steps per model (protocol steps) and vs each side's CPU-minutes, per tier and side."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, (ax_steps, ax_cpu) = plt.subplots(1, 2, figsize=(11, 4.2))
+    tiers = list(dict.fromkeys(r["tier"] for r in rows))
+    colors = {t: f"C{i}" for i, t in enumerate(tiers)}
+    for tier in tiers:
+        mine = [r for r in rows if r["tier"] == tier]
+        steps = [r for r in mine if r["protocol"] == "steps"]
+        omni = {r["budget"]: r for r in mine}.values()
+        ax_steps.plot([r["omni_steps"] for r in omni], [100 * r["omni_wer"] for r in omni], "-o",
+                      color=colors[tier], label=f"{tier} omni")
+        ax_steps.plot([r["pruned_steps"] for r in steps], [100 * r["pruned_wer"] for r in steps], "--s",
+                      color=colors[tier], label=f"{tier} pruned")
+        ax_cpu.plot([r["omni_cpu_min"] for r in omni], [100 * r["omni_wer"] for r in omni], "-o",
+                    color=colors[tier])
+        pruned = sorted(mine, key=lambda r: r["pruned_cpu_min"])
+        ax_cpu.plot([r["pruned_cpu_min"] for r in pruned], [100 * r["pruned_wer"] for r in pruned], "--s",
+                    color=colors[tier])
+    ax_steps.set(xlabel="training steps per model", ylabel="test WER (%)", title="same steps per model")
+    ax_cpu.set(xlabel="CPU-minutes of the side (omni: one run; pruned: all tiers' runs)",
+               ylabel="test WER (%)", title="WER vs training compute")
+    ax_steps.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_outputs(rows: Sequence[Mapping[str, Any]], out: str, preamble: str) -> str:
+    """``<out>/RESULTS.md`` (preamble + table) and ``<out>/curves.png``; returns the table."""
+    table = markdown(rows)
+    with open(os.path.join(out, "RESULTS.md"), "w") as f:
+        f.write(f"# Omni vs individually pruned\n\n{preamble}\n\n{table}\n![curves](curves.png)\n")
+    plot(rows, os.path.join(out, "curves.png"))
+    return table
+
+
+# -- main ---------------------------------------------------------------------------------------------------
+def smoke_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """``config`` with a one-layer model (the ``--smoke`` mode; every other field as given)."""
+    c = copy.deepcopy(config)
+    with c.unlocked():
+        c.model.update(SMOKE_MODEL)
+    return c
+
+
+def make_smoke_data(out: str) -> str:
+    """A tiny espeak-ng corpus, prepared, with a 30-piece SentencePiece model; returns its data dir."""
+    from omni_tf.data import prepare, synthetic  # noqa: PLC0415
+    from omni_tf.text.tokenizer import train_from_manifest  # noqa: PLC0415
+
+    corpus, data = os.path.join(out, "corpus"), os.path.join(out, "data")
+    if not os.path.exists(os.path.join(data, "spm.model")):
+        spec = synthetic.CorpusSpec(num_utterances=40, seed=3, dev_fraction=0.2, test_fraction=0.2)
+        synthetic.make_corpus(corpus, spec, num_workers=2, overwrite=True, log=lambda s: None)
+        prepare.run(corpus, data)
+        train_from_manifest(os.path.join(data, "train.tsv"), os.path.join(data, "spm"),
+                            SMOKE_MODEL["vocab_size"])
+    return data
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    logging.set_verbosity(logging.INFO)
+    out = os.path.abspath(FLAGS.out)
+    os.makedirs(out, exist_ok=True)
+    data_dir = FLAGS.data_dir or (make_smoke_data(out) if FLAGS.smoke else None)
+    if data_dir is None:
+        raise app.UsageError("--data_dir is required (except with --smoke)")
+    config = copy.deepcopy(FLAGS.config)
+    with config.unlocked():
+        config.paths.manifest_dir = data_dir
+        config.paths.train_manifest = os.path.join(data_dir, "train.tsv")
+        config.paths.dev_manifest = os.path.join(data_dir, "dev.tsv")
+    if FLAGS.pretrained and FLAGS.smoke:
+        raise app.UsageError("--smoke replaces the model: it cannot start from --pretrained")
+    if FLAGS.pretrained:
+        path = pretrained.bundle_dir(FLAGS.pretrained)
+        pretrained.check_bundle(path)
+        with config.unlocked():
+            config.model = pretrained.model_config(path)
+            config.training.init_from = path
+    budgets = [int(b) for b in FLAGS.budgets]
+    if FLAGS.smoke:
+        config, budgets = smoke_config(config), [1, 2]
+    tiers = tier_sparsities(FLAGS.tiers)
+    rows = compare(config, out, os.path.join(data_dir, "test.tsv"), tiers, budgets, FLAGS.protocols,
+                   FLAGS.compute_unit, FLAGS.scale_schedule, FLAGS.test_utterances, FLAGS.bootstrap)
+    preamble = (f"Data `{data_dir}`; preset `{config.preset}`, sampler `{config.sparsity.sampler}`; tiers "
+                f"{tiers}; budgets {budgets} steps; protocol compute in {FLAGS.compute_unit}; diff = omni - "
+                f"pruned in WER points with a 95 % paired bootstrap interval ({FLAGS.bootstrap} resamples "
+                f"of {rows[0]['utterances']} test utterances). Command: `{' '.join(sys.argv)}`")
+    print(write_outputs(rows, out, preamble), flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,102 @@
+"""benchmarks/omni_vs_pruned.py: the whole driver in --smoke mode (table, results JSON, plot, rerun reuse)
+and its pure pieces (configs per budget, when a budget may continue another, compute split, verdict)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import omni_tf  # noqa: F401
+from benchmarks import omni_vs_pruned as ovp
+from omni_tf.configs import experiment
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_run_config_scales_the_ramp_and_adds_tier_levels():
+    base = experiment.get_config("tiny,demo")  # max_steps 2500, ramp 1000-2000 every 80 steps
+    c = ovp.run_config(base, "omni", 800, {"phone": 0.75}, None, scale_schedule=True)
+    assert (c.training.max_steps, c.sparsity.begin_step, c.sparsity.end_step, c.sparsity.frequency) == \
+        (800, 320, 640, 26)
+    assert 0.75 in c.sparsity.levels and c.training.max_minutes == 0.0
+    pruned = ovp.run_config(base, "pruned", 800, {"phone": 0.75}, 0.75, scale_schedule=False)
+    assert pruned.training.mode == "pruned" and pruned.sparsity.target_sparsity == 0.75
+    assert (pruned.sparsity.begin_step, pruned.sparsity.end_step) == (1000, 2000)
+    assert base.training.max_steps == 2500  # the input config is not modified
+
+
+def test_only_horizon_free_schedules_continue_a_shorter_budget():
+    c = experiment.get_config("tiny,demo")
+    assert not ovp.horizon_free(c, scale_schedule=False)  # cosine ends at max_steps
+    c.training.decay = "constant"
+    assert ovp.horizon_free(c, scale_schedule=False)
+    assert not ovp.horizon_free(c, scale_schedule=True)  # the ramp moves with the budget
+    c.training.decay, c.training.eden_progress = "eden", 0.3
+    assert not ovp.horizon_free(c, scale_schedule=False)
+    c.training.eden_progress = 0.0
+    assert ovp.horizon_free(c, scale_schedule=False)
+
+
+def test_compute_protocol_splits_omni_cost_over_the_tiers():
+    omni, pruned = {"cpu_s": 300.0}, {"cpu_s_per_step": 0.5}
+    assert ovp.compute_steps(omni, pruned, 900, 3, "cpu") == 200  # 100 CPU-s each at 0.5 s/step
+    assert ovp.compute_steps(omni, pruned, 900, 3, "steps") == 300
+    assert ovp.compute_steps({"cpu_s": 0.1}, pruned, 2, 3, "steps") == 1  # never 0 steps
+
+
+def test_verdict_and_tiers():
+    assert [ovp.verdict(-0.05, -0.01), ovp.verdict(-0.01, 0.02), ovp.verdict(0.01, 0.03)] == \
+        ["omni better", "tie", "pruned better"]
+    from omni_tf.supernet import parse_tiers
+
+    assert ovp.tier_sparsities(parse_tiers(["a=sparsity:0.6", "b=sparsity:0.9"])) == {"a": 0.6, "b": 0.9}
+    with pytest.raises(ValueError, match="name=sparsity:S"):
+        ovp.tier_sparsities(parse_tiers(["a=level:2"]))
+
+
+def test_smoke_driver_writes_table_json_plot_and_rerun_skips_finished(tmp_path):
+    out = tmp_path / "cmp"
+    cmd = [sys.executable, "-m", "benchmarks.omni_vs_pruned", "--smoke", f"--out={out}",
+           "--tiers=big=sparsity:0.5,small=sparsity:0.9", "--bootstrap=50", "--compute_unit=steps"]
+    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    first = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    # budgets 1, 2 steps; protocol compute in steps: each of the 2 pruned models gets max(1, budget // 2),
+    # which are the steps runs of budget 1 (reused, not trained again)
+    assert set(results["runs"]) == {"omni_s1", "omni_s2", "pruned_big_s1", "pruned_big_s2", "pruned_small_s1",
+                                    "pruned_small_s2"}
+    for run in results["runs"].values():
+        assert run["cpu_s"] > 0 and run["wall_s"] > 0 and len(run["loadavg"]) == 3
+    ev = results["evals"]["omni_s2/small"]
+    assert len(ev["hyps"]) == len(ev["refs"]) == len(ev["ids"]) == ev["utterances"] > 0
+    assert ev["ids"] == results["evals"]["pruned_small_s2/small"]["ids"]
+    table = (out / "RESULTS.md").read_text()
+    header = "| " + " | ".join(ovp.TABLE_COLUMNS) + " |"
+    assert header in table and (out / "curves.png").stat().st_size > 0
+    body = [line for line in table.splitlines() if line.startswith("| ") and line != header]
+    assert len(body) == 2 * 2 * 2  # budgets x protocols x tiers
+    assert {line.split(" | ")[1] for line in body} == {"steps", "compute"}
+    assert [line.split(" | ")[5] for line in body if " compute " in line] == ["1"] * 4  # pruned_steps
+    second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resumed from" not in second.stderr and "step 1" not in second.stderr  # nothing trained again
+    assert json.loads((out / "results.json").read_text())["runs"] == results["runs"]
+
+
+def test_smoke_driver_continues_a_shorter_budget_when_no_schedule_has_a_horizon(tmp_path):
+    out = tmp_path / "cmp"
+    cmd = [sys.executable, "-m", "benchmarks.omni_vs_pruned", "--smoke", f"--out={out}",
+           "--tiers=t=sparsity:0.5", "--protocols=steps", "--bootstrap=20", "--config.training.decay=constant", "--noscale_schedule"]
+    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    for side in ("omni_s", "pruned_t_s"):
+        first, second = runs[f"{side}1"], runs[f"{side}2"]
+        assert first["continued_from"] is None and second["continued_from"] == f"{side}1"
+        assert second["steps"] == 2 and second["cpu_s"] > first["cpu_s"]  # its cost includes the first's
+    assert "resumed from" in proc.stderr  # the 2-step runs started from the 1-step checkpoints
+    changed = subprocess.run([*cmd[:-2]], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert changed.returncode != 0 and "another config" in changed.stderr  # cosine + scaled ramp != cached
