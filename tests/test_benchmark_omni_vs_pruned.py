@@ -88,8 +88,8 @@ def test_smoke_driver_writes_table_json_plot_and_rerun_skips_finished(tmp_path):
 def test_smoke_driver_continues_a_shorter_budget_when_no_schedule_has_a_horizon(tmp_path):
     out = tmp_path / "cmp"
     cmd = [sys.executable, "-m", "benchmarks.omni_vs_pruned", "--smoke", f"--out={out}",
-           "--tiers=t=sparsity:0.5", "--protocols=steps", "--bootstrap=20", "--config.training.decay=constant",
-           "--noscale_schedule"]
+           "--tiers=t=sparsity:0.5", "--protocols=steps", "--bootstrap=20",
+           "--config.training.decay=constant", "--noscale_schedule"]
     env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
