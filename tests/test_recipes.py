@@ -91,8 +91,8 @@ def test_training_stage_survives_a_copy_and_continues_with_a_larger_budget(tmp_p
     monkeypatch.setattr(e2e, "train", _fake_training(calls))
 
     def stage(out, minutes, lr=None, log_every=None):
-        c = e2e.run_config(e2e.with_paths(experiment.get_config("tiny,smoke"), str(out / "data")), "omni",
-                           100, minutes)
+        base = experiment.with_data_dir(experiment.get_config("tiny,smoke"), str(out / "data"))
+        c = e2e.run_config(base, "omni", 100, minutes)
         with c.unlocked():
             c.training.learning_rate = lr or c.training.learning_rate
             c.training.log_every = log_every or c.training.log_every
