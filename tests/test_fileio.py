@@ -189,5 +189,5 @@ def test_export_and_demo_refuse_unsafe_tier_names(tmp_path):
     with pytest.raises(ValueError, match="escaped"):
         bundle.write_tier(str(tmp_path), "../../escaped", b"x", {}, "")
     with pytest.raises(ValueError, match="escaped"):
-        bundle.export_tier(None, {}, "../../escaped", 0, str(tmp_path), "float32", [])
+        bundle.export_tier(None, "../../escaped", str(tmp_path), bundle.ParitySet([]))
     assert os.listdir(tmp_path) == []
