@@ -52,6 +52,14 @@ TIER_KINDS = ("sparsity", "bytes", "level")
 BUDGET_METRIC = {"float32": "float32_sparse_bytes", "float16": "nonzero_params",
                  "dynamic_int8": "nonzero_params", "weight_only_int8": "nonzero_params",
                  "dynamic_int4": "nonzero_params", "int8": "nonzero_params", "auto": "nonzero_params"}
+# The storage format a file of each export quantization has, for the size model's "bytes on disk" of a level
+# that was not exported (the report's Pareto plot). The size model counts prunable kernels at 1 byte
+# (int8) with float32 per-channel scales and everything else at float32 (dynamic-range int8), so
+# ``DISK_BYTES_APPROXIMATE`` modes are estimates: dynamic_int4 stores kernels in half a byte, "auto" picks a
+# mode per tier.
+DISK_BYTES_FORMAT = {"float32": "float32", "float16": "float16", "dynamic_int8": "int8",
+                     "weight_only_int8": "int8", "dynamic_int4": "int8", "int8": "int8", "auto": "int8"}
+DISK_BYTES_APPROXIMATE = frozenset({"dynamic_int4", "auto"})
 
 
 class LevelSetMismatch(ValueError):
@@ -204,6 +212,21 @@ def budget_metric(search_metric: str, quantization: str) -> str:
     if quantization not in BUDGET_METRIC:
         raise ValueError(f"quantization {quantization!r} unknown; choose one of {sorted(BUDGET_METRIC)}")
     return BUDGET_METRIC[quantization]
+
+
+def disk_bytes_metric(quantization: str, sparse: str = "auto") -> str:
+    """The size-model metric (``size.METRICS``) equal to a file's bytes on disk in an export ``quantization``
+    with sparse tensor encoding ``sparse`` (auto | never | always; auto encodes float32 files only,
+    ``BUDGET_METRIC``'s note). Weight masks: a dense-encoded file is the dense size whatever the sparsity;
+    structured (sliced) models: the ``*_bytes`` of the sliced model. Raises ValueError for an unknown
+    ``quantization`` or ``sparse``."""
+    if quantization not in DISK_BYTES_FORMAT:
+        raise ValueError(f"quantization {quantization!r} unknown; choose one of {sorted(DISK_BYTES_FORMAT)}")
+    if sparse not in ("auto", "never", "always"):
+        raise ValueError(f"sparse {sparse!r} unknown; choose auto, never or always")
+    fmt = DISK_BYTES_FORMAT[quantization]
+    encoded = sparse == "always" or (sparse == "auto" and fmt == "float32")
+    return f"{fmt}_sparse_bytes" if encoded else f"{fmt}_bytes"
 
 
 # ---------------------------------------------------------------------------------------------------------

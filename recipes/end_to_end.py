@@ -31,7 +31,14 @@ from omni_tf.data import features as features_lib
 from omni_tf.data import prepare, synthetic
 from omni_tf.data.librispeech import read_manifest
 from omni_tf.sparsity import structured
-from omni_tf.supernet import BUDGET_METRIC, SparsitySettings, Supernet, TierSpec
+from omni_tf.supernet import (
+    BUDGET_METRIC,
+    DISK_BYTES_APPROXIMATE,
+    SparsitySettings,
+    Supernet,
+    TierSpec,
+    disk_bytes_metric,
+)
 from omni_tf.text.tokenizer import Tokenizer, check_model_vocab, train_from_manifest
 from omni_tf.training import evaluation, loop, pretrained, sources
 from omni_tf.training import workdir as workdir_lib
@@ -262,9 +269,10 @@ REPORT_COLUMNS = ("tier", "series", "choice", "config", "sparsity", "nonzero_par
                   "wer_keras_test", "wer_keras", "wer_tflite", "ms_per_chunk", "rtf", "train_minutes")
 
 
-def write_report(rows: Sequence[Mapping[str, Any]], out: str, preamble: str, level_rows: Sequence[Mapping]
-                 ) -> str:
-    """``<out>/REPORT.md`` + ``<out>/pareto.png``; returns the tier table (Markdown)."""
+def write_report(rows: Sequence[Mapping[str, Any]], out: str, preamble: str, level_rows: Sequence[Mapping],
+                 quantization: str = "dynamic_int8", sparse: str = "auto") -> str:
+    """``<out>/REPORT.md`` + ``<out>/pareto.png`` (x: bytes on disk in ``quantization``, ``pareto_points``);
+    returns the tier table (Markdown)."""
     extra = sorted({k for r in rows for k in r if k.startswith("wer_keras_") and k not in REPORT_COLUMNS})
     extra_levels = sorted({k for r in level_rows for k in r if k.startswith("wer_") and k != "wer"})
     at = REPORT_COLUMNS.index("wer_keras_test") + 1  # the other test splits beside the test split
@@ -282,12 +290,39 @@ def write_report(rows: Sequence[Mapping[str, Any]], out: str, preamble: str, lev
             "## Every uniform level (Keras, test split)\n\n"
             f"{levels}")
     fileio.write_text(os.path.join(out, "REPORT.md"), text)
-    if len({r["bytes"] for r in rows}) > 1:
-        bundle.pareto_plot(rows, os.path.join(out, "pareto.png"))
-    else:  # dense-encoded tiers (int8, float16) are all one size: their nonzero parameters differ
-        bundle.pareto_plot(rows, os.path.join(out, "pareto.png"), x_key="nonzero_params",
-                           x_label="nonzero parameters (M); files are dense-encoded", x_scale=1e-6)
+    approx = ", approximate" if quantization in DISK_BYTES_APPROXIMATE else ""
+    points = pareto_points(rows, level_rows, quantization, sparse)
+    bundle.pareto_plot(points, os.path.join(out, "pareto.png"), wer_key="wer",
+                       x_label=f"bytes on disk, {quantization} (MB); hollow: size model{approx}",
+                       y_label="WER (%), Keras greedy, test split")
     return table
+
+
+def pareto_points(rows: Sequence[Mapping[str, Any]], level_rows: Sequence[Mapping[str, Any]],
+                  quantization: str, sparse: str = "auto") -> list[dict[str, Any]]:
+    """The Pareto plot's points: ``{"series", "name", "bytes", "wer", "estimated"}``, one per tier row and
+    per uniform-level row (the dense level included).
+
+    Exported tiers are at their measured file size (manifest ``bytes_on_disk``, ``estimated`` False);
+    uniform levels were not exported, so they are at the bytes their file would have in ``quantization``
+    with sparse encoding ``sparse`` (``omni_tf.supernet.disk_bytes_metric`` of the row's size-model
+    fields, ``estimated`` True): with weight masks every dense-encoded level is the dense size, which is
+    what the file would be. ``wer``: the Keras greedy WER on the test split (a tier without it: its LiteRT
+    parity WER). ValueError names a level row without that size field.
+    """
+    metric = disk_bytes_metric(quantization, sparse)
+    points = []
+    for r in rows:
+        wer = r.get("wer_keras_test")
+        points.append({"series": r.get("series", OMNI_SERIES), "name": r["tier"], "bytes": r["bytes"],
+                       "wer": r.get("wer_tflite") if wer is None else wer, "estimated": False})
+    for r in level_rows:
+        if metric not in r:
+            raise ValueError(f"level row {r.get('name')!r} ({r.get('series')}) has no size field {metric!r}"
+                             f" (the bytes of a {quantization} file); it has {sorted(r)}")
+        points.append({"series": f"{r.get('series', OMNI_SERIES)} uniform levels", "name": r["name"],
+                       "bytes": r[metric], "wer": r["wer"], "estimated": True})
+    return points
 
 
 def _choice_text(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -301,9 +336,10 @@ def _choice_text(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def print_report(rows: Sequence[Mapping[str, Any]], out: str, preamble: str,
-                 level_rows: Sequence[Mapping]) -> None:
-    """Writes ``out``/REPORT.md and pareto.png and prints the preamble and tier table."""
-    table = write_report(rows, out, preamble, level_rows)
+                 level_rows: Sequence[Mapping], quantization: str = "dynamic_int8", sparse: str = "auto"
+                 ) -> None:
+    """Writes ``out``/REPORT.md and pareto.png (``write_report``) and prints the preamble and tier table."""
+    table = write_report(rows, out, preamble, level_rows, quantization, sparse)
     print(f"\n{preamble}\n\n{table}\nwrote {out}/REPORT.md and {out}/pareto.png", flush=True)
 
 
@@ -327,7 +363,7 @@ def run_recipe(flag_values: Any, make_data: Callable[[Stages, str, ml_collection
         preamble = (f"{describe(config, train_metrics)}; quantization {flag_values.quantization}; "
                     f"granularity {config.sparsity.granularity}, block {config.sparsity.block}. "
                     f"Stages: {sum(stages.timings.values()) / 60:.1f} min.")
-        print_report(rows, out, preamble, level_rows)
+        print_report(rows, out, preamble, level_rows, opts.quantization, opts.sparse)
 
 
 def load_manifests(tier_dir: str) -> dict[str, dict[str, Any]]:

@@ -212,6 +212,37 @@ def test_librispeech_run_end_to_end_and_rerun_reuses_stages(tmp_path):
     assert not ran and second.stdout.count("reused") >= 8, second.stdout
 
 
+def test_pareto_points_are_bytes_on_disk_measured_for_tiers_size_model_for_levels(tmp_path):
+    from recipes import end_to_end as e2e
+
+    tiers = [{"tier": "phone", "series": "omni", "bytes": 700, "nonzero_params": 100, "wer_keras_test": 0.3,
+              "wer_tflite": 0.35},
+             {"tier": "phone_pruned", "series": "pruned", "bytes": 650, "nonzero_params": 100,
+              "wer_keras_test": None, "wer_tflite": 0.4}]
+    sizes = {"nonzero_params": 100, "int8_bytes": 900, "int8_sparse_bytes": 500, "float16_bytes": 1800,
+             "float16_sparse_bytes": 1000, "float32_bytes": 3600, "float32_sparse_bytes": 2000}
+    levels = [{"series": "omni", "name": "uniform_0.00", "wer": 0.2, **sizes, "float32_sparse_bytes": 3600},
+              {"series": "omni", "name": "uniform_0.60", "wer": 0.3, **sizes}]
+    points = e2e.pareto_points(tiers, levels, "dynamic_int8")
+    assert [(p["name"], p["bytes"], p["wer"], p["estimated"]) for p in points] == [
+        ("phone", 700, 0.3, False), ("phone_pruned", 650, 0.4, False),  # no Keras test WER: the LiteRT one
+        ("uniform_0.00", 900, 0.2, True), ("uniform_0.60", 900, 0.3, True)]  # dense-encoded: one size
+    assert points[2]["series"] == "omni uniform levels"
+    assert [p["bytes"] for p in e2e.pareto_points([], levels, "float32")] == [3600, 2000]  # sparse-encoded
+    assert [p["bytes"] for p in e2e.pareto_points([], levels, "float16")] == [1800, 1800]
+    assert [p["bytes"] for p in e2e.pareto_points([], levels, "float32", "never")] == [3600, 3600]
+    assert [p["bytes"] for p in e2e.pareto_points([], levels, "int8", "always")] == [500, 500]
+    with pytest.raises(ValueError, match="uniform_0.60.*float16_bytes"):
+        e2e.pareto_points([], [{"series": "omni", "name": "uniform_0.60", "wer": 0.3, "int8_bytes": 9}],
+                          "float16")
+    with pytest.raises(ValueError, match="quantization 'int3' unknown"):
+        e2e.pareto_points([], levels, "int3")
+    from tflite_export import bundle
+
+    png = bundle.pareto_plot(points, str(tmp_path / "p.png"), wer_key="wer")
+    assert os.path.getsize(png) > 1000
+
+
 def test_report_shows_extra_test_splits_beside_test(tmp_path):
     from recipes import end_to_end as e2e
 
@@ -221,7 +252,8 @@ def test_report_shows_extra_test_splits_beside_test(tmp_path):
            "ms_per_chunk": 1.0, "rtf": 0.1, "train_minutes": 1.0}
     rows = [e2e._with_extra(row, extra, "speaker", "wer_keras_")]
     levels = [e2e._with_extra({"series": "omni", "name": "uniform_0.00", "wer": 0.4, "cer": 0.2,
-                               "nonzero_params": 2000, "int8_sparse_bytes": 3000, "utterances": 9},
+                               "nonzero_params": 2000, "int8_sparse_bytes": 3000, "int8_bytes": 3000,
+                               "utterances": 9},
                               extra, "uniform_0.00", "wer_")]
     e2e.write_report(rows, str(tmp_path), "pre", levels)
     text = (tmp_path / "REPORT.md").read_text()

@@ -519,21 +519,32 @@ def write_report(rows: Sequence[Mapping[str, Any]], path: str, title: str = "TFL
 
 
 def pareto_plot(rows: Sequence[Mapping[str, Any]], png: str, wer_key: str = "wer_tflite",
-                x_key: str = "bytes", x_label: str = "model.tflite size (MB)", x_scale: float = 1e-6) -> str:
-    """WER vs ``x_key`` (default: bytes on disk), one series per ``row["series"]`` (omni, pruned...)."""
+                x_key: str = "bytes", x_label: str = "model.tflite size (MB)", x_scale: float = 1e-6,
+                y_label: str = "WER (%)") -> str:
+    """WER vs ``x_key`` (default: bytes on disk), one series per ``row["series"]`` (omni, pruned...).
+
+    Rows with a true ``estimated`` field (sizes from the size model, not a written file) are drawn with hollow
+    markers and dashed lines, their legend entry suffixed " (size model)". Returns ``png``.
+    """
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for series in sorted({r.get("series", "omni") for r in rows}):
+    for series, estimated in sorted({(r.get("series", "omni"), bool(r.get("estimated"))) for r in rows}):
         pts = sorted((r[x_key] * x_scale, r[wer_key]) for r in rows
-                     if r.get("series", "omni") == series and r.get(wer_key) is not None)
-        if pts:
+                     if r.get("series", "omni") == series and bool(r.get("estimated")) == estimated
+                     and r.get(wer_key) is not None)
+        if not pts:
+            continue
+        if estimated:
+            ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], "o--", markerfacecolor="none",
+                    label=f"{series} (size model)")
+        else:
             ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], "o-", label=series)
     ax.set_xlabel(x_label)
-    ax.set_ylabel("WER (%)")
+    ax.set_ylabel(y_label)
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
