@@ -24,6 +24,7 @@ from ai_edge_quantizer import quantizer
 from ml_collections import config_flags
 
 import omni_tf  # noqa: F401
+from omni_tf import fileio
 from omni_tf.data import features as features_lib
 from omni_tf.data.librispeech import read_manifest
 from omni_tf.supernet import Supernet
@@ -111,8 +112,7 @@ def main(argv):
     text = bundle.markdown_table(table)
     print(text)
     if FLAGS.output:
-        with open(FLAGS.output, "w") as f:
-            f.write(text)
+        fileio.write_text(FLAGS.output, text)
 
 
 if __name__ == "__main__":

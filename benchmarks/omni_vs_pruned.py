@@ -357,8 +357,8 @@ def plot(rows: Sequence[Mapping[str, Any]], path: str) -> None:
 def write_outputs(rows: Sequence[Mapping[str, Any]], out: str, preamble: str) -> str:
     """``<out>/RESULTS.md`` (preamble + table) and ``<out>/curves.png``; returns the table."""
     table = markdown(rows)
-    with open(os.path.join(out, "RESULTS.md"), "w") as f:
-        f.write(f"# Omni vs individually pruned\n\n{preamble}\n\n{table}\n![curves](curves.png)\n")
+    fileio.write_text(os.path.join(out, "RESULTS.md"),
+                      f"# Omni vs individually pruned\n\n{preamble}\n\n{table}\n![curves](curves.png)\n")
     plot(rows, os.path.join(out, "curves.png"))
     return table
 

@@ -37,6 +37,7 @@ import tensorflow as tf
 from absl import app, flags
 
 import omni_tf  # noqa: F401
+from omni_tf import fileio
 from omni_tf.configs import model as model_configs
 from omni_tf.model import build_model
 from tflite_export import bundle, convert, inference_model, parity
@@ -265,8 +266,7 @@ def main(argv):
                f"{fc_rate / peak:.2f} of peak.\n\n")
     print(header + table)
     if FLAGS.output:
-        with open(FLAGS.output, "w") as f:
-            f.write(header + table)
+        fileio.write_text(FLAGS.output, header + table)
 
 
 if __name__ == "__main__":

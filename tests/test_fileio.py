@@ -52,6 +52,23 @@ def test_full_disk_mid_file_names_the_file_and_keeps_the_old_one(tmp_path, monke
     assert path.read_bytes() == b"old model" and _leftovers(tmp_path) == []
 
 
+def test_full_disk_in_evaluation_write_table_leaves_the_old_file_or_none(tmp_path, monkeypatch):
+    from omni_tf.training import evaluation
+
+    rows = [{"name": f"uniform_{i / 100:.2f}", "wer": i / 100} for i in range(50)]  # > 100 bytes
+    (tmp_path / "eval_dev.json").write_text("old")
+    monkeypatch.setattr(fileio, "_open", _FullDisk(open, limit=100))
+    with pytest.raises(OSError) as e:
+        evaluation.write_table(rows, str(tmp_path), "eval_dev", ["name", "wer"])
+    assert e.value.errno == errno.ENOSPC and str(tmp_path / "eval_dev.json") in str(e.value)
+    assert (tmp_path / "eval_dev.json").read_text() == "old" and not (tmp_path / "eval_dev.md").exists()
+    with pytest.raises(OSError) as e:  # a small JSON is written whole, the long table fails
+        evaluation.write_table(rows, str(tmp_path), "eval_dev", ["name", "wer"], full={"n": 1})
+    assert str(tmp_path / "eval_dev.md") in str(e.value)
+    assert json.loads((tmp_path / "eval_dev.json").read_text()) == {"n": 1}
+    assert not (tmp_path / "eval_dev.md").exists() and _leftovers(tmp_path) == []
+
+
 def _tier(tmp_path, content, tag):
     from tflite_export import bundle
 

@@ -27,6 +27,7 @@ import numpy as np
 import soundfile as sf
 import tensorflow as tf
 
+from omni_tf import fileio
 from omni_tf.data import augment, synthetic, text_source
 
 OOD_SPLIT = "test_ood"
@@ -176,12 +177,12 @@ def make_ood_split(out_dir: str, spec: OodSpec, log=print) -> dict:
             audio = degrade(audio, spec, i)
         path = os.path.join(out_dir, item.utterance.relpath)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        sf.write(path, audio, synthetic.SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+        with fileio.atomic_write(path, "wb") as f:
+            sf.write(f, audio, synthetic.SAMPLE_RATE, format="FLAC", subtype="PCM_16")
         seconds += audio.shape[0] / synthetic.SAMPLE_RATE
     synthetic.write_transcripts(out_dir, [p.utterance for p in plan])
     meta = {"version": OOD_VERSION, "spec": spec.to_dict(), "counts": {OOD_SPLIT: len(plan)},
             "degraded": sum(p.degraded for p in plan), "hours": round(seconds / 3600, 4)}
-    with open(meta_path, "w", encoding="utf-8") as f:
-        json.dump(meta, f, indent=2)
+    fileio.write_json(meta_path, meta, indent=2)
     log(f"OOD split: {len(plan)} utterances ({meta['degraded']} with reverberation + noise) in {out_dir}")
     return meta

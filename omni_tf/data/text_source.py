@@ -25,6 +25,8 @@ import random
 import re
 from collections.abc import Iterable, Sequence
 
+from omni_tf import fileio
+
 RESOURCE = os.path.join(os.path.dirname(__file__), "resources", "sentences.txt.gz")
 FORTUNES_DIR = "/usr/share/games/fortunes"
 # Fortune files that are mostly code, ASCII art, jargon or non-English; the rest is prose.
@@ -191,7 +193,8 @@ def split_disjoint(sentences: Sequence[str], fractions: dict[str, float], seed: 
 
 def _write_resource(sentences: Sequence[str], path: str = RESOURCE) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as f:
+    with (fileio.atomic_write(path, "wb") as raw,
+          gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as f):
         f.write(("\n".join(sentences) + "\n").encode("utf-8"))
 
 

@@ -14,7 +14,6 @@ References are the decoded label tokens of each batch (the pipeline carries toke
 """
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -22,7 +21,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from omni_tf import decoding, metrics
+from omni_tf import decoding, fileio, metrics
 from omni_tf.losses.rnnt import rnnt_loss
 from omni_tf.sparsity import search, size
 from omni_tf.supernet import Supernet
@@ -131,8 +130,7 @@ def search_tiers(supernet: Supernet, batches: Sequence[Batch], budgets: Mapping[
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
         for tier, r in out.items():
-            with open(os.path.join(out_dir, f"tier_{tier}.json"), "w") as f:
-                json.dump(r["config"], f, indent=1)
+            fileio.write_json(os.path.join(out_dir, f"tier_{tier}.json"), r["config"])
         rows = [{"tier": t, "budget": r["budget"], "size": r["size"], "fitness": r["fitness"],
                  "uniform_size": r["uniform_size"], "uniform_fitness": r["uniform_fitness"]}
                 for t, r in out.items()]
@@ -179,15 +177,14 @@ def choose_tiers(supernet: Supernet, batches: Sequence[Batch], tokenizer,
 
 
 def write_table(rows: list[dict], out_dir: str, stem: str, columns: list[str], full: Any = None) -> None:
-    """``<stem>.json`` (``full`` or the rows) and a Markdown table ``<stem>.md`` of ``columns``."""
+    """``<stem>.json`` (``full`` or the rows) and a Markdown table ``<stem>.md`` of ``columns``, each written
+    atomically (``fileio.write_json`` / ``write_text``: whole or absent)."""
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, f"{stem}.json"), "w") as f:
-        json.dump(full if full is not None else rows, f, indent=1)
+    fileio.write_json(os.path.join(out_dir, f"{stem}.json"), full if full is not None else rows)
 
     def fmt(v):
         return f"{v:.4g}" if isinstance(v, float) else str(v)
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
-    with open(os.path.join(out_dir, f"{stem}.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    fileio.write_text(os.path.join(out_dir, f"{stem}.md"), "\n".join(lines) + "\n")

@@ -19,7 +19,6 @@ dense warm-up: the individually pruned baseline), ``omni`` (the supernet; ``conf
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from collections.abc import Callable
@@ -31,6 +30,7 @@ import tensorflow as tf
 import tf_keras as keras
 from absl import logging
 
+from omni_tf import fileio
 from omni_tf.losses.ctc import CtcHead
 from omni_tf.losses.rnnt import rnnt_loss
 from omni_tf.sparsity import sampling
@@ -308,8 +308,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, source: DataSource,
             logging.warning("%d utterance passes had fewer encoder frames than CTC needs; their CTC loss "
                             "was 0 (RNN-T loss unaffected)", ctc_infeasible)
     if chief:
-        with open(os.path.join(workdir, "train_metrics.json"), "w") as f:
-            json.dump(metrics, f, indent=1)
+        fileio.write_json(os.path.join(workdir, "train_metrics.json"), metrics)
     keras.mixed_precision.set_global_policy("float32")
     return metrics
 

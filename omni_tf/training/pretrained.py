@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
 import numpy as np
+
+from omni_tf import fileio
 
 BUNDLE_FILES = ("weights.npz", "spm.model", "cmvn.json", "config.json", "bundle.json")
 RESOURCE_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "resources", "pretrained")
@@ -75,12 +76,10 @@ def write_bundle(model, config: ml_collections.ConfigDict, spm_model: str, cmvn:
     tmp = os.path.join(out_dir, "weights.tmp.npz")
     np.savez_compressed(tmp, **arrays)
     os.replace(tmp, os.path.join(out_dir, "weights.npz"))
-    shutil.copyfile(spm_model, os.path.join(out_dir, "spm.model"))
-    shutil.copyfile(cmvn, os.path.join(out_dir, "cmvn.json"))
-    with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
-        f.write(config.to_json_best_effort(indent=1))
-    with open(stale, "w", encoding="utf-8") as f:
-        json.dump(dict(info), f, indent=1)
+    fileio.copy_file(spm_model, os.path.join(out_dir, "spm.model"))
+    fileio.copy_file(cmvn, os.path.join(out_dir, "cmvn.json"))
+    fileio.write_text(os.path.join(out_dir, "config.json"), config.to_json_best_effort(indent=1))
+    fileio.write_json(stale, dict(info))
     return out_dir
 
 

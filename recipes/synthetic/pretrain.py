@@ -31,6 +31,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 import omni_tf  # noqa: F401
+from omni_tf import fileio
 from omni_tf.configs import experiment
 from omni_tf.data import synthetic
 from omni_tf.training import pretrained
@@ -68,10 +69,7 @@ def train_and_account(config, workdir: str, runs_path: str) -> tuple[dict, float
     runs.append({"finished": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu_s": time.process_time() - cpu0,
                  "wall_s": time.time() - wall0, "step": metrics.get("step"),
                  "restored_from": metrics.get("restored_from")})
-    tmp = runs_path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(runs, f, indent=1)
-    os.replace(tmp, runs_path)
+    fileio.write_json(runs_path, runs)
     return metrics, sum(r["cpu_s"] for r in runs)
 
 
