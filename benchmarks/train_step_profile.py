@@ -129,7 +129,7 @@ def breakdown(state: Any, run_step: Callable[[], Any], batch: dict[str, tf.Tenso
     def joiner_loss_part():
         with tf.GradientTape() as tape:
             tape.watch(enc_const)
-            pred = model.predict(tokens, training=True)
+            pred = model.predictor_forward(tokens, training=True)
             logits = model.join(enc_const[:, :, None, :], pred[:, None, :, :])
             loss = tf.reduce_sum(loss_fn(logits, tokens, enc_len, tok_len))
         return tape.gradient(loss, rest_vars + [enc_const])
