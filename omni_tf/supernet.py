@@ -361,12 +361,21 @@ class Supernet:
                                       block=self.settings.block)
         return analytic.measure(analytic.uniform_config(1), metric)
 
-    def budget(self, spec: TierSpec, metric: str) -> float:
+    def budget(self, spec: TierSpec, metric: str, dense_file_bytes: float | None = None,
+               overhead_bytes: float | None = None) -> float:
         """A tier's budget in ``metric`` units.
 
         sparsity: the size of a uniform config at that sparsity (exact for a level of the set, analytic
-        otherwise); bytes: the fraction of the dense int8 model's bytes (whatever ``metric``; raises
+        otherwise); bytes: the fraction F of the dense int8 model's bytes (whatever ``metric``; raises
         ValueError unless ``metric`` is a bytes metric); level: the size of that uniform level.
+
+        ``dense_file_bytes``: the measured size (bytes) of the dense model's dynamic-int8 TFLite file. A file
+        holds the tensor bytes the size model counts plus an overhead c (flatbuffer graph, signatures,
+        quantization parameters; 64-86 KB for the tiny model, a little larger for sliced models than for the
+        dense one, docs/RESULTS.md section 3), so a bytes tier's file fits F x ``dense_file_bytes`` when its
+        counted size is at most F x ``dense_file_bytes`` - c. ``overhead_bytes``: c (default: the dense
+        file's, ``dense_file_bytes`` - the counted dense size). Without ``dense_file_bytes`` the budget is
+        F x the counted dense size, and files can exceed F x the dense file by about c (1-5 %).
         """
         if spec.kind == "sparsity":
             return self._uniform_size(spec.value, metric)
@@ -374,7 +383,11 @@ class Supernet:
             if not metric.endswith("_bytes"):
                 raise ValueError(f"tier {spec}: a bytes budget needs a bytes size metric, not {metric!r} "
                                  "(set --config.sparsity.search_metric, e.g. int8_sparse_bytes)")
-            return float(spec.value) * self.size_model().dense_int8_bytes()
+            counted = self.size_model().dense_int8_bytes()
+            if dense_file_bytes is None:
+                return float(spec.value) * counted
+            overhead = float(dense_file_bytes) - counted if overhead_bytes is None else float(overhead_bytes)
+            return float(spec.value) * float(dense_file_bytes) - overhead
         sizes = self.size_model()
         return sizes.measure(self.tier(spec), metric)
 

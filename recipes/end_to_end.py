@@ -45,6 +45,7 @@ from omni_tf.training import workdir as workdir_lib
 from recipes.stages import Stages
 from recipes.tier_flags import define_tiers_flag
 from tflite_export import bundle, inference_model
+from tflite_export import convert as convert_lib
 from tflite_export.recognizer import audio_features
 
 OMNI_SERIES, PRUNED_SERIES = "omni", "individually-pruned"
@@ -185,10 +186,27 @@ def evaluate_levels(config: ml_collections.ConfigDict, workdir: str, out_dir: st
 
 def tier_budgets(config: ml_collections.ConfigDict, workdir: str, tiers: Mapping[str, TierSpec],
                  quantization: str) -> dict[str, Any]:
-    """``{"metric": size metric, "budgets": {tier: budget}}`` (``Supernet.budget`` of each tier spec)."""
+    """``{"metric": size metric, "budgets": {tier: budget}, "dense_file_bytes", "overhead_bytes"}``
+    (``Supernet.budget`` of each tier spec).
+
+    With a ``bytes:`` tier and the ``int8_bytes`` metric (the bytes of a dense-encoded dynamic-int8 file,
+    e.g. structured supernets), the dense and the sparsest uniform tiers are converted to dynamic-int8 files
+    once; the budgets then come off the dense file's measured bytes minus the larger of the two files'
+    uncounted overheads, so the tier files on disk meet them, not only their counted tensors.
+    """
     supernet = restore(config, workdir)
     metric = supernet.budget_metric(quantization)
-    return {"metric": metric, "budgets": {t: supernet.budget(spec, metric) for t, spec in tiers.items()}}
+    dense_file = overhead = None
+    if metric == "int8_bytes" and any(spec.kind == "bytes" for spec in tiers.values()) and supernet.levels:
+        sizes = supernet.size_model()
+        measured = {}
+        for k in sorted({0, len(supernet.levels) - 1}):
+            module = inference_model.bake_supernet(supernet, k).module
+            measured[k] = len(convert_lib.convert_module(module, "dynamic_int8", sparse="never").content)
+        dense_file = measured[0]
+        overhead = max(b - sizes.measure(sizes.uniform_config(k), metric) for k, b in measured.items())
+    return {"metric": metric, "dense_file_bytes": dense_file, "overhead_bytes": overhead,
+            "budgets": {t: supernet.budget(spec, metric, dense_file, overhead) for t, spec in tiers.items()}}
 
 
 def search(config: ml_collections.ConfigDict, workdir: str, budgets: Mapping[str, float], out_dir: str,
@@ -448,7 +466,8 @@ def run_tiers(stages: Stages, out: str, config: ml_collections.ConfigDict, data_
     c = run_config(config, "omni", config.training.max_steps, opts.max_minutes)
     train_metrics = train_stage(stages, "train", c, workdir)
     tiers = dict(opts.tiers)
-    sized = stages.run("budgets", {"tiers": {t: str(s) for t, s in tiers.items()}, "q": opts.quantization},
+    sized = stages.run("budgets", {"tiers": {t: str(s) for t, s in tiers.items()}, "q": opts.quantization,
+                                   "bytes_on_disk": True},
                        lambda: tier_budgets(config, workdir, tiers, opts.quantization))
     budgets, metric = sized["budgets"], sized["metric"]
     settings = SparsitySettings.from_config(config.sparsity)

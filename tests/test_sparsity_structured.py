@@ -251,3 +251,35 @@ def test_search_and_export_a_byte_budget_tier_end_to_end(tmp_path):
     assert manifest["nonzero_params"] == sizes.measure(found["config"], "nonzero_params")
     assert 0 < manifest["sparsity"]["prunable_sparsity"] < 1
     assert manifest["signatures"]["pred_dim"] <= config.model.pred_hidden
+
+
+def test_bytes_budget_is_met_by_the_dynamic_int8_file_on_disk():
+    """A ``bytes:F`` tier sized against measured dynamic-int8 files (``Supernet.budget`` with the dense
+    file's bytes and the files' uncounted overhead, as ``end_to_end.tier_budgets`` measures them) is a
+    sliced file of at most F x the dense file's bytes; the counted tensor bytes alone undercount each file."""
+    from omni_tf.supernet import Supernet, TierSpec
+    from tests.training_helpers import tiny_config
+    from tflite_export import convert, inference_model
+
+    def file_bytes(net, tier) -> int:
+        module = inference_model.bake_supernet(net, tier).module
+        return len(convert.convert_module(module, "dynamic_int8", sparse="never").content)
+
+    config = tiny_config("omni")
+    config.sparsity.granularity = "structured"
+    supernet = Supernet(config)
+    supernet.masks.update_rankings()
+    sizes = supernet.size_model()
+    files = {k: file_bytes(supernet, k) for k in range(len(supernet.levels))}
+    counted = {k: sizes.measure(sizes.uniform_config(k), "int8_bytes") for k in files}
+    assert all(files[k] > counted[k] for k in files)  # the file's overhead is not in the size model
+    overhead = max(files[0] - counted[0], files[len(files) - 1] - counted[len(files) - 1])
+    for fraction in (0.75, 0.72):
+        budget = supernet.budget(TierSpec("bytes", fraction), "int8_bytes", files[0], overhead)
+        assert budget == pytest.approx(fraction * files[0] - overhead)
+        level = sizes.uniform_level_for_budget(budget, "int8_bytes")
+        assert files[level] <= fraction * files[0]
+        # sized on the counted bytes alone, the same fraction picks a file over the budget
+        naive = sizes.uniform_level_for_budget(supernet.budget(TierSpec("bytes", fraction), "int8_bytes"),
+                                               "int8_bytes")
+        assert files[naive] > fraction * files[0]
