@@ -329,7 +329,7 @@ class Supernet:
                 "--config (sparsity.levels, training.mode, sparsity.target_sparsity)")
         reader = keeper
         if not has_record or read_extra is not None:
-            read = {**self.checkpoint_objects(), **(extra if read_extra is None else read_extra)}
+            read = {**self.checkpoint_objects(), **((extra or {}) if read_extra is None else read_extra)}
             read = {k: v for k, v in read.items() if has_record or k != "level_set"}
             reader = CheckpointKeeper(workdir, read, max_to_keep, strategy)
         path = reader.restore_or_initialize()

@@ -46,6 +46,22 @@ def test_restore_checks_mode_and_restores_survival(tmp_path):
         Supernet(pruned).restore(str(tmp_path / "empty"))
 
 
+@pytest.mark.parametrize("mode", ["omni", "dense"])
+def test_checkpoint_written_before_level_sets_were_stored_restores(tmp_path, mode):
+    """A checkpoint without the ``level_set`` entry (every checkpoint of the code before it) restores with the
+    config's level set, for evaluation and export (no ``extra`` objects)."""
+    net = Supernet(tiny_config(mode))
+    if net.masks is not None:
+        net.masks.update_rankings()
+    old = {k: v for k, v in net.checkpoint_objects().items() if k != "level_set"}
+    CheckpointKeeper(str(tmp_path), old).save(3)
+    again = Supernet(tiny_config(mode))
+    path, _ = again.restore(str(tmp_path))
+    assert path.endswith("ckpt-3")
+    for a, b in zip(net.model.get_weights(), again.model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_resuming_training_with_another_level_set_is_refused(tmp_path):
     config = tiny_config("omni")
     config.training.max_steps, config.sparsity.begin_step = 2, 0
