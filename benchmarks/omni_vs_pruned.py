@@ -62,8 +62,9 @@ import omni_tf  # noqa: F401
 from omni_tf import fileio, metrics
 from omni_tf.configs import experiment
 from omni_tf.supernet import Supernet
-from omni_tf.training import evaluation, loop, pretrained, sources
+from omni_tf.training import evaluation, loop, pretrained
 from omni_tf.training import workdir as workdir_lib
+from recipes import end_to_end as e2e
 from recipes.tier_flags import define_tiers_flag
 
 FLAGS = flags.FLAGS
@@ -200,18 +201,11 @@ def train_run(results: Results, out: str, name: str, config: ml_collections.Conf
 
 
 def test_batches(config: ml_collections.ConfigDict, manifest: str, max_utterances: int) -> tuple[list, Any]:
-    """Materialised batches of (the first ``max_utterances`` of) ``manifest`` and its tokenizer."""
+    """Materialised batches of (the first ``max_utterances`` of) the test ``manifest`` and its tokenizer."""
     c = copy.deepcopy(config)
     with c.unlocked():
-        c.paths.dev_manifest = manifest
-    source = sources.ManifestSource(c, split="dev", training=False)
-    batches, kept, n = evaluation.load_batches(source.dataset(0)), [], 0
-    for b in batches:
-        if max_utterances and n >= max_utterances:
-            break
-        kept.append(b)
-        n += len(b["ids"])
-    return kept, source.tokenizer
+        c.paths.test_manifest = manifest
+    return e2e.split_batches(c, "test", max_utterances)
 
 
 def evaluate_run(results: Results, out: str, name: str, config: ml_collections.ConfigDict,

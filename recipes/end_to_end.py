@@ -154,7 +154,8 @@ def train_stage(stages: Stages, name: str, config: ml_collections.ConfigDict, wo
                       outputs=(workdir,), budget=budget, continue_if=lambda d: _budget_raised(d, budget))
 
 
-def _split_batches(config: ml_collections.ConfigDict, split: str, max_utterances: int) -> tuple[list, Any]:
+def split_batches(config: ml_collections.ConfigDict, split: str, max_utterances: int) -> tuple[list, Any]:
+    """Materialised batches of (the first ``max_utterances``, 0 = all, of) ``split`` and its tokenizer."""
     source = sources.ManifestSource(config, split=split, training=False)
     batches = evaluation.load_batches(source.dataset(0))
     if max_utterances > 0:
@@ -179,7 +180,7 @@ def evaluate_levels(config: ml_collections.ConfigDict, workdir: str, out_dir: st
                     configs: Mapping[str, Mapping[str, int]] | None = None, max_utterances: int = 0,
                     split: str = "test") -> list[dict[str, Any]]:
     """WER/CER of every uniform level (and of ``configs``) of ``workdir``'s checkpoint on ``split``."""
-    batches, tokenizer = _split_batches(config, split, max_utterances)
+    batches, tokenizer = split_batches(config, split, max_utterances)
     return evaluation.evaluate_levels(restore(config, workdir), batches, tokenizer, configs=configs,
                                       out_dir=out_dir, split=split)
 
@@ -215,7 +216,7 @@ def search(config: ml_collections.ConfigDict, workdir: str, budgets: Mapping[str
     WER) on the first ``sparsity.search_dev_utterances`` of the dev split."""
     supernet = restore(config, workdir)
     s = supernet.settings
-    batches, tokenizer = _split_batches(config, "dev", s.search_dev_utterances)
+    batches, tokenizer = split_batches(config, "dev", s.search_dev_utterances)
     return evaluation.search_tiers(supernet, batches, budgets, metric, s.search_fitness, tokenizer, out_dir)
 
 
@@ -224,7 +225,7 @@ def choose(config: ml_collections.ConfigDict, workdir: str, found: Mapping[str, 
     """Per tier the searched config if its greedy WER on the whole dev split is better than the uniform
     config's of the same budget (bootstrap interval below 0), else the uniform one (``choose_tiers``)."""
     supernet = restore(config, workdir)
-    batches, tokenizer = _split_batches(config, "dev", 0)
+    batches, tokenizer = split_batches(config, "dev", 0)
     return evaluation.choose_tiers(supernet, batches, tokenizer, found, out_dir)
 
 
