@@ -4,12 +4,19 @@ For each (B, T, U, V) it times ``omni_tf.losses.rnnt.rnnt_loss`` forward+backwar
 lengths) and, interleaved in the same process, ``tf.nn.log_softmax`` forward+backward over the same logits
 (the "floor": any loss must at least normalize the logits and write a gradient of their size). Peak memory is
 measured per (shape, function) in a fresh subprocess: VmHWM minus VmRSS after the inputs exist and the runtime
-is warm, reported as a multiple of the logits' bytes. If the torchaudio anchor venv exists, its
-``rnnt_ref.py --json`` runs too and fills the torchaudio columns.
+is warm, reported as a multiple of the logits' bytes.
+
+The torchaudio columns: ``torchaudio.functional.rnnt_loss`` (fused log-softmax, blank 0) forward+backward on
+the same inputs, run by this file in a fresh process of ``--torch_python`` (default: this interpreter), which
+needs ``torch`` and a ``torchaudio`` that still has ``functional.rnnt_loss`` (deprecated in 2.8, present in
+2.9.x; e.g. ``python -m venv tv && tv/bin/pip install torch==2.9.1 torchaudio==2.9.1 numpy``, a multi-GB
+download). Without them the columns read n/a and a message says how to get them. The loss itself is checked
+against a float64 numpy reference in ``tests/test_rnnt.py``.
 
 Usage:
   .venv/bin/python benchmarks/rnnt_loss.py                          # 3 default shapes, 2 threads, 5 runs
   .venv/bin/python benchmarks/rnnt_loss.py --shapes 8,100,20,256 --runs 3 --no-anchor
+  .venv/bin/python benchmarks/rnnt_loss.py --torch_python=tv/bin/python   # torchaudio from another venv
 """
 from __future__ import annotations
 
@@ -22,8 +29,8 @@ import sys
 import time
 
 DEFAULT_SHAPES = ["8,100,20,256", "8,200,40,512", "16,150,30,1024"]
-ANCHOR_PY = "/tmp/anchors/venv/bin/python"
-ANCHOR_SCRIPT = "/work/shared/anchors/rnnt_ref.py"
+TORCHAUDIO_HINT = ("pip install torch==2.9.1 torchaudio==2.9.1 numpy (here, or in another venv passed "
+                   "as --torch_python; torchaudio.functional.rnnt_loss is deprecated, gone in newer ones)")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -69,16 +76,22 @@ def _build(threads: int):
     return tf, loss_step, floor_step
 
 
-def _inputs(tf, b: int, t: int, u: int, v: int, seed: int = 1234):
-    """Same draws as the anchor's make_inputs (non-ragged), so the summed losses are comparable."""
+def _draws(b: int, t: int, u: int, v: int, seed: int = 1234):
+    """numpy logits [B, T, U+1, V], labels [B, U] in [1, V), upstream gradient [B, T, U+1, V]; the TF and the
+    torchaudio runs use the same draws, so their summed losses are comparable."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    logits = tf.constant(rng.standard_normal((b, t, u + 1, v), dtype=np.float32))
-    labels = tf.constant(rng.integers(1, v, size=(b, u), dtype=np.int32))
+    logits = rng.standard_normal((b, t, u + 1, v), dtype=np.float32)
+    labels = rng.integers(1, v, size=(b, u), dtype=np.int32)
+    upstream = rng.standard_normal((b, t, u + 1, v), dtype=np.float32)
+    return logits, labels, upstream
+
+
+def _inputs(tf, b: int, t: int, u: int, v: int, seed: int = 1234):
+    logits, labels, upstream = _draws(b, t, u, v, seed)
     lengths = (tf.fill([b], t), tf.fill([b], u))
-    upstream = tf.constant(rng.standard_normal((b, t, u + 1, v), dtype=np.float32))
-    return logits, labels, lengths, upstream
+    return tf.constant(logits), tf.constant(labels), lengths, tf.constant(upstream)
 
 
 def run_single(shape: tuple[int, int, int, int], which: str, runs: int, threads: int) -> dict:
@@ -123,14 +136,54 @@ def _subprocess(args: list[str]) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def run_anchor(shapes: list[str], runs: int, threads: int) -> dict[str, dict]:
-    if not (os.path.exists(ANCHOR_PY) and os.path.exists(ANCHOR_SCRIPT)):
+def run_torchaudio_single(shape: tuple[int, int, int, int], runs: int, threads: int) -> dict:
+    """In a fresh process of a torch interpreter: torchaudio forward+backward median time and peak RSS."""
+    import numpy as np
+    import torch
+    import torchaudio.functional as F
+
+    torch.set_num_threads(threads)
+    b, t, u, v = shape
+    logits_np, labels_np, _ = _draws(b, t, u, v)
+    labels = torch.from_numpy(labels_np)
+    lengths = (torch.full((b,), t, dtype=torch.int32), torch.full((b,), u, dtype=torch.int32))
+
+    def call():
+        x = torch.from_numpy(logits_np).requires_grad_(True)
+        loss = F.rnnt_loss(x, labels, *lengths, blank=0, reduction="sum")
+        loss.backward()
+        return float(loss)
+
+    rss_inputs_kb = _status_kb("VmRSS")  # before the first call: includes torchaudio's own warm-up
+    times = []
+    for i in range(runs + 1):  # the first run is the warm-up
+        t0 = time.perf_counter()
+        loss = call()
+        if i:
+            times.append((time.perf_counter() - t0) * 1e3)
+    return dict(shape=",".join(map(str, shape)), fwdbwd_ms=statistics.median(times), loss=loss,
+                rss_inputs_mb=rss_inputs_kb / 1024.0, peak_rss_mb=_status_kb("VmHWM") / 1024.0,
+                torch=torch.__version__, numpy=np.__version__)
+
+
+def run_anchor(shapes: list[str], runs: int, threads: int, python: str) -> dict[str, dict]:
+    """torchaudio rows by shape, each from a fresh ``python`` process; {} and a message without torchaudio."""
+    probe = subprocess.run([python, "-c", "import numpy, torch, torchaudio.functional as F; F.rnnt_loss"],
+                           capture_output=True, text=True)
+    if probe.returncode:
+        reason = (probe.stderr.strip().splitlines() or ["failed"])[-1]
+        print(f"torchaudio columns n/a: {python} cannot use torchaudio.functional.rnnt_loss ({reason}); "
+              f"to fill them: {TORCHAUDIO_HINT}", file=sys.stderr)
         return {}
-    cmd = [ANCHOR_PY, "-W", "ignore", ANCHOR_SCRIPT, "--json", "--runs", str(runs), "--threads", str(threads),
-           "--shapes", *shapes]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    rows = json.loads(out.strip().splitlines()[-1])
-    return {r["shape"]: r for r in rows}
+    rows = {}
+    for s in shapes:
+        cmd = [python, "-W", "ignore", os.path.abspath(__file__), "--runs", str(runs),
+               "--threads", str(threads), "--_torchaudio", s]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode:
+            raise RuntimeError(f"benchmarks/rnnt_loss.py --_torchaudio {s} failed:\n{proc.stderr[-3000:]}")
+        rows[s] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return rows
 
 
 def table(rows: list[dict], anchor: dict[str, dict]) -> str:
@@ -158,9 +211,16 @@ def main() -> None:
     ap.add_argument("--shapes", nargs="+", default=DEFAULT_SHAPES, help="B,T,U,V ...")
     ap.add_argument("--runs", type=int, default=5, help="timed runs per function (median reported)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--no-anchor", action="store_true", help="skip the torchaudio anchor")
+    ap.add_argument("--no-anchor", action="store_true", help="skip the torchaudio columns")
+    ap.add_argument("--torch_python", default=sys.executable,
+                    help="interpreter with torch + torchaudio for the torchaudio columns (default: this one)")
     ap.add_argument("--_single", nargs=2, metavar=("SHAPE", "WHICH"), help=argparse.SUPPRESS)
+    ap.add_argument("--_torchaudio", metavar="SHAPE", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a._torchaudio:
+        shape = tuple(int(x) for x in a._torchaudio.split(","))
+        print(json.dumps(run_torchaudio_single(shape, a.runs, a.threads)))
+        return
     if a._single:
         shape = tuple(int(x) for x in a._single[0].split(","))
         print(json.dumps(run_single(shape, a._single[1], a.runs, a.threads)))
@@ -172,7 +232,7 @@ def main() -> None:
         floor = _subprocess(common + ["floor"])
         rows.append(dict(loss, loss_extra_mb=loss["extra_peak_mb"], floor_extra_mb=floor["extra_peak_mb"]))
         print(json.dumps(rows[-1]), file=sys.stderr)
-    anchor = {} if a.no_anchor else run_anchor(a.shapes, a.runs, a.threads)
+    anchor = {} if a.no_anchor else run_anchor(a.shapes, a.runs, a.threads, a.torch_python)
     print(f"threads={a.threads}, median of {a.runs} interleaved runs after warm-up, float32, CPU; "
           "extra peak = (VmHWM - VmRSS with inputs) / logits bytes, one fresh process per shape and function")
     print(table(rows, anchor))

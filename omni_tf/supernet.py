@@ -303,7 +303,9 @@ class Supernet:
         from a checkpoint older than one of them).
 
         Returns ``(path or None, keeper)``; the keeper saves all objects (training). Discovery and reading go
-        through ``training.checkpoint.CheckpointKeeper``.
+        through ``training.checkpoint.CheckpointKeeper``. Without ``extra`` (evaluation, search, export) the
+        checkpoint's training state (optimizer, counters) is skipped on purpose and without warnings; every
+        variable of the model must still be in the checkpoint.
         Raises:
           FileNotFoundError: no checkpoint and ``required``.
           LevelSetMismatch: the checkpoint was trained with another level set (both sets named).
@@ -313,10 +315,12 @@ class Supernet:
         keeper = CheckpointKeeper(workdir, objects, max_to_keep, strategy)
         stored = _LevelRecord(())
         try:
-            found = CheckpointKeeper(workdir, {"level_set": stored}, 1, strategy).restore_or_initialize()
+            probe = CheckpointKeeper(workdir, {"level_set": stored}, 1, strategy)
+            found = probe.restore_or_initialize(partial=True)
             has_record = True
         except ValueError as e:  # written before level sets were stored
-            logging.warning("%s; assuming it was trained with the config's level set %s", e, self.levels)
+            # str(e): a log record holding the exception would keep its frames (the restore) alive
+            logging.warning("%s; assuming it was trained with the config's level set %s", str(e), self.levels)
             found, has_record = keeper.latest, False
         if found is None:
             if required:
@@ -332,7 +336,7 @@ class Supernet:
             read = {**self.checkpoint_objects(), **((extra or {}) if read_extra is None else read_extra)}
             read = {k: v for k, v in read.items() if has_record or k != "level_set"}
             reader = CheckpointKeeper(workdir, read, max_to_keep, strategy)
-        path = reader.restore_or_initialize()
+        path = reader.restore_or_initialize(partial=not extra)
         return path, keeper
 
     # -- sizes and tiers ---------------------------------------------------------------------------------

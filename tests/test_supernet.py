@@ -1,6 +1,11 @@
 """omni_tf.supernet: one object from the config (levels, masks, sampler, schedule, sizes, restore, tiers)."""
+import gc
+import logging
+
 import numpy as np
 import pytest
+import tensorflow as tf
+import tf_keras
 
 import omni_tf  # noqa: F401
 from omni_tf.supernet import LevelSetMismatch, Supernet, TierSpec, budget_metric, parse_tiers
@@ -164,3 +169,41 @@ def test_restored_supernet_bakes_its_trained_survival_levels(tmp_path):
         np.testing.assert_array_equal(kernel.numpy(), np.where(want[name] >= 3, orig, 0.0))
     with pytest.raises(ValueError, match="not one of the levels"):
         inference_model.bake_supernet(restored, TierSpec("sparsity", 0.7))
+
+
+_UNRESTORED = ("could not be found in the restored object", "being deleted with unrestored values")
+
+
+def _saved_with_optimizer(tmp_path, mode: str, level_set: bool = True) -> Supernet:
+    """A checkpoint of a training state: the supernet plus a built Adam (2 moments per variable)."""
+    net = Supernet(tiny_config(mode))
+    if net.masks is not None:
+        net.masks.update_rankings()
+    optimizer = tf_keras.optimizers.Adam()
+    optimizer.build(net.model.trainable_variables)
+    objects = {k: v for k, v in net.checkpoint_objects().items() if level_set or k != "level_set"}
+    CheckpointKeeper(str(tmp_path), {**objects, "optimizer": optimizer}).save(1)
+    return net
+
+
+@pytest.mark.parametrize("mode,level_set", [("omni", True), ("dense", True), ("omni", False)])
+def test_evaluation_restore_skips_the_optimizer_without_warnings(tmp_path, caplog, mode, level_set):
+    """Evaluation/search/export restore no optimizer: none of TensorFlow's per-value warnings about it (there
+    were hundreds), also for a checkpoint written before level sets were stored; the weights do restore."""
+    trained = _saved_with_optimizer(tmp_path, mode, level_set)
+    caplog.set_level(logging.INFO)
+    again = Supernet(tiny_config(mode))
+    assert again.restore(str(tmp_path))[0].endswith("ckpt-1")
+    for a, b in zip(trained.model.get_weights(), again.model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    del again
+    gc.collect()  # TensorFlow logs unrestored values when the restored objects are deleted
+    assert not [r.getMessage() for r in caplog.records if any(m in r.getMessage() for m in _UNRESTORED)]
+
+
+def test_evaluation_restore_still_refuses_a_model_variable_missing_from_the_checkpoint(tmp_path):
+    _saved_with_optimizer(tmp_path, "omni")
+    again = Supernet(tiny_config("omni"))
+    again.model.not_in_checkpoint = tf.Variable(tf.zeros([3]), name="not_in_checkpoint")
+    with pytest.raises(ValueError, match=r"ckpt-1 does not match this model/config"):
+        again.restore(str(tmp_path))

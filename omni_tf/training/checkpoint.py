@@ -125,9 +125,11 @@ def restore_newest_readable(checkpoint: tf.train.Checkpoint, directory: str,
                             partial: bool = False) -> str | None:
     """Restores ``checkpoint`` from ``newest_readable(directory)``; returns the prefix, or None (none there).
 
-    ``partial=False`` (training) requires every existing object to be matched; ``partial=True`` (evaluation,
-    export) restores what the objects cover and ignores the rest (e.g. the optimizer). A checkpoint of another
-    model/config raises ``ValueError`` naming its path; unreadable files raise ``CheckpointError``.
+    Every existing variable of the objects must be in the checkpoint: one missing, or of another shape (a
+    checkpoint of another model/config), raises ``ValueError`` naming its path; unreadable files raise
+    ``CheckpointError``. ``partial=True`` (evaluation, search, export) declares that values of the checkpoint
+    the objects do not cover (e.g. the optimizer's) are skipped on purpose, which silences TensorFlow's
+    per-value "could not be found in the restored object" warnings; ``partial=False`` (training) keeps them.
     """
     prefix = newest_readable(directory)
     if prefix is None:
@@ -137,8 +139,7 @@ def restore_newest_readable(checkpoint: tf.train.Checkpoint, directory: str,
         # Objects not yet built (e.g. optimizer slots created lazily) are restored on creation.
         if partial:
             status.expect_partial()
-        else:
-            status.assert_existing_objects_matched()
+        status.assert_existing_objects_matched()
     except (AssertionError, ValueError, tf.errors.OpError) as e:
         raise ValueError(f"checkpoint {prefix} does not match this model/config: {e}") from e
     return prefix
@@ -197,8 +198,8 @@ def checkpoint_dir(workdir: str, strategy: tf.distribute.Strategy | None = None)
 class CheckpointKeeper:
     """Save/restore of a training state (``objects``: name -> trackable) under ``<workdir>/ckpt``.
 
-    ``restore_or_initialize()`` restores the newest readable checkpoint (``restore_newest_readable``) and
-    returns its path, or None when the directory holds no checkpoint; a checkpoint that does not match the
+    ``restore_or_initialize(partial)`` restores the newest readable checkpoint (``restore_newest_readable``)
+    and returns its path, or None when the directory holds no checkpoint; a checkpoint that does not match the
     objects (e.g. another model size) raises with the path in the message, and a directory of only broken
     checkpoints raises ``CheckpointError``.
     """
@@ -217,8 +218,8 @@ class CheckpointKeeper:
     def latest(self) -> str | None:
         return tf.train.latest_checkpoint(self.read_directory)
 
-    def restore_or_initialize(self) -> str | None:
-        return restore_newest_readable(self.checkpoint, self.read_directory)
+    def restore_or_initialize(self, partial: bool = False) -> str | None:
+        return restore_newest_readable(self.checkpoint, self.read_directory, partial)
 
     def save(self, step: int) -> str | None:
         """Saves at ``step`` (removing ``_temp`` folders of interrupted saves first); returns the chief's

@@ -9,6 +9,11 @@ Usage (from the repository root):
   python -m recipes.synthetic.run_demo --out=runs/demo --tiers=watch=sparsity:0.9,phone=level:4 \
       --config.model.num_layers=4                                               # any config field
 
+Flags besides those above: --num_utterances (8000) and --seed (0) of the corpus; --ood_utterances (200; 0 =
+no out-of-domain split); --pretrained (--init=shipped: a bundle name under omni_tf/resources/pretrained/ or a
+path; demo_tiny); --quantization (dynamic_int8) and --sparse (auto) of the export; --parity_utterances (100)
+and --eval_utterances (0 = all) of the parity check and the level table.
+
 Stages (``<out>/stages/<name>.json`` records each finished one; running the same command again reuses them,
 an interrupted stage resumes (corpus: the FLAC files already written; training: its checkpoint), a larger
 --max_minutes continues the finished training, and the same run copied to another --out is reused; one
