@@ -19,8 +19,9 @@ model pruned per sparsity, same recipe). For every budget ``B`` (steps):
   CPU-seconds per step measured in its protocol-``steps`` run at the same budget; ``--compute_unit=steps``:
   each gets ``B / num_tiers`` steps.
 Both sides start from the same initial weights (``training.seed``, or with ``--pretrained`` the shipped dense
-model, ``training.init_from``) and use the same loop
-(``omni_tf.training.loop.train``), data and schedule shape.
+model, ``training.init_from``, with the ``finetune`` schedule: ``recipes.end_to_end.shipped_config``, as
+``run_demo --init=shipped``) and use the same loop (``omni_tf.training.loop.train``), data and schedule
+shape.
 
 Schedules and resuming between budgets (whatever the sampler: uniform, sandwich, ...): the cosine learning
 rate ends at ``max_steps`` and the sparsity ramp (``sparsity.begin_step``/``end_step``/``frequency``) is
@@ -61,8 +62,8 @@ from ml_collections import config_flags
 import omni_tf  # noqa: F401
 from omni_tf import fileio, metrics
 from omni_tf.configs import experiment
-from omni_tf.supernet import Supernet
-from omni_tf.training import evaluation, loop, pretrained
+from omni_tf.supernet import Supernet, TierSpec, with_tier_levels
+from omni_tf.training import evaluation, loop
 from omni_tf.training import workdir as workdir_lib
 from recipes import end_to_end as e2e
 from recipes.tier_flags import define_tiers_flag
@@ -81,7 +82,8 @@ flags.DEFINE_bool("scale_schedule", True, "Place the sparsity ramp at the config
 flags.DEFINE_integer("test_utterances", 0, "Test utterances evaluated (0 = the whole test split).")
 flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples per WER difference.")
 flags.DEFINE_string("pretrained", "", "Start both sides from this shipped dense bundle (a name under "
-                    "omni_tf/resources/pretrained/ or a path; its model config replaces config.model); "
+                    "omni_tf/resources/pretrained/ or a path; its model config replaces config.model and "
+                    "the finetune config variant is added, as run_demo --init=shipped does); "
                     "--data_dir must then hold its spm.model / cmvn.json (run_demo --init=shipped: "
                     "<out>/data_shipped). Empty: random initial weights (training.seed).")
 flags.DEFINE_bool("smoke", False, "One-layer model (other config fields as given), tiny corpus (made under "
@@ -119,15 +121,15 @@ def run_config(config: ml_collections.ConfigDict, mode: str, steps: int, tiers: 
                sparsity: float | None, scale_schedule: bool) -> ml_collections.ConfigDict:
     """The config of one run: ``mode`` (omni | pruned at ``sparsity``), ``steps`` steps, no time budget.
 
-    Omni's level set gets the tier sparsities; with ``scale_schedule`` the sparsity ramp sits at the same
-    fractions of ``steps`` as of the config's ``training.max_steps``.
+    The tier sparsities join the level set and are the ``tiers`` samplers' ``train_levels``
+    (``omni_tf.supernet.with_tier_levels``, as in the end-to-end recipes); with ``scale_schedule`` the
+    sparsity ramp sits at the same fractions of ``steps`` as of the config's ``training.max_steps``.
     """
-    c = copy.deepcopy(config)
+    c = with_tier_levels(config, {t: TierSpec("sparsity", s) for t, s in tiers.items()})
     with c.unlocked():
         base = int(c.training.max_steps)
         c.training.mode, c.training.max_steps, c.training.max_minutes = mode, int(steps), 0.0
         c.training.checkpoint_every = max(1, min(int(c.training.checkpoint_every), steps))
-        c.sparsity.levels = tuple(sorted({*map(float, c.sparsity.levels), *tiers.values()}))
         if sparsity is not None:
             c.sparsity.target_sparsity = float(sparsity)
         if scale_schedule:
@@ -164,6 +166,17 @@ class Results:
 
 
 # -- training and evaluation --------------------------------------------------------------------------------
+def config_digest(config: ml_collections.ConfigDict) -> str:
+    """The digest ``results.json`` keys a run's config with: 16 hex digits of the sha256 of its JSON, without
+    the ``variants`` record (how the config was made, not what it trains: the fields the variants set are
+    in the JSON themselves, and runs cached before the record existed keep their digest)."""
+    record = copy.deepcopy(config)
+    if "variants" in record:
+        with record.unlocked():
+            del record["variants"]
+    return hashlib.sha256(record.to_json_best_effort(indent=1, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def train_run(results: Results, out: str, name: str, config: ml_collections.ConfigDict,
               previous: str | None) -> dict[str, Any]:
     """Trains ``name`` (cached in ``results``); returns {steps, cpu_s, wall_s, trained_s, loadavg, ...}.
@@ -172,8 +185,7 @@ def train_run(results: Results, out: str, name: str, config: ml_collections.Conf
     cost is added. Raises ValueError when the cached record, or ``train/<name>``'s checkpoint
     (``omni_tf.training.workdir.claim``), is of another config.
     """
-    config_json = config.to_json_best_effort(indent=1, sort_keys=True)
-    digest = hashlib.sha256(config_json.encode()).hexdigest()[:16]
+    digest = config_digest(config)
     done = results.get("runs", name)
     if done is not None:
         if done["config_sha256"] != digest:
@@ -400,11 +412,7 @@ def main(argv: list[str]) -> None:
     if FLAGS.pretrained and FLAGS.smoke:
         raise app.UsageError("--smoke replaces the model: it cannot start from --pretrained")
     if FLAGS.pretrained:
-        path = pretrained.bundle_dir(FLAGS.pretrained)
-        pretrained.check_bundle(path)
-        with config.unlocked():
-            config.model = pretrained.model_config(path)
-            config.training.init_from = path
+        config, _, _ = e2e.shipped_config(config, FLAGS.pretrained)
     budgets = [int(b) for b in FLAGS.budgets]
     if FLAGS.smoke:
         config, budgets = smoke_config(config), [1, 2]

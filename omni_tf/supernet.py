@@ -13,7 +13,9 @@ built here from the same fields (every ``config.sparsity`` field is read once, i
   raises ``LevelSetMismatch`` naming both sets;
 - tiers: ``TierSpec`` (one syntax for every recipe's ``--tiers``: ``name=sparsity:0.75``,
   ``name=bytes:0.35`` = fraction of the dense int8 model's bytes, ``name=level:3`` = index into the level
-  set), ``tier(spec)`` -> a validated per-kernel level config, ``budget(spec, metric)`` -> a size budget.
+  set), ``tier(spec)`` -> a validated per-kernel level config, ``budget(spec, metric)`` -> a size budget;
+  ``with_tier_levels(config, tiers)`` makes every ``sparsity:S`` tier a level of the set (and the tiers the
+  ``tiers`` samplers' ``train_levels``) before training.
 
 Usage::
 
@@ -23,6 +25,7 @@ Usage::
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -200,6 +203,28 @@ def parse_tiers(items: Sequence[str], kinds: Sequence[str] = TIER_KINDS) -> dict
         except ValueError as e:
             raise ValueError(f"tier {item!r}: {e}") from None
     return out
+
+
+def with_tier_levels(config: ml_collections.ConfigDict, tiers: Mapping[str, TierSpec]
+                     ) -> ml_collections.ConfigDict:
+    """A copy of ``config`` whose supernet trains the tiers' sparsities as levels of their own.
+
+    ``sparsity.levels`` gets every ``sparsity:S`` tier's S (the set sorted ascending, a value already there
+    not repeated), so such a tier is a uniform level of the supernet, trained and evaluated as itself, not
+    a per-layer mix of the levels around it. ``sparsity.train_levels`` (the tiers to train every step for
+    the ``tiers`` / ``tiers_random`` samplers) becomes the tiers' sparsities, sorted, when every tier is a
+    sparsity tier; with a ``bytes:`` or ``level:`` tier it is left as it is (a bytes tier's levels are only
+    known after the search; set ``--config.sparsity.train_levels`` yourself). A ``level:K`` tier indexes the
+    level set *after* the additions. Used by the end-to-end recipes (``recipes/end_to_end.run_recipe``) and
+    ``benchmarks/omni_vs_pruned.py`` for the omni run; ``config`` is not modified.
+    """
+    sparsities = sorted({float(spec.value) for spec in tiers.values() if spec.kind == "sparsity"})
+    c = copy.deepcopy(config)
+    with c.unlocked():
+        c.sparsity.levels = tuple(sorted({*(float(s) for s in c.sparsity.levels), *sparsities}))
+        if sparsities and all(spec.kind == "sparsity" for spec in tiers.values()):
+            c.sparsity.train_levels = tuple(sparsities)
+    return c
 
 
 def budget_metric(search_metric: str, quantization: str) -> str:

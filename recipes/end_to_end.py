@@ -38,6 +38,7 @@ from omni_tf.supernet import (
     Supernet,
     TierSpec,
     disk_bytes_metric,
+    with_tier_levels,
 )
 from omni_tf.text.tokenizer import Tokenizer, check_model_vocab, train_from_manifest
 from omni_tf.training import evaluation, loop, pretrained, sources
@@ -63,17 +64,40 @@ def make_synthetic_data(stages: Stages, out: str, spec: synthetic.CorpusSpec, vo
     return data_dir
 
 
+def shipped_config(config: ml_collections.ConfigDict, bundle: str
+                   ) -> tuple[ml_collections.ConfigDict, str, dict[str, Any]]:
+    """(a copy of ``config`` that starts from the shipped dense bundle ``bundle``, the bundle's path, its
+    ``bundle.json``).
+
+    The bundle's model config replaces ``config.model``, ``training.init_from`` names the bundle and the
+    ``finetune`` config variant is added unless ``config`` has it (``experiment.with_variant``: no dense
+    warm-up, the sparsity ramp over 2-50 % of ``training.max_steps``, peak learning rate 1e-3 after 50
+    steps; fields set explicitly, e.g. ``--config.training.learning_rate``, keep their value). The one
+    place a run is made to start from shipped weights: ``use_shipped`` (``run_demo --init=shipped``) and
+    ``benchmarks/omni_vs_pruned.py --pretrained``, so both sides of a comparison get the same schedule.
+    ``bundle``: a name under ``omni_tf/resources/pretrained/`` or a path. Raises FileNotFoundError naming
+    a missing bundle folder or file.
+    """
+    path = pretrained.bundle_dir(bundle)
+    info = pretrained.check_bundle(path)
+    c = experiment.with_variant(config, "finetune")
+    with c.unlocked():
+        c.model = pretrained.model_config(path)
+        c.training.init_from = path
+    return c, path, info
+
+
 def use_shipped(stages: Stages, out: str, config: ml_collections.ConfigDict, data_dir: str, bundle: str
                 ) -> tuple[ml_collections.ConfigDict, str]:
     """``--init=shipped``: (config, data dir) that start training from the shipped dense bundle ``bundle``.
 
-    The bundle's model config replaces ``config.model`` and ``training.init_from`` names the bundle, so the
-    omni supernet and every individually pruned model start from its weights; ``<out>/data_shipped`` holds
-    the manifests of ``data_dir`` with the bundle's ``spm.model`` and ``cmvn.json``, so labels and features
-    are those the weights were trained with. Raises FileNotFoundError naming a missing bundle folder.
+    The config is ``shipped_config``'s (the bundle's model config, ``training.init_from``, the ``finetune``
+    schedule), so the omni supernet and every individually pruned model start from its weights;
+    ``<out>/data_shipped`` holds the manifests of ``data_dir`` with the bundle's ``spm.model`` and
+    ``cmvn.json``, so labels and features are those the weights were trained with. Raises FileNotFoundError
+    naming a missing bundle folder.
     """
-    path = pretrained.bundle_dir(bundle)
-    info = pretrained.check_bundle(path)
+    shipped, path, info = shipped_config(config, bundle)
     shipped_dir = os.path.join(out, "data_shipped")
 
     def copy() -> dict[str, Any]:
@@ -86,11 +110,7 @@ def use_shipped(stages: Stages, out: str, config: ml_collections.ConfigDict, dat
         return {"manifests": names, "bundle": path}
 
     stages.run("shipped", {"bundle": path, "info": info}, copy, outputs=(shipped_dir,))
-    c = experiment.with_data_dir(config, shipped_dir)
-    with c.unlocked():
-        c.model = pretrained.model_config(path)
-        c.training.init_from = path
-    return c, shipped_dir
+    return experiment.with_data_dir(shipped, shipped_dir), shipped_dir
 
 
 def with_granularity(config: ml_collections.ConfigDict, granularity: str | None) -> ml_collections.ConfigDict:
@@ -367,7 +387,9 @@ def run_recipe(flag_values: Any, make_data: Callable[[Stages, str, ml_collection
                describe: Callable[[ml_collections.ConfigDict, Mapping[str, Any]], str],
                extra_tests: tuple[str, ...] = ()) -> None:
     """An end-to-end recipe's ``main``: ``make_data(stages, out, config) -> data_dir``,
-    ``configure(stages, out, data_dir) -> (config, data_dir)`` (paths set), ``run_tiers`` (plus the
+    ``configure(stages, out, data_dir) -> (config, data_dir)`` (paths set), ``--sparsity_granularity``, the
+    tiers' sparsities added to the level set (``omni_tf.supernet.with_tier_levels``, so a ``sparsity:S``
+    tier is a trained uniform level and a row of the levels table), ``run_tiers`` (plus the
     ``extra_tests`` splits), then the report with ``describe(config, train_metrics)`` and the stage time as
     preamble."""
     logging.set_verbosity(logging.INFO)
@@ -378,6 +400,7 @@ def run_recipe(flag_values: Any, make_data: Callable[[Stages, str, ml_collection
         data_dir = make_data(stages, out, flag_values.config)
         config, data_dir = configure(stages, out, data_dir)
         config = with_granularity(config, flag_values.sparsity_granularity)
+        config = with_tier_levels(config, opts.tiers)
         rows, level_rows, train_metrics = run_tiers(stages, out, config, data_dir, opts)
         preamble = (f"{describe(config, train_metrics)}; quantization {flag_values.quantization}; "
                     f"granularity {config.sparsity.granularity}, block {config.sparsity.block}. "
@@ -394,7 +417,9 @@ def define_flags(flags: Any) -> None:
     """The flags both end-to-end recipes (run_demo, librispeech/run) share, with the same defaults."""
     define_tiers_flag(["speaker=sparsity:0.6", "phone=sparsity:0.75", "wearable=sparsity:0.9"],
                       "Device tiers; each tier's budget (in sparsity.search_metric units) is met by the "
-                      "per-layer search.")
+                      "per-layer search. Every sparsity:S is added to config.sparsity.levels (trained as a "
+                      "uniform level; level:K indexes the set after that) and, when all tiers are "
+                      "sparsity:S, they are config.sparsity.train_levels (the tiers samplers).")
     flags.DEFINE_enum("quantization", "dynamic_int8", list(BUDGET_METRIC),
                       "Export mode (tflite_export/convert.py), or auto (per tier the smallest file passing "
                       "parity within 1.2x the fastest encode). With --sparse=auto only float32 files are "

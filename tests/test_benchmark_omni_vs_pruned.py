@@ -19,11 +19,26 @@ def test_run_config_scales_the_ramp_and_adds_tier_levels():
     c = ovp.run_config(base, "omni", 800, {"phone": 0.75}, None, scale_schedule=True)
     assert (c.training.max_steps, c.sparsity.begin_step, c.sparsity.end_step, c.sparsity.frequency) == \
         (800, 320, 640, 26)
-    assert 0.75 in c.sparsity.levels and c.training.max_minutes == 0.0
+    assert c.sparsity.levels == (0.0, 0.3, 0.5, 0.6, 0.7, 0.75, 0.8, 0.9) and c.training.max_minutes == 0.0
+    assert c.sparsity.train_levels == (0.75,)  # the tiers samplers train the benchmark's tiers
     pruned = ovp.run_config(base, "pruned", 800, {"phone": 0.75}, 0.75, scale_schedule=False)
     assert pruned.training.mode == "pruned" and pruned.sparsity.target_sparsity == 0.75
     assert (pruned.sparsity.begin_step, pruned.sparsity.end_step) == (1000, 2000)
     assert base.training.max_steps == 2500  # the input config is not modified
+    assert base.sparsity.levels == (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def test_config_digest_ignores_the_variants_record_but_not_what_they_set():
+    import hashlib
+
+    demo = experiment.get_config("tiny,demo")
+    c = ovp.run_config(demo, "omni", 800, {"phone": 0.75}, None, scale_schedule=True)
+    digest = ovp.config_digest(c)
+    del c["variants"]  # a config as it was before the record existed: the same digest (cached runs match)
+    assert digest == hashlib.sha256(c.to_json_best_effort(indent=1, sort_keys=True).encode()).hexdigest()[:16]
+    finetune = ovp.run_config(experiment.with_variant(demo, "finetune"), "omni", 800, {"phone": 0.75}, None,
+                              scale_schedule=True)
+    assert ovp.config_digest(finetune) != digest
 
 
 def test_only_horizon_free_schedules_continue_a_shorter_budget():

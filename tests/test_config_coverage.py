@@ -23,8 +23,9 @@ from omni_tf.configs import experiment
 from omni_tf.configs import model as model_configs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG_ARGS = [*model_configs.PRESETS, "tiny,smoke", "tiny,demo", "tiny,demo,smoke", "paper,librispeech",
-               "paper,librispeech,smoke"]
+CONFIG_ARGS = [*model_configs.PRESETS, "tiny,smoke", "tiny,demo", "tiny,demo,smoke", "tiny,demo,finetune",
+               "tiny,demo,finetune,smoke", "paper,librispeech", "paper,librispeech,smoke",
+               "paper,librispeech,finetune"]
 TRACKED = ("model", "sparsity", "training")
 _ACCESSORS = {"__getitem__", "__getattr__", "get"}
 
@@ -158,9 +159,48 @@ def test_the_coverage_check_fails_on_a_field_nothing_reads(monkeypatch):
 
 
 def test_unknown_variant_raises_naming_the_known_ones():
-    with pytest.raises(ValueError, match=r"\['smok'\].*known variants: \['demo', 'librispeech', 'smoke'\]"):
+    known = r"known variants: \['demo', 'finetune', 'librispeech', 'smoke'\]"
+    with pytest.raises(ValueError, match=r"\['smok'\].*" + known):
         experiment.get_config("tiny,smok")
     with pytest.raises(ValueError, match="unknown model preset 'tinny'"):
         experiment.get_config("tinny")
     smoke_first = experiment.get_config("tiny,smoke,demo")
     assert smoke_first.training.max_steps == experiment.get_config("tiny,demo,smoke").training.max_steps == 6
+
+
+def test_finetune_variant_values_relative_to_max_steps():
+    c = experiment.get_config("tiny,demo,finetune")  # max_steps 2500 (demo)
+    assert c.variants == ("demo", "finetune")
+    assert (c.training.learning_rate, c.training.warmup_steps, c.sparsity.dense_warmup) == (1e-3, 50, False)
+    assert (c.sparsity.begin_step, c.sparsity.end_step, c.sparsity.frequency) == (50, 1250, 80)
+    paper = experiment.get_config("paper,librispeech,finetune")  # 280000 steps: 2 % and 50 % of them
+    sp = paper.sparsity
+    assert (sp.begin_step, sp.end_step, sp.frequency) == (5600, 140000, 8960)
+    order = experiment.get_config("tiny,finetune,demo")  # applied after demo, whatever the order given
+    assert order.variants == ("demo", "finetune") and order.sparsity.begin_step == 50
+    smoke = experiment.get_config("tiny,demo,finetune,smoke")  # smoke last: its few steps win
+    assert (smoke.training.max_steps, smoke.training.warmup_steps, smoke.sparsity.begin_step,
+            smoke.sparsity.end_step, smoke.sparsity.dense_warmup) == (6, 2, 1, 4, False)
+    assert experiment.get_config("tiny,demo").variants == ("demo",)
+    assert experiment.get_config("tiny").variants == ()
+
+
+def test_with_variant_is_the_config_string_variant_and_keeps_explicit_settings():
+    demo = experiment.get_config("tiny,demo")
+    added = experiment.with_variant(demo, "finetune")
+    assert added.to_dict() == experiment.get_config("tiny,demo,finetune").to_dict()
+    assert demo.variants == ("demo",) and demo.sparsity.dense_warmup  # the input is not modified
+    smoke = experiment.with_variant(experiment.get_config("tiny,demo,smoke"), "finetune")
+    assert smoke.to_dict() == experiment.get_config("tiny,demo,finetune,smoke").to_dict()
+    overridden = experiment.get_config("tiny,demo")  # as --config.training.*=... on the command line
+    overridden.training.learning_rate, overridden.training.max_steps = 2e-3, 5000
+    c = experiment.with_variant(overridden, "finetune")
+    assert c.training.learning_rate == 2e-3 and c.training.max_steps == 5000  # explicit values kept
+    assert (c.sparsity.begin_step, c.sparsity.end_step, c.sparsity.frequency) == (100, 2500, 160)  # of 5000
+    assert c.training.warmup_steps == 50 and not c.sparsity.dense_warmup
+    already = experiment.get_config("tiny,demo,finetune")
+    already.training.warmup_steps = 7
+    again = experiment.with_variant(already, "finetune")  # applied already: nothing changes
+    assert again.to_dict() == already.to_dict() and again is not already
+    with pytest.raises(ValueError, match="unknown config variant 'fine'.*'finetune'"):
+        experiment.with_variant(demo, "fine")

@@ -80,6 +80,8 @@ def test_use_shipped_takes_the_bundle_tokenizer_cmvn_and_model(tmp_path):
     out = str(tmp_path / "out")
     c, shipped_dir = e2e.use_shipped(Stages(out, log=lambda s: None), out, config, str(data), path)
     assert c.model.num_layers == 2 and c.training.init_from == path
+    assert c.variants == ("finetune", "smoke") and config.variants == ("smoke",)  # the finetune schedule
+    assert c.training.learning_rate == 1e-3 and not c.sparsity.dense_warmup and config.sparsity.dense_warmup
     assert c.paths.manifest_dir == shipped_dir and not c.paths.train_manifest  # <manifest_dir>/train.tsv
     assert open(os.path.join(shipped_dir, "spm.model"), "rb").read() == b"spm"
     assert json.load(open(os.path.join(shipped_dir, "cmvn.json"))) == {"mean": [], "std": []}
@@ -87,3 +89,23 @@ def test_use_shipped_takes_the_bundle_tokenizer_cmvn_and_model(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing_bundle"):
         e2e.use_shipped(Stages(out, log=lambda s: None), out, config, str(data),
                         str(tmp_path / "missing_bundle"))
+
+
+def test_shipped_config_adds_the_finetune_variant_once_and_keeps_explicit_fields(tmp_path):
+    from omni_tf.configs import experiment
+
+    path = _bundle(tmp_path, tiny_config("omni"))
+    demo = experiment.get_config("tiny,demo")
+    c, got_path, info = e2e.shipped_config(demo, path)
+    assert got_path == path and info["name"] == "smoke"
+    want = experiment.get_config("tiny,demo,finetune")
+    assert c.training.to_dict() == {**want.training.to_dict(), "init_from": path}
+    assert c.sparsity.to_dict() == want.sparsity.to_dict()  # ramp 50-1250 of 2500, no dense warm-up
+    assert c.model.d_model == 32 and demo.model.d_model != 32  # the bundle's model; the input unchanged
+    named = experiment.get_config("tiny,demo,finetune")  # --config=...:tiny,demo,finetune
+    named.training.learning_rate = 5e-4  # --config.training.learning_rate=5e-4
+    again, _, _ = e2e.shipped_config(named, path)
+    assert again.training.learning_rate == 5e-4 and again.variants == ("demo", "finetune")
+    overridden = experiment.get_config("tiny,demo")
+    overridden.training.warmup_steps = 10  # given explicitly: kept when the variant is added
+    assert e2e.shipped_config(overridden, path)[0].training.warmup_steps == 10

@@ -265,3 +265,31 @@ def test_report_shows_extra_test_splits_beside_test(tmp_path):
     assert float(values[cells.index("wer_keras_test_ood")]) == 0.7
     level_header = next(line for line in text.splitlines() if line.startswith("| series"))
     assert "wer_test_ood" in level_header and "`test_ood`: out of domain" in text
+
+
+def test_run_recipe_trains_the_tier_sparsities_as_levels(tmp_path, monkeypatch):
+    import types
+
+    from omni_tf.configs import experiment
+    from omni_tf.supernet import parse_tiers
+    from recipes import end_to_end as e2e
+
+    seen = {}
+
+    def run_tiers(stages, out, config, data_dir, opts):
+        seen["config"] = config
+        return [], [], {}
+
+    monkeypatch.setattr(e2e, "run_tiers", run_tiers)
+    monkeypatch.setattr(e2e, "print_report", lambda *a, **k: None)
+    config = experiment.get_config("tiny,demo")
+    config.sparsity.train_levels = (0.5,)
+    flag_values = types.SimpleNamespace(
+        out=str(tmp_path), config=config, max_minutes=0.0, quantization="dynamic_int8", parity_utterances=1,
+        eval_utterances=0, compare_individual=False, sparse="auto", sparsity_granularity=None,
+        tiers=parse_tiers(["speaker=sparsity:0.6", "phone=sparsity:0.75", "wearable=sparsity:0.9"]))
+    e2e.run_recipe(flag_values, lambda stages, out, c: str(tmp_path), lambda stages, out, d: (config, d),
+                   lambda c, m: "")
+    trained = seen["config"].sparsity
+    assert trained.levels == (0.0, 0.3, 0.5, 0.6, 0.7, 0.75, 0.8, 0.9)  # 0.75: a level of its own
+    assert trained.train_levels == (0.6, 0.75, 0.9)

@@ -8,7 +8,14 @@ import tensorflow as tf
 import tf_keras
 
 import omni_tf  # noqa: F401
-from omni_tf.supernet import LevelSetMismatch, Supernet, TierSpec, budget_metric, parse_tiers
+from omni_tf.supernet import (
+    LevelSetMismatch,
+    Supernet,
+    TierSpec,
+    budget_metric,
+    parse_tiers,
+    with_tier_levels,
+)
 from omni_tf.training import loop, sources
 from omni_tf.training.checkpoint import CheckpointKeeper
 from tests.training_helpers import tiny_config
@@ -115,6 +122,32 @@ def test_parse_tiers_syntax_and_errors():
         parse_tiers(["a=level:1", "a=level:2"])
     with pytest.raises(ValueError, match="not accepted here"):
         parse_tiers(["a=bytes:0.3"], kinds=("level", "sparsity"))
+
+
+def test_tier_sparsities_become_levels_and_train_levels():
+    from omni_tf.configs import experiment
+
+    config = experiment.get_config("tiny,demo")  # levels (0, .3, .5, .6, .7, .8, .9), train (.6, .75, .9)
+    config.sparsity.train_levels = (0.5,)
+    demo = parse_tiers(["speaker=sparsity:0.6", "phone=sparsity:0.75", "wearable=sparsity:0.9"])
+    c = with_tier_levels(config, demo)
+    assert c.sparsity.levels == (0.0, 0.3, 0.5, 0.6, 0.7, 0.75, 0.8, 0.9)  # 0.6 / 0.9 not repeated
+    assert c.sparsity.train_levels == (0.6, 0.75, 0.9)
+    assert config.sparsity.levels == (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9)  # the input is not modified
+    assert config.sparsity.train_levels == (0.5,)
+    unordered = with_tier_levels(config, parse_tiers(["a=sparsity:0.95", "b=sparsity:0.05",
+                                                      "c=sparsity:0.3"]))
+    assert unordered.sparsity.levels == (0.0, 0.05, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+    assert unordered.sparsity.train_levels == (0.05, 0.3, 0.95)
+    for kinds in (["a=bytes:0.3", "b=level:2"], ["a=bytes:0.3"], ["b=level:2"]):  # no sparsity known
+        other = with_tier_levels(config, parse_tiers(kinds))
+        assert other.sparsity.levels == config.sparsity.levels and other.sparsity.train_levels == (0.5,)
+    mixed = with_tier_levels(config, parse_tiers(["a=sparsity:0.85", "b=bytes:0.3"]))
+    assert mixed.sparsity.levels == (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9)
+    assert mixed.sparsity.train_levels == (0.5,)  # a bytes tier's levels come from the search
+    net = Supernet(with_tier_levels(tiny_config("omni"), parse_tiers(["t=sparsity:0.6"])))
+    assert net.levels == (0.0, 0.5, 0.6, 0.8)
+    assert net.tier(TierSpec("sparsity", 0.6)) == dict.fromkeys(net.kernel_names, 2)
 
 
 def test_tiers_and_budgets():

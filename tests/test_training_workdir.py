@@ -48,6 +48,20 @@ def test_cadence_paths_and_budget_do_not_block_resume(tmp_path):
     workdir.claim(str(tmp_path), more).release()
 
 
+
+def test_a_workdir_recorded_before_the_variants_record_resumes(tmp_path):
+    config = experiment.get_config("tiny,smoke")
+    old = config.to_dict()
+    del old["variants"]  # config.json of a run made before get_config recorded its variants
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    os.makedirs(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "ckpt-1.index").write_bytes(b"")
+    assert workdir.config_changes(old, config) == []
+    workdir.claim(str(tmp_path), config).release()
+    finetune = experiment.get_config("tiny,finetune,smoke")  # what the variant sets is compared
+    assert any(c.startswith("sparsity.dense_warmup") for c in workdir.config_changes(old, finetune))
+
+
 def test_second_train_process_on_a_workdir_fails_naming_the_holder(tmp_path):
     env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "3"}
     hold = ("import sys\nfrom omni_tf import fileio\nwith fileio.DirLock(sys.argv[1]):\n"

@@ -6,7 +6,9 @@ and override fields on the command line, e.g. ``--config.training.max_steps=100`
 variant raises with the known ones;
 ``get_config("paper,librispeech")`` is the LibriSpeech 960 h schedule (``recipes/librispeech/run.py``);
 ``get_config("tiny,demo")`` is the ~20-minute 2-core synthetic demo (``recipes/synthetic/run_demo.py``;
-measurements behind every value in docs/TUNING.md).
+measurements behind every value in docs/TUNING.md); ``get_config("tiny,demo,finetune")`` its schedule for a
+run that starts from a trained dense model (``run_demo --init=shipped`` adds ``finetune`` itself,
+``with_variant``). ``config.variants`` records the variants applied, in application order.
 """
 import copy
 import os
@@ -27,6 +29,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
                          f"{sorted(VARIANTS)}")
     c = ml_collections.ConfigDict()
     c.preset = preset
+    c.variants = tuple(v for v in VARIANTS if v in variants)  # a record, read by with_variant and reports
     c.model = model.get_preset(preset)
     c.data = data.get_config()
     c.sparsity = sparsity.get_config()
@@ -42,6 +45,63 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         if name in variants:
             apply(c)
     return c
+
+
+def with_variant(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+    """A copy of ``config`` with variant ``name`` applied as if it had been in its config string.
+
+    The variant runs on the copy (so fractions of ``training.max_steps`` are of the copy's), then the
+    variants after it in ``VARIANTS`` order that ``config`` already has (``smoke`` stays last). Where a field
+    they change has in ``config`` another value than in ``get_config("<preset>,<config.variants>")`` (a
+    command-line ``--config.*`` override, or a caller's), ``config``'s value is kept: an explicit setting
+    wins over the variant. ``config`` already with ``name`` (``config.variants``): an unchanged copy.
+    Raises ValueError for an unknown variant.
+    """
+    if name not in VARIANTS:
+        raise ValueError(f"unknown config variant {name!r}; known variants: {sorted(VARIANTS)}")
+    applied = tuple(config.get("variants", ()))
+    c = copy.deepcopy(config)
+    if name in applied:
+        return c
+    base = get_config(",".join([str(config.preset), *applied]))
+    order = list(VARIANTS)
+    with c.unlocked():
+        for v in order[order.index(name):]:
+            if v == name or v in applied:
+                VARIANTS[v](c)
+        for path, value in _leaves(c):
+            given = _lookup(config, path)
+            if value != given and given != _lookup(base, path):
+                _assign(c, path, given)
+        c.variants = tuple(v for v in order if v == name or v in applied)
+    return c
+
+
+_MISSING = object()
+
+
+def _leaves(c: ml_collections.ConfigDict, prefix: str = "") -> list[tuple[str, object]]:
+    """``[(dotted path, value)]`` of every leaf of ``c``."""
+    out = []
+    for key, value in c.items():
+        path = f"{prefix}{key}"
+        out += _leaves(value, path + ".") if isinstance(value, ml_collections.ConfigDict) else [(path, value)]
+    return out
+
+
+def _lookup(c: ml_collections.ConfigDict, path: str) -> object:
+    for key in path.split("."):
+        if not isinstance(c, ml_collections.ConfigDict) or key not in c:
+            return _MISSING
+        c = c[key]
+    return c
+
+
+def _assign(c: ml_collections.ConfigDict, path: str, value: object) -> None:
+    *parents, key = path.split(".")
+    for p in parents:
+        c = c[p]
+    c[key] = value
 
 
 def with_data_dir(config: ml_collections.ConfigDict, data_dir: str, train: str = "", dev: str = "",
@@ -129,4 +189,34 @@ def _synthetic_demo(c: ml_collections.ConfigDict) -> None:
     c.sparsity.frequency = 80
 
 
-VARIANTS = {"librispeech": _librispeech_960h, "demo": _synthetic_demo, "smoke": _smoke}
+def _finetune(c: ml_collections.ConfigDict) -> None:
+    """The schedule of a run that starts from a trained dense model (``training.init_from``; ``run_demo
+    --init=shipped`` and ``omni_vs_pruned --pretrained`` add this variant through
+    ``recipes.end_to_end.shipped_config``).
+
+    Gradual pruning of a trained network, then training on at the final masks (Zhu & Gupta 2017, "To prune
+    or not to prune", the paper's [1], Sec. 3: the masks reach their targets over a ramp of ranking steps
+    while training continues, and the pruned network recovers in the steps after it). So: no dense warm-up
+    (``sparsity.dense_warmup=False``; the warm-up exists because a model from scratch must first learn),
+    the sparsity ramp from 2 % to 50 % of ``training.max_steps`` with 15 re-rankings (the demo: 80 steps
+    apart at 2500 steps, as its own ramp), so the second half fine-tunes the frozen masks, and a peak
+    learning rate of 1e-3 (the demo's scratch rate is 3e-3) after 50 warm-up steps. Step counts are
+    fractions of ``training.max_steps`` when the variant is applied (after ``librispeech`` / ``demo``,
+    before ``smoke``); the ramp and the rate run on the progress clock (``omni_tf/training/progress.py``), so
+    they keep these fractions when ``--max_minutes`` binds first.
+    """
+    steps = int(c.training.max_steps)
+    c.training.learning_rate = 1e-3
+    c.training.warmup_steps = 50
+    c.sparsity.dense_warmup = False
+    c.sparsity.begin_step = max(1, round(FINETUNE_RAMP[0] * steps))
+    c.sparsity.end_step = max(c.sparsity.begin_step + 1, round(FINETUNE_RAMP[1] * steps))
+    c.sparsity.frequency = max(1, round((c.sparsity.end_step - c.sparsity.begin_step) / FINETUNE_RANKINGS))
+
+
+FINETUNE_RAMP = (0.02, 0.5)  # finetune: the sparsity ramp's begin and end, fractions of training.max_steps
+FINETUNE_RANKINGS = 15  # finetune: re-rankings over the ramp
+# Applied in this order whatever the order given: a schedule variant before finetune (which reads its
+# max_steps), smoke last.
+VARIANTS = {"librispeech": _librispeech_960h, "demo": _synthetic_demo, "finetune": _finetune,
+            "smoke": _smoke}

@@ -5,8 +5,9 @@ exclusive directory lock (``omni_tf.fileio.DirLock``: a second process fails at 
 compares ``config`` with the ``config.json`` recorded by the run that made the workdir's checkpoint. A field
 that changes the trained result differs -> ``ConfigChanged`` naming the fields, unless
 ``allow_config_change``. Fields that do not change the result (``RESULT_NEUTRAL``: logging and checkpoint
-cadence, checkpoints kept, where the data is) and the budget (``BUDGET``: ``max_steps``, ``max_minutes``; a
-larger one continues the run) may differ. Then ``config.json`` is (re)written atomically.
+cadence, checkpoints kept, where the data is, the ``preset`` / ``variants`` record, whose fields are compared
+themselves) and the budget (``BUDGET``: ``max_steps``, ``max_minutes``; a larger one continues the run) may
+differ. Then ``config.json`` is (re)written atomically.
 
 ``result_fields(config)`` is the same rule as a flat dict, for stage keys (``recipes/stages.py``).
 """
@@ -24,7 +25,7 @@ from omni_tf import fileio
 CONFIG_FILE = "config.json"
 # Dotted config fields that do not change what training computes.
 RESULT_NEUTRAL = ("training.log_every", "training.summary_every", "training.checkpoint_every",
-                  "training.keep_checkpoints", "training.device", "paths", "preset",
+                  "training.keep_checkpoints", "training.device", "paths", "preset", "variants",
                   "sparsity.search_metric", "sparsity.search_population", "sparsity.search_generations",
                   "sparsity.search_mutation_prob", "sparsity.search_seed")
 # The budget: a larger one continues training from the checkpoint.

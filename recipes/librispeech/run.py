@@ -83,7 +83,8 @@ def configure(stages: Stages, out: str, data_dir: str):
 
 def describe(config, train_metrics) -> str:
     return (f"LibriSpeech {FLAGS.librispeech_dir}: train {','.join(FLAGS.train_splits)}, dev "
-            f"{FLAGS.dev_split}, test {FLAGS.test_split}; preset `{config.preset}`; omni training "
+            f"{FLAGS.dev_split}, test {FLAGS.test_split}; preset `{config.preset}`, variants "
+            f"{', '.join(config.variants) or 'none'}; omni training "
             f"{train_metrics.get('step')} steps in {e2e.train_seconds(train_metrics) / 60:.1f} min")
 
 

@@ -22,9 +22,13 @@ command per --out at a time (a lock)), in order:
   prepare   manifests, bad-input reports, CMVN in <out>/data
   spm       SentencePiece model <out>/data/spm.model
   ood       (--ood_utterances > 0) the out-of-domain test split <out>/data/test_ood.tsv (omni_tf/data/ood.py)
-  shipped   (--init=shipped) <out>/data_shipped: the manifests with the shipped model's spm.model / cmvn.json
+  shipped   (--init=shipped) <out>/data_shipped: the manifests with the shipped model's spm.model / cmvn.json;
+            the config gets the shipped model's config and the `finetune` variant (no dense warm-up,
+            sparsity ramp over 2-50 % of max_steps, then fine-tuning at frozen masks; peak learning rate
+            1e-3 after 50 warm-up steps; omni_tf/configs/experiment.py), unless --config names it already
   train     the omni supernet within --max_minutes (progress line with rate and ETA; the learning rate
-            and the sparsity ramp end with the budget, omni_tf/training/progress.py)
+            and the sparsity ramp end with the budget, omni_tf/training/progress.py); its level set is
+            config.sparsity.levels plus every --tiers sparsity (a sparsity:S tier is a trained level)
   budgets   each tier's budget in the size metric of --quantization (config.sparsity.search_metric):
             --tiers name=sparsity:S (a uniform config of sparsity S), name=bytes:F (F x the dense int8
             bytes) or name=level:K (uniform level K)
@@ -62,7 +66,10 @@ e2e.define_flags(flags)
 flags.DEFINE_enum("init", "scratch", ["scratch", "shipped"],
                   "scratch: random initial weights; shipped: the supernet and every individually pruned "
                   "model start from the shipped dense model (--pretrained), with its tokenizer, CMVN and "
-                  "model config (--config.model.* is then ignored).")
+                  "model config (--config.model.* is then ignored), and the config gets the finetune "
+                  "variant: no dense warm-up, sparsity ramp over 2-50 % of max_steps (then fine-tuning "
+                  "at frozen masks), peak learning rate 1e-3 after 50 warm-up steps (--config.* fields "
+                  "given explicitly keep their values).")
 flags.DEFINE_string("pretrained", "demo_tiny", "--init=shipped: a bundle name under "
                     "omni_tf/resources/pretrained/ or a path (recipes/synthetic/pretrain.py writes one).")
 flags.DEFINE_integer("ood_utterances", 200, "Utterances of the out-of-domain test split reported beside the "
@@ -92,9 +99,9 @@ def configure(stages: Stages, out: str, data_dir: str):
 
 def describe(config, train_metrics) -> str:
     return (f"Synthetic corpus: {FLAGS.num_utterances} utterances (seed {FLAGS.seed}); preset "
-            f"`{config.preset}`; omni training {train_metrics.get('step')} steps in "
-            f"{e2e.train_seconds(train_metrics) / 60:.1f} min (stopped by "
-            f"{train_metrics.get('stopped_by')})")
+            f"`{config.preset}`, variants {', '.join(config.variants) or 'none'}; init {FLAGS.init}; omni "
+            f"training {train_metrics.get('step')} steps in {e2e.train_seconds(train_metrics) / 60:.1f} min "
+            f"(stopped by {train_metrics.get('stopped_by')})")
 
 
 def main(argv: list[str]) -> None:
