@@ -2,8 +2,9 @@
 the same (epoch, skip_batches) always yields the same batches (exact resume).
 
 ``ManifestSource`` wraps ``omni_tf.data.pipeline.make_dataset`` (train manifest, tokenizer, CMVN from
-``config.paths``); ``RandomFeatureSource`` is a features-only source (random log-mel-like features and random
-labels, a pure function of (seed, epoch)) for tests and step benchmarks.
+``config.paths``; ``manifest_path`` / ``spm_cmvn_paths`` resolve those files for every other reader);
+``RandomFeatureSource`` is a features-only source (random log-mel-like features and random labels, a pure
+function of (seed, epoch)) for tests and step benchmarks.
 """
 from __future__ import annotations
 
