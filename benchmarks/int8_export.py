@@ -15,7 +15,6 @@ encode calls without zero-padded frames; ``identical`` / ``ter_vs_keras`` / WER 
 """
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np
@@ -25,10 +24,12 @@ from ml_collections import config_flags
 
 import omni_tf  # noqa: F401
 from omni_tf import fileio
+from omni_tf.configs import experiment
 from omni_tf.data import features as features_lib
 from omni_tf.data.librispeech import read_manifest
 from omni_tf.supernet import Supernet
 from omni_tf.text.tokenizer import Tokenizer
+from omni_tf.training import sources
 from tflite_export import bundle, convert, inference_model, parity
 from tflite_export.recognizer import audio_features, module_runners
 
@@ -83,14 +84,15 @@ def main(argv):
     supernet = Supernet(FLAGS.config)
     supernet.restore(FLAGS.workdir)
     module = inference_model.bake_supernet(supernet, 0).module
-    config = FLAGS.config
-    mean, std = features_lib.load_cmvn(os.path.join(FLAGS.data_dir, "cmvn.json"))
-    rows = read_manifest(os.path.join(FLAGS.data_dir, "dev.tsv"))
+    config = experiment.with_data_dir(FLAGS.config, FLAGS.data_dir, dev="dev.tsv")
+    spm, cmvn = sources.spm_cmvn_paths(config)
+    mean, std = features_lib.load_cmvn(cmvn)
+    rows = read_manifest(sources.manifest_path(config, "dev"))
     rows = rows[: FLAGS.calib_utterances + FLAGS.eval_utterances]
     feats = [audio_features(r["path"], config.data, mean, std) for r in rows]
     calib, evaluate = feats[: FLAGS.calib_utterances], feats[FLAGS.calib_utterances:]
     refs = [r["text"] for r in rows[FLAGS.calib_utterances:]]
-    tokenizer = Tokenizer(os.path.join(FLAGS.data_dir, "spm.model"))
+    tokenizer = Tokenizer(spm)
     samples = parity.collect_representative(module, calib)
     full_chunks = [f for n, f in samples
                    if n == "encode" and not np.any(np.all(f["features_chunk"][0] == 0, axis=-1))]

@@ -404,11 +404,7 @@ def main(argv: list[str]) -> None:
     data_dir = FLAGS.data_dir or (make_smoke_data(out) if FLAGS.smoke else None)
     if data_dir is None:
         raise app.UsageError("--data_dir is required (except with --smoke)")
-    config = copy.deepcopy(FLAGS.config)
-    with config.unlocked():
-        config.paths.manifest_dir = data_dir
-        config.paths.train_manifest = os.path.join(data_dir, "train.tsv")
-        config.paths.dev_manifest = os.path.join(data_dir, "dev.tsv")
+    config = experiment.with_data_dir(FLAGS.config, data_dir, train="train.tsv", dev="dev.tsv")
     if FLAGS.pretrained and FLAGS.smoke:
         raise app.UsageError("--smoke replaces the model: it cannot start from --pretrained")
     if FLAGS.pretrained:
@@ -417,7 +413,8 @@ def main(argv: list[str]) -> None:
     if FLAGS.smoke:
         config, budgets = smoke_config(config), [1, 2]
     tiers = tier_sparsities(FLAGS.tiers)
-    rows = compare(config, out, os.path.join(data_dir, "test.tsv"), tiers, budgets, FLAGS.protocols,
+    test_manifest = config.paths.test_manifest or os.path.join(data_dir, "test.tsv")
+    rows = compare(config, out, test_manifest, tiers, budgets, FLAGS.protocols,
                    FLAGS.compute_unit, FLAGS.scale_schedule, FLAGS.test_utterances, FLAGS.bootstrap)
     preamble = (f"Data `{data_dir}`; preset `{config.preset}`, sampler `{config.sparsity.sampler}`; tiers "
                 f"{tiers}; budgets {budgets} steps; protocol compute in {FLAGS.compute_unit}; diff = omni - "

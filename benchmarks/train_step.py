@@ -83,7 +83,7 @@ def run_breakdown() -> dict:
     config.training.mode = FLAGS.mode
     config.sparsity.begin_step, config.sparsity.end_step = 0, 10
     if FLAGS.data_dir:
-        config.paths.manifest_dir = FLAGS.data_dir
+        config = experiment.with_data_dir(config, FLAGS.data_dir)
         source = sources.ManifestSource(config)
     else:
         source = sources.RandomFeatureSource(config.model.vocab_size, num_batches=1000,

@@ -52,6 +52,10 @@ from tflite_export.recognizer import audio_features
 OMNI_SERIES, PRUNED_SERIES = "omni", "individually-pruned"
 
 
+# ``experiment.with_data_dir``'s ``source`` for the recipes that prepare their data under ``--out``.
+PREPARED_DATA = "the data dir this recipe prepares under --out"
+
+
 def make_synthetic_data(stages: Stages, out: str, spec: synthetic.CorpusSpec, vocab_size: int) -> str:
     """Stages corpus (espeak-ng, ``synthetic.CorpusSpec`` ``spec``) -> prepare -> spm under ``out``;
     returns ``<out>/data`` (manifests, cmvn.json, spm.model)."""
@@ -95,10 +99,14 @@ def use_shipped(stages: Stages, out: str, config: ml_collections.ConfigDict, dat
     schedule), so the omni supernet and every individually pruned model start from its weights;
     ``<out>/data_shipped`` holds the manifests of ``data_dir`` with the bundle's ``spm.model`` and
     ``cmvn.json``, so labels and features are those the weights were trained with. Raises FileNotFoundError
-    naming a missing bundle folder.
+    naming a missing bundle folder, and ValueError naming ``config.paths.spm_model`` / ``cmvn`` /
+    ``manifest_dir`` when set to other files (the bundle's must be used); set manifests are kept. ``config``
+    is the user's (no data dir applied yet).
     """
     shipped, path, info = shipped_config(config, bundle)
     shipped_dir = os.path.join(out, "data_shipped")
+    c = experiment.with_data_dir(shipped, shipped_dir, spm_model="spm.model", cmvn="cmvn.json",
+                                 source="--init=shipped's data copy")
 
     def copy() -> dict[str, Any]:
         os.makedirs(shipped_dir, exist_ok=True)
@@ -110,7 +118,7 @@ def use_shipped(stages: Stages, out: str, config: ml_collections.ConfigDict, dat
         return {"manifests": names, "bundle": path}
 
     stages.run("shipped", {"bundle": path, "info": info}, copy, outputs=(shipped_dir,))
-    return experiment.with_data_dir(shipped, shipped_dir), shipped_dir
+    return c, shipped_dir
 
 
 def with_granularity(config: ml_collections.ConfigDict, granularity: str | None) -> ml_collections.ConfigDict:
@@ -249,10 +257,11 @@ def choose(config: ml_collections.ConfigDict, workdir: str, found: Mapping[str, 
     return evaluation.choose_tiers(supernet, batches, tokenizer, found, out_dir)
 
 
-def utterance_features(config: ml_collections.ConfigDict, data_dir: str, manifest: str, count: int
+def utterance_features(config: ml_collections.ConfigDict, manifest: str, count: int
                        ) -> tuple[list[np.ndarray], list[str]]:
-    """CMVN-normalized features [T, 80] and transcripts of the first ``count`` utterances of ``manifest``."""
-    cmvn = os.path.join(data_dir, "cmvn.json")
+    """CMVN-normalized (``config.paths``' CMVN) features [T, 80] and transcripts of the first ``count``
+    utterances of ``manifest``."""
+    cmvn = sources.spm_cmvn_paths(config)[1]
     prepare.check_prepared([manifest, cmvn])
     mean, std = features_lib.load_cmvn(cmvn)
     rows = read_manifest(manifest)[:count]
@@ -261,8 +270,8 @@ def utterance_features(config: ml_collections.ConfigDict, data_dir: str, manifes
     return [audio_features(r["path"], config.data, mean, std) for r in rows], [r["text"] for r in rows]
 
 
-def export_tiers(config: ml_collections.ConfigDict, workdir: str, data_dir: str, tiers: Mapping[str, Any],
-                 out_dir: str, utterances: int, options: bundle.ExportOptions) -> dict[str, dict[str, Any]]:
+def export_tiers(config: ml_collections.ConfigDict, workdir: str, tiers: Mapping[str, Any], out_dir: str,
+                 utterances: int, options: bundle.ExportOptions) -> dict[str, dict[str, Any]]:
     """Exports ``{tier: level index or per-kernel config}`` of the checkpoint in ``workdir`` (structured
     masks: ``{group: level}``, exported as a sliced dense model, ``tflite_export/inference_model.py``).
 
@@ -271,15 +280,14 @@ def export_tiers(config: ml_collections.ConfigDict, workdir: str, data_dir: str,
     nothing of it is written.
     """
     supernet = restore(config, workdir)
-    feats, refs = utterance_features(config, data_dir, sources.manifest_path(config, "test"), utterances)
+    feats, refs = utterance_features(config, sources.manifest_path(config, "test"), utterances)
     calib = None
     if options.quantization in ("int8", bundle.AUTO):  # calibrate on dev, judge on test
-        calib, _ = utterance_features(config, data_dir, sources.manifest_path(config, "dev"),
-                                      options.calib_utterances)
-    tokenizer = Tokenizer(os.path.join(data_dir, "spm.model"))
+        calib, _ = utterance_features(config, sources.manifest_path(config, "dev"), options.calib_utterances)
+    spm, cmvn = sources.spm_cmvn_paths(config)
+    tokenizer = Tokenizer(spm)
     check_model_vocab(tokenizer, config.model.vocab_size, "config.model.vocab_size")
-    data = bundle.ParitySet(feats, refs, tokenizer, calib, config.data,
-                            features_lib.load_cmvn(os.path.join(data_dir, "cmvn.json")))
+    data = bundle.ParitySet(feats, refs, tokenizer, calib, config.data, features_lib.load_cmvn(cmvn))
     out = {}
     for name, spec in tiers.items():
         manifest_json = bundle.export_tier(inference_model.bake_supernet(supernet, spec), name, out_dir, data,
@@ -398,10 +406,10 @@ def run_recipe(flag_values: Any, make_data: Callable[[Stages, str, ml_collection
     with fileio.DirLock(out):  # one run per --out (each stage also locks the folder it writes)
         stages = Stages(out, log=lambda s: print(s, flush=True))
         data_dir = make_data(stages, out, flag_values.config)
-        config, data_dir = configure(stages, out, data_dir)
+        config, _ = configure(stages, out, data_dir)  # config.paths: every file the stages read
         config = with_granularity(config, flag_values.sparsity_granularity)
         config = with_tier_levels(config, opts.tiers)
-        rows, level_rows, train_metrics = run_tiers(stages, out, config, data_dir, opts)
+        rows, level_rows, train_metrics = run_tiers(stages, out, config, opts)
         preamble = (f"{describe(config, train_metrics)}; quantization {flag_values.quantization}; "
                     f"granularity {config.sparsity.granularity}, block {config.sparsity.block}. "
                     f"Stages: {sum(stages.timings.values()) / 60:.1f} min.")
@@ -482,7 +490,7 @@ def train_seconds(train_metrics: Mapping[str, Any]) -> float:
     return float(train_metrics.get("trained_s", train_metrics.get("elapsed_s", 0.0)))
 
 
-def run_tiers(stages: Stages, out: str, config: ml_collections.ConfigDict, data_dir: str, opts: Options
+def run_tiers(stages: Stages, out: str, config: ml_collections.ConfigDict, opts: Options
               ) -> tuple[list[dict], list[dict], dict]:
     """train omni -> budgets -> search -> evaluate -> export (-> individually pruned baselines).
 
@@ -510,7 +518,7 @@ def run_tiers(stages: Stages, out: str, config: ml_collections.ConfigDict, data_
     extra = _extra_tests(stages, config, workdir, out, "omni", opts, tier_configs)
     tier_dir = os.path.join(out, "tiers")
     stages.run("export", opts.export_inputs(), lambda: export_tiers(
-        config, workdir, data_dir, tier_configs, tier_dir, opts.parity_utterances,
+        config, workdir, tier_configs, tier_dir, opts.parity_utterances,
         opts.export_options(OMNI_SERIES)))
     seconds = train_seconds(train_metrics)
     rows = [{**report_row(load_manifests(os.path.join(tier_dir, t)), evals.get(t), seconds),
@@ -520,15 +528,15 @@ def run_tiers(stages: Stages, out: str, config: ml_collections.ConfigDict, data_
                   for r in levels if r["name"] not in tiers]
     if opts.compare_individual:
         for row in list(rows):
-            more, more_levels = _individually_pruned(stages, out, config, data_dir, opts,
+            more, more_levels = _individually_pruned(stages, out, config, opts,
                                                      row["tier"], row["sparsity"], int(train_metrics["step"]))
             rows.append(more)
             level_rows += more_levels
     return rows, level_rows, train_metrics
 
 
-def _individually_pruned(stages: Stages, out: str, config: ml_collections.ConfigDict, data_dir: str,
-                         opts: Options, tier: str, sparsity: float, steps: int
+def _individually_pruned(stages: Stages, out: str, config: ml_collections.ConfigDict, opts: Options,
+                         tier: str, sparsity: float, steps: int
                          ) -> tuple[dict, list[dict]]:
     """The baseline for one tier: a model pruned to the tier's sparsity, same loop and step budget."""
     workdir = os.path.join(out, "train", f"pruned_{tier}")
@@ -539,7 +547,7 @@ def _individually_pruned(stages: Stages, out: str, config: ml_collections.Config
     extra = _extra_tests(stages, c, workdir, out, f"pruned_{tier}", opts, None)
     name = f"{tier}_pruned"
     stages.run(f"export_pruned_{tier}", opts.export_inputs(),
-               lambda: export_tiers(c, workdir, data_dir, {name: 1}, os.path.join(out, "tiers"),
+               lambda: export_tiers(c, workdir, {name: 1}, os.path.join(out, "tiers"),
                                     opts.parity_utterances, opts.export_options(PRUNED_SERIES)))
     row = report_row(load_manifests(os.path.join(out, "tiers", name)), ev[-1], train_seconds(metrics))
     row = _with_extra(row, extra, ev[-1]["name"], "wer_keras_")

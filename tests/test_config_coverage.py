@@ -204,3 +204,74 @@ def test_with_variant_is_the_config_string_variant_and_keeps_explicit_settings()
     assert again.to_dict() == already.to_dict() and again is not already
     with pytest.raises(ValueError, match="unknown config variant 'fine'.*'finetune'"):
         experiment.with_variant(demo, "fine")
+
+
+FILE_FIELDS = ("train_manifest", "dev_manifest", "test_manifest", "spm_model", "cmvn")
+
+
+def _with_paths(**paths: str) -> ml_collections.ConfigDict:
+    c = experiment.get_config("tiny,smoke")
+    c.paths.update(paths)
+    return c
+
+
+def test_with_data_dir_derives_the_unset_paths_from_the_data_dir():
+    c = experiment.with_data_dir(experiment.get_config("tiny"), "/d")
+    assert c.paths.to_dict() == {"manifest_dir": "/d", "train_manifest": "", "dev_manifest": "",
+                                 "test_manifest": "", "spm_model": "", "cmvn": ""}  # "" = <manifest_dir>/...
+    c = experiment.with_data_dir(experiment.get_config("tiny"), "/d", train="a.tsv,b.tsv",
+                                 test="test-other.tsv", cmvn="c.json")
+    assert (c.paths.train_manifest, c.paths.dev_manifest, c.paths.test_manifest, c.paths.cmvn) == (
+        "/d/a.tsv,/d/b.tsv", "", "/d/test-other.tsv", "/d/c.json")
+
+
+def test_with_data_dir_empty_keeps_the_config_paths():
+    config = _with_paths(manifest_dir="/m", train_manifest="/x/t.tsv", spm_model="/x/s.model",
+                         cmvn="/x/c.json")
+    assert experiment.with_data_dir(config, "").paths.to_dict() == config.paths.to_dict()
+
+
+@pytest.mark.parametrize("field", FILE_FIELDS)
+def test_with_data_dir_keeps_an_explicit_path(field):
+    c = experiment.with_data_dir(_with_paths(**{field: "/elsewhere/f"}), "/d")
+    assert c.paths[field] == "/elsewhere/f" and c.paths.manifest_dir == "/d"
+    assert all(c.paths[f] == "" for f in FILE_FIELDS if f != field)
+
+
+@pytest.mark.parametrize("field", FILE_FIELDS)
+def test_with_data_dir_refuses_an_explicit_path_other_than_the_file_the_caller_names(field):
+    name = field.replace("_manifest", "")
+    config = _with_paths(**{field: "/elsewhere/f"})
+    with pytest.raises(ValueError, match=rf"--data_dir '/d' conflicts with --config\.paths\.{field}="
+                                         r"'/elsewhere/f' \(the data dir gives '/d/n.tsv'\)"):
+        experiment.with_data_dir(config, "/d", **{name: "n.tsv"})
+    assert config.paths[field] == "/elsewhere/f"  # the input config is left alone
+    same = experiment.with_data_dir(_with_paths(**{field: "/d/./n.tsv"}), "/d/", **{name: "n.tsv"})
+    assert same.paths[field] == "/d/n.tsv"  # the very file named: no conflict
+
+
+def test_with_data_dir_refuses_another_manifest_dir_naming_the_source():
+    with pytest.raises(ValueError, match=r"--init=shipped's data copy '/d' conflicts with "
+                                         r"--config\.paths\.manifest_dir='/m'"):
+        experiment.with_data_dir(_with_paths(manifest_dir="/m"), "/d", source="--init=shipped's data copy")
+    assert experiment.with_data_dir(_with_paths(manifest_dir="/d/"), "/d").paths.manifest_dir == "/d"
+
+
+def test_explicit_and_derived_paths_resolve_to_the_files_read(tmp_path):
+    """What ``omni_tf.training.sources`` (training, search, evaluate and every export step) reads."""
+    from omni_tf.training import sources
+
+    data, mine = tmp_path / "data", tmp_path / "mine"
+    for folder, names in ((data, ("train.tsv", "dev.tsv", "spm.model", "cmvn.json")),
+                          (mine, ("a.tsv", "b.tsv", "spm.model"))):
+        folder.mkdir()
+        for name in names:
+            (folder / name).write_text("x")
+    config = _with_paths(train_manifest=f"{mine}/a.tsv,{mine}/b.tsv", spm_model=f"{mine}/spm.model")
+    c = experiment.with_data_dir(config, str(data))
+    assert sources.spm_cmvn_paths(c) == (f"{mine}/spm.model", f"{data}/cmvn.json")
+    assert sources.manifest_path(c, "train") == f"{mine}/a.tsv"  # the first of several
+    assert sources.manifest_path(c, "dev") == f"{data}/dev.tsv"
+    with pytest.raises(FileNotFoundError, match=r"manifest not found: '.*/mine/c.tsv'"):
+        missing = experiment.with_data_dir(_with_paths(train_manifest=f"{mine}/c.tsv"), str(data))
+        sources.manifest_path(missing, "train")

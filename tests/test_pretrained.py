@@ -109,3 +109,16 @@ def test_shipped_config_adds_the_finetune_variant_once_and_keeps_explicit_fields
     overridden = experiment.get_config("tiny,demo")
     overridden.training.warmup_steps = 10  # given explicitly: kept when the variant is added
     assert e2e.shipped_config(overridden, path)[0].training.warmup_steps == 10
+
+
+@pytest.mark.parametrize("field", ["spm_model", "cmvn"])
+def test_use_shipped_refuses_a_user_spm_or_cmvn_the_bundle_replaces(tmp_path, field):
+    config = tiny_config("omni")
+    config.paths[field] = str(tmp_path / "mine")
+    path = _bundle(tmp_path, tiny_config("omni"))
+    (tmp_path / "data").mkdir()
+    out = str(tmp_path / "out")
+    with pytest.raises(ValueError, match=rf"--init=shipped's data copy .*data_shipped.* conflicts with "
+                                         rf"--config\.paths\.{field}="):
+        e2e.use_shipped(Stages(out, log=lambda s: None), out, config, str(tmp_path / "data"), path)
+    assert not os.path.exists(os.path.join(out, "data_shipped"))  # refused before copying anything

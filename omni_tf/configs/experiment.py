@@ -105,21 +105,46 @@ def _assign(c: ml_collections.ConfigDict, path: str, value: object) -> None:
 
 
 def with_data_dir(config: ml_collections.ConfigDict, data_dir: str, train: str = "", dev: str = "",
-                  test: str = "") -> ml_collections.ConfigDict:
+                  test: str = "", spm_model: str = "", cmvn: str = "", source: str = "--data_dir"
+                  ) -> ml_collections.ConfigDict:
     """A copy of ``config`` reading manifests, CMVN and SentencePiece model from a prepared ``data_dir``.
 
-    ``train`` / ``dev`` / ``test``: manifest file names in ``data_dir`` (comma-separated for several);
-    empty keeps ``<data_dir>/<split>.tsv``. The one place a recipe's ``--data_dir`` enters the config; an
-    empty ``data_dir`` keeps the config's paths.
+    The one place a recipe's ``--data_dir`` enters the config; an empty ``data_dir`` keeps the config's
+    paths. Otherwise ``paths.manifest_dir`` = ``data_dir``, and each of ``paths.train_manifest`` /
+    ``dev_manifest`` / ``test_manifest`` / ``spm_model`` / ``cmvn`` is
+      - the caller's file name(s) in ``data_dir`` when the matching argument names one (comma-separated for
+        several manifests: e.g. ``recipes/librispeech/export.py --split``);
+      - else the config's value when set (``--config.paths.<field>``: an explicit path wins);
+      - else "" = ``<data_dir>/<split>.tsv``, ``spm.model``, ``cmvn.json`` (resolved by
+        ``omni_tf.training.sources``).
+    A set ``paths.manifest_dir`` other than ``data_dir``, or a set field other than the file the caller
+    names, raises ValueError naming both the field and ``source`` (where ``data_dir`` comes from, e.g.
+    ``--data_dir``): no flag is silently overridden. A set field equal (``os.path.normpath``) to that path
+    is fine.
     """
     c = copy.deepcopy(config)
     if not data_dir:
         return c
+    named = {"manifest_dir": data_dir}
+    for field, names in (("train_manifest", train), ("dev_manifest", dev), ("test_manifest", test),
+                         ("spm_model", spm_model), ("cmvn", cmvn)):
+        if names:
+            named[field] = ",".join(os.path.join(data_dir, n) for n in names.split(","))
+    conflicts = [f"--config.paths.{field}={config.paths[field]!r} (the data dir gives {path!r})"
+                 for field, path in named.items()
+                 if config.paths[field] and not _same_paths(config.paths[field], path)]
+    if conflicts:
+        raise ValueError(f"{source} {data_dir!r} conflicts with " + "; ".join(conflicts)
+                         + f": drop those, or (where the recipe allows it) give --config.paths.* instead of "
+                         f"{source}")
     with c.unlocked():
-        c.paths.manifest_dir = data_dir
-        for field, names in (("train_manifest", train), ("dev_manifest", dev), ("test_manifest", test)):
-            c.paths[field] = ",".join(os.path.join(data_dir, n) for n in names.split(",")) if names else ""
+        c.paths.update(named)
     return c
+
+
+def _same_paths(a: str, b: str) -> bool:
+    """Whether two comma-separated path lists name the same files (after ``os.path.normpath``)."""
+    return [os.path.normpath(x) for x in a.split(",")] == [os.path.normpath(x) for x in b.split(",")]
 
 
 def _smoke(c: ml_collections.ConfigDict) -> None:

@@ -2,8 +2,9 @@
 the same (epoch, skip_batches) always yields the same batches (exact resume).
 
 ``ManifestSource`` wraps ``omni_tf.data.pipeline.make_dataset`` (train manifest, tokenizer, CMVN from
-``config.paths``); ``RandomFeatureSource`` is a features-only source (random log-mel-like features and random
-labels, a pure function of (seed, epoch)) for tests and step benchmarks.
+``config.paths``; ``manifest_path`` / ``spm_cmvn_paths`` resolve those files for every other reader);
+``RandomFeatureSource`` is a features-only source (random log-mel-like features and random labels, a pure
+function of (seed, epoch)) for tests and step benchmarks.
 """
 from __future__ import annotations
 
@@ -14,16 +15,27 @@ import numpy as np
 import tensorflow as tf
 
 
+def _existing(what: str, path: str) -> str:
+    if not path or not os.path.exists(path):
+        raise FileNotFoundError(f"{what} not found: {path!r} (set config.paths.manifest_dir or the path)")
+    return path
+
+
+def spm_cmvn_paths(config: ml_collections.ConfigDict) -> tuple[str, str]:
+    """The SentencePiece model and CMVN json of ``config.paths`` (``spm_model`` / ``cmvn``, else
+    ``<manifest_dir>/spm.model`` / ``cmvn.json``); FileNotFoundError naming a missing one."""
+    p = config.paths
+    return (_existing("spm model", p.spm_model or os.path.join(p.manifest_dir, "spm.model")),
+            _existing("cmvn", p.cmvn or os.path.join(p.manifest_dir, "cmvn.json")))
+
+
 def _paths(config: ml_collections.ConfigDict, split: str) -> tuple[str, str, str]:
     p = config.paths
-    root = p.manifest_dir
     named = {"train": p.train_manifest, "dev": p.dev_manifest, "test": p.test_manifest}.get(split, "")
-    manifest = named or os.path.join(root, f"{split}.tsv")  # any other split: <manifest_dir>/<split>.tsv
-    spm = p.spm_model or os.path.join(root, "spm.model")
-    cmvn = p.cmvn or os.path.join(root, "cmvn.json")
-    for what, path in (("manifest", manifest), ("spm model", spm), ("cmvn", cmvn)):
-        if not path or not os.path.exists(path):
-            raise FileNotFoundError(f"{what} not found: {path!r} (set config.paths.manifest_dir or the path)")
+    manifest = named or os.path.join(p.manifest_dir, f"{split}.tsv")  # else <manifest_dir>/<split>.tsv
+    for one in manifest.split(","):  # comma-separated: several manifests
+        _existing("manifest", one)
+    spm, cmvn = spm_cmvn_paths(config)
     from omni_tf.data.prepare import check_prepared  # noqa: PLC0415
 
     check_prepared([*manifest.split(","), cmvn])  # refuses files of an unfinished or altered prepare

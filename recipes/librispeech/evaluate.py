@@ -27,7 +27,8 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "omni_tf/configs/experiment.py:tiny", "Experiment config.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Training workdir (checkpoints in <workdir>/ckpt).")
-flags.DEFINE_string("data_dir", "", "Prepared directory (<split>.tsv, cmvn.json, spm.model).")
+flags.DEFINE_string("data_dir", "", "Prepared directory (<split>.tsv, cmvn.json, spm.model); "
+                    "a --config.paths.* file given too is read instead (experiment.with_data_dir).")
 flags.DEFINE_string("split", "dev", "Split to evaluate: dev / test (config.paths.<split>_manifest, default "
                     "<data_dir>/<split>.tsv) or any <data_dir>/<split>.tsv (e.g. test-other).")
 flags.DEFINE_list("configs", [], "JSON files of {kernel: level}; each adds a row named after the file.")

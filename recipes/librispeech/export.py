@@ -41,6 +41,7 @@ from omni_tf.data.librispeech import read_manifest
 from omni_tf.data.prepare import check_prepared
 from omni_tf.supernet import Supernet
 from omni_tf.text.tokenizer import Tokenizer, check_model_vocab
+from omni_tf.training import sources
 from recipes.tier_flags import define_tiers_flag
 from tflite_export import bundle, convert, inference_model, parity
 from tflite_export.recognizer import audio_features
@@ -49,7 +50,8 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "omni_tf/configs/experiment.py:tiny", "Experiment config.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", "", "Training workdir (checkpoint in <workdir>/ckpt).")
-flags.DEFINE_string("data_dir", "", "Prepared directory (<split>.tsv, cmvn.json, spm.model).")
+flags.DEFINE_string("data_dir", "", "Prepared directory (<split>.tsv, cmvn.json, spm.model); "
+                    "a --config.paths.* file given too is read instead (experiment.with_data_dir).")
 flags.DEFINE_string("split", "dev", "Manifest <split>.tsv (in --data_dir) for parity, int8 calibration and "
                     "the budget search: dev for the synthetic corpus, e.g. dev-other for LibriSpeech.")
 flags.DEFINE_string("out", "", "Bundle directory (default <workdir>/tflite).")
@@ -90,7 +92,7 @@ def searched_configs(config, supernet: Supernet, budgets: dict[str, float], metr
     Fitness = RNN-T loss on the first ``--search_max_batches`` batches of --split; results also go to
     ``<out>/search/`` (``tier_<name>.json``, ``search.md``).
     """
-    from omni_tf.training import evaluation, sources  # noqa: PLC0415
+    from omni_tf.training import evaluation  # noqa: PLC0415
 
     if supernet.mode != "omni" or FLAGS.random_init:
         raise app.UsageError("--budgets with --budget_search needs a supernet checkpoint (mode omni)")
@@ -137,11 +139,12 @@ def tier_specs(config, supernet: Supernet) -> dict[str, object]:
 
 
 def dev_data(config, data_dir: str):
-    """(features, references, tokenizer, cmvn, int8 calibration features | None) from <split>.tsv."""
-    cmvn = os.path.join(data_dir, "cmvn.json")
+    """(features, references, tokenizer, cmvn, int8 calibration features | None) from <split>.tsv; the
+    tokenizer and CMVN of ``config.paths`` (``sources.spm_cmvn_paths``), as search and training use."""
+    spm, cmvn = sources.spm_cmvn_paths(config)  # --config.paths.spm_model / cmvn, else those in data_dir
     check_prepared([_split_manifest(data_dir), cmvn])  # refuses files of an unfinished or altered prepare
     mean, std = features_lib.load_cmvn(cmvn)
-    tokenizer = Tokenizer(os.path.join(data_dir, "spm.model"))
+    tokenizer = Tokenizer(spm)
     check_model_vocab(tokenizer, config.model.vocab_size, "config.model.vocab_size")
     all_rows = read_manifest(_split_manifest(data_dir))
     rows = all_rows[: FLAGS.dev_utterances]

@@ -75,7 +75,7 @@ def _concat_manifests(paths: list[str], out_path: str) -> int:
 def configure(stages: Stages, out: str, data_dir: str):
     del stages, out
     config = experiment.with_data_dir(FLAGS.config, data_dir, train="train.tsv", dev=f"{FLAGS.dev_split}.tsv",
-                                      test=f"{FLAGS.test_split}.tsv")
+                                      test=f"{FLAGS.test_split}.tsv", source=e2e.PREPARED_DATA)
     if FLAGS.max_steps > 0:
         config = e2e.run_config(config, config.training.mode, FLAGS.max_steps, config.training.max_minutes)
     return config, data_dir

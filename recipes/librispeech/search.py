@@ -35,7 +35,8 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "omni_tf/configs/experiment.py:tiny", "Experiment config.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Training workdir (checkpoints in <workdir>/ckpt).")
-flags.DEFINE_string("data_dir", "", "Prepared directory (dev.tsv, cmvn.json, spm.model).")
+flags.DEFINE_string("data_dir", "", "Prepared directory (dev.tsv, cmvn.json, spm.model); "
+                    "a --config.paths.* file given too is read instead (experiment.with_data_dir).")
 define_tiers_flag(["speaker=sparsity:0.6", "phone=sparsity:0.75", "wearable=sparsity:0.9"], "Tier budgets.")
 flags.DEFINE_list("budgets", [], "name:absolute budget in the size metric's units (overrides --tiers).")
 flags.DEFINE_enum("quantization", "dynamic_int8", list(BUDGET_METRIC),

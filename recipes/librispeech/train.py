@@ -38,7 +38,8 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "omni_tf/configs/experiment.py:tiny", "Experiment config.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard logs, metrics.")
-flags.DEFINE_string("data_dir", "", "Prepared directory (train.tsv, dev.tsv, cmvn.json, spm.model).")
+flags.DEFINE_string("data_dir", "", "Prepared directory (train.tsv, dev.tsv, cmvn.json, spm.model); "
+                    "a --config.paths.* file given too is read instead (experiment.with_data_dir).")
 flags.DEFINE_integer("random_features", 0, "If > 0: train on this many random-feature batches per epoch.")
 flags.DEFINE_integer("random_batch_size", 4, "Utterances per random-feature batch.")
 flags.DEFINE_bool("allow_config_change", False, "Continue a workdir whose checkpoint was trained with a "

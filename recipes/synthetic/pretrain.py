@@ -34,7 +34,7 @@ import omni_tf  # noqa: F401
 from omni_tf import fileio
 from omni_tf.configs import experiment
 from omni_tf.data import synthetic
-from omni_tf.training import pretrained
+from omni_tf.training import pretrained, sources
 from recipes import end_to_end as e2e
 from recipes.stages import Stages
 
@@ -79,8 +79,8 @@ def main(argv: list[str]) -> None:
     out = os.path.abspath(FLAGS.out)
     stages = Stages(out, log=lambda s: print(s, flush=True))
     data_dir = e2e.make_synthetic_data(stages, out, corpus_spec(), FLAGS.config.model.vocab_size)
-    config = e2e.run_config(experiment.with_data_dir(FLAGS.config, data_dir), "dense",
-                            FLAGS.config.training.max_steps, FLAGS.max_minutes)
+    config = experiment.with_data_dir(FLAGS.config, data_dir, source=e2e.PREPARED_DATA)
+    config = e2e.run_config(config, "dense", FLAGS.config.training.max_steps, FLAGS.max_minutes)
     workdir = os.path.join(out, "train")
     metrics, cpu_s = train_and_account(config, workdir, os.path.join(out, "pretrain_runs.json"))
     rows = e2e.evaluate_levels(config, workdir, os.path.join(out, "eval"),
@@ -93,8 +93,7 @@ def main(argv: list[str]) -> None:
             "wer": dense["wer"], "cer": dense["cer"], "eval_utterances": dense["utterances"],
             "eval_split": "the pretraining corpus's test split (demo-train speakers/sentences only)",
             "corpus": corpus_spec().to_dict(), "demo_seed": FLAGS.demo_seed}
-    pretrained.write_bundle(model, config, os.path.join(data_dir, "spm.model"),
-                            os.path.join(data_dir, "cmvn.json"), target, info)
+    pretrained.write_bundle(model, config, *sources.spm_cmvn_paths(config), target, info)
     print(json.dumps(info, indent=1), f"\nwrote the bundle {target}", flush=True)
 
 

@@ -91,10 +91,9 @@ def make_data(stages: Stages, out: str, config) -> str:
 
 
 def configure(stages: Stages, out: str, data_dir: str):
-    config = experiment.with_data_dir(FLAGS.config, data_dir)
     if FLAGS.init == "shipped":
-        return e2e.use_shipped(stages, out, config, data_dir, FLAGS.pretrained)
-    return config, data_dir
+        return e2e.use_shipped(stages, out, FLAGS.config, data_dir, FLAGS.pretrained)
+    return experiment.with_data_dir(FLAGS.config, data_dir, source=e2e.PREPARED_DATA), data_dir
 
 
 def describe(config, train_metrics) -> str:
