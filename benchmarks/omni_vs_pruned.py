@@ -6,11 +6,13 @@ Usage (from the repository root; ``--data_dir`` is a prepared corpus, e.g. ``run
       --budgets=800,2500,6000 --tiers=speaker=sparsity:0.6,phone=sparsity:0.75,wearable=sparsity:0.9
   nice -n 10 python -m benchmarks.omni_vs_pruned --data_dir=runs/demo/data_shipped --pretrained=BUNDLE \
       --out=runs/compare_shipped --budgets=800,2500      # both sides from a shipped dense model
+  nice -n 10 python -m benchmarks.omni_vs_pruned --data_dir=runs/demo/data --out=runs/compare \
+      --budgets=800,2500 --omni_variants=base,uniform,tiers_random,tiers_random_kd  # omni strategies
   python -m benchmarks.omni_vs_pruned --smoke --compute_unit=steps --out=/tmp/compare_smoke  # ~1 min
 
 Sides and protocols (the comparison of the Omni-sparsity DNN paper, Wu et al. 2021: one supernet vs one
 model pruned per sparsity, same recipe). For every budget ``B`` (steps):
-- ``omni``: one supernet (``training.mode=omni``, the config's sampler) trained for ``B`` steps; each tier is
+- ``omni``: one supernet per omni variant (``training.mode=omni``) trained for ``B`` steps; each tier is
   its uniform level at the tier's sparsity (the tier sparsities are added to the supernet's level set).
 - protocol ``steps`` (the paper's): one model per tier (``training.mode=pruned`` at the tier's sparsity),
   each trained for the same ``B`` steps.
@@ -18,6 +20,24 @@ model pruned per sparsity, same recipe). For every budget ``B`` (steps):
   gets ``1 / num_tiers`` of the omni run's process CPU-seconds, converted to steps with that tier's
   CPU-seconds per step measured in its protocol-``steps`` run at the same budget; ``--compute_unit=steps``:
   each gets ``B / num_tiers`` steps.
+
+Omni variants (``--omni_variants``, a list; default ``base``): supernet training strategies compared against
+the same pruned runs. A variant changes only ``sparsity.*`` fields of the omni runs' config; the pruned runs
+are built from the base config, so their digests and cached runs are the same whatever variants are asked
+for. An item is one of
+- ``base``: the config as given; runs ``omni_s{B}`` (the names of a driver without variants).
+- a registered name (``OMNI_VARIANTS``): ``uniform``, ``sandwich``, ``tiers``, ``tiers_random`` (that
+  ``sparsity.sampler``, ``omni_tf/sparsity/sampling.py``) and ``tiers_random_kd`` (``tiers_random`` with
+  in-place distillation, ``distill_weight=0.5``, ``distill_mode=mix``, ``omni_tf/training/distill.py``).
+- ``name=field:value+field:value``: a new name (lower case, digits, ``_``; not ``base`` nor a registered
+  name) for the given ``sparsity`` fields, each value parsed as the field's type (bool ``true``/``false``;
+  tuple fields cannot be set), e.g. ``kd03=sampler:tiers_random+distill_weight:0.3+distill_mode:mix``.
+Named variants train runs ``omni_<name>_s{B}``. Unknown names, fields or samplers, and distillation settings
+``omni_tf.training.distill.check`` refuses, raise ValueError naming them. With several variants, protocol
+``compute`` splits each variant's own CPU time, so each variant has its own pruned compute runs (named by
+their steps, hence shared when two variants give the same steps); the table's ``omni`` column says which
+variant each row compares against.
+
 Both sides start from the same initial weights (``training.seed``, or with ``--pretrained`` the shipped dense
 model, ``training.init_from``, with the ``finetune`` schedule: ``recipes.end_to_end.shipped_config``, as
 ``run_demo --init=shipped``) and use the same loop (``omni_tf.training.loop.train``), data and schedule
@@ -40,8 +60,9 @@ loop's ``trained_s`` counts every invocation's wall time and is reported too).
 Outputs under ``--out``: ``train/<run>/`` (checkpoints), ``results.json`` (every finished run and evaluation,
 written after each one; a rerun skips what it holds and resumes an interrupted training from its checkpoint),
 ``RESULTS.md`` (tables) and ``curves.png`` (WER vs steps per model, and vs the CPU-minutes each side spent).
-For each tier, budget and protocol: WER of both sides on the test split and the difference omni - pruned with
-a 95 % paired bootstrap interval over test utterances (``omni_tf.metrics.bootstrap_wer_diff``).
+For each budget, protocol, omni variant and tier: WER of both sides on the test split and the difference
+omni - pruned with a 95 % paired bootstrap interval over test utterances
+(``omni_tf.metrics.bootstrap_wer_diff``).
 """
 from __future__ import annotations
 
@@ -49,6 +70,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -62,8 +84,9 @@ from ml_collections import config_flags
 import omni_tf  # noqa: F401
 from omni_tf import fileio, metrics
 from omni_tf.configs import experiment
+from omni_tf.sparsity.sampling import SAMPLERS
 from omni_tf.supernet import Supernet, TierSpec, with_tier_levels
-from omni_tf.training import evaluation, loop
+from omni_tf.training import distill, evaluation, loop
 from omni_tf.training import workdir as workdir_lib
 from recipes import end_to_end as e2e
 from recipes.tier_flags import define_tiers_flag
@@ -76,6 +99,10 @@ flags.DEFINE_string("out", None, "Output directory (reused: finished runs and ev
 flags.DEFINE_list("budgets", ["800", "2500"], "Steps per model, ascending.")
 define_tiers_flag(["speaker=sparsity:0.6", "phone=sparsity:0.75", "wearable=sparsity:0.9"],
                   "Device tiers, each a uniform sparsity (added to omni's level set).", kinds=("sparsity",))
+flags.DEFINE_list("omni_variants", ["base"], "Omni training strategies compared against the same "
+                  "pruned runs: base (the config as given), a registered name (uniform, sandwich, tiers, "
+                  "tiers_random, tiers_random_kd) or name=field:value+field:value of sparsity fields "
+                  "(module docstring).")
 flags.DEFINE_list("protocols", ["steps", "compute"], "steps (same steps per model) and/or compute.")
 flags.DEFINE_enum("compute_unit", "cpu", ["cpu", "steps"], "How protocol compute splits omni's budget.")
 flags.DEFINE_bool("scale_schedule", True, "Place the sparsity ramp at the config's fractions of each budget.")
@@ -93,6 +120,15 @@ flags.DEFINE_bool("smoke", False, "One-layer model (other config fields as given
 # FLAGS other recipes' tests parse, and a required-flag validator here would fail their parsing.
 
 PROTOCOLS = ("steps", "compute")
+BASE_VARIANT = "base"
+OMNI_SAMPLERS = tuple(s for s in SAMPLERS if s not in ("fixed", "dense"))  # the others are pruned/dense modes
+OMNI_VARIANTS: dict[str, dict[str, Any]] = {
+    "uniform": {"sampler": "uniform"},
+    "sandwich": {"sampler": "sandwich"},
+    "tiers": {"sampler": "tiers"},
+    "tiers_random": {"sampler": "tiers_random"},
+    "tiers_random_kd": {"sampler": "tiers_random", "distill_weight": 0.5, "distill_mode": "mix"},
+}
 SMOKE_MODEL = {"d_model": 32, "num_layers": 1, "num_heads": 2, "ff_dim": 64, "vocab_size": 30,
                "pred_hidden": 32, "joint_dim": 32, "pred_embed_dim": 16, "subsampling_factor": 8}
 
@@ -140,8 +176,85 @@ def run_config(config: ml_collections.ConfigDict, mode: str, steps: int, tiers: 
     return c
 
 
-def run_name(mode: str, steps: int, tier: str | None = None) -> str:
-    return f"omni_s{steps}" if mode == "omni" else f"pruned_{tier}_s{steps}"
+def _field_value(sparsity: ml_collections.ConfigDict, field: str, text: str, item: str) -> Any:
+    """``text`` parsed as the type of ``sparsity.<field>``; ValueError naming ``item`` when it cannot be."""
+    if field not in sparsity:
+        raise ValueError(f"--omni_variants {item!r}: sparsity has no field {field!r}")
+    old = sparsity[field]
+    if isinstance(old, (tuple, list)):
+        raise ValueError(f"--omni_variants {item!r}: tuple field sparsity.{field} cannot be set by a variant")
+    try:
+        if isinstance(old, bool):
+            if text.lower() not in ("true", "false"):
+                raise ValueError(text)
+            return text.lower() == "true"
+        return type(old)(text)
+    except ValueError:
+        raise ValueError(f"--omni_variants {item!r}: sparsity.{field} wants a {type(old).__name__}, "
+                         f"got {text!r}") from None
+
+
+def parse_omni_variants(items: Sequence[str], sparsity: ml_collections.ConfigDict
+                        ) -> dict[str, dict[str, Any]]:
+    """``--omni_variants`` items -> ``{name: {sparsity field: value}}`` in the given order (module docstring
+    for the syntax; ``base`` maps to ``{}``). ``sparsity``: the base config's section (field names, types).
+
+    Raises ValueError naming the item for an empty list, a duplicate or malformed name, an unknown
+    registered name, field or sampler (``OMNI_SAMPLERS``), a value of the wrong type, or distillation
+    settings ``omni_tf.training.distill.check`` refuses.
+    """
+    if not items:
+        raise ValueError("--omni_variants is empty: give base or variant names")
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        name, eq, spec = item.strip().partition("=")
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+            raise ValueError(f"--omni_variants {item!r}: a name is lower case letters, digits and _")
+        if name in out:
+            raise ValueError(f"--omni_variants {item!r}: variant {name!r} given twice")
+        if not eq:
+            if name != BASE_VARIANT and name not in OMNI_VARIANTS:
+                raise ValueError(f"--omni_variants: unknown variant {name!r} (known: {BASE_VARIANT}, "
+                                 f"{', '.join(OMNI_VARIANTS)}; or name=field:value+field:value)")
+            out[name] = dict(OMNI_VARIANTS.get(name, {}))
+            continue
+        if name == BASE_VARIANT or name in OMNI_VARIANTS:
+            raise ValueError(f"--omni_variants {item!r}: {name!r} is a registered variant; name yours "
+                             "otherwise")
+        fields = {}
+        for part in spec.split("+"):
+            field, colon, text = part.partition(":")
+            if not colon or not field or field in fields:
+                raise ValueError(f"--omni_variants {item!r}: want name=field:value+field:value with distinct "
+                                 f"fields, got {part!r}")
+            fields[field] = _field_value(sparsity, field, text, item)
+        out[name] = fields
+    for name, fields in out.items():
+        merged = {**sparsity.to_dict(), **fields}
+        if merged["sampler"] not in OMNI_SAMPLERS:
+            raise ValueError(f"--omni_variants {name!r}: unknown omni sampler {merged['sampler']!r} "
+                             f"(one of {OMNI_SAMPLERS})")
+        try:
+            distill.check(merged["distill_mode"], float(merged["distill_weight"]), merged["distill_norm"])
+        except ValueError as e:
+            raise ValueError(f"--omni_variants {name!r}: {e}") from None
+    return out
+
+
+def with_omni_variant(config: ml_collections.ConfigDict, fields: Mapping[str, Any]
+                      ) -> ml_collections.ConfigDict:
+    """A copy of ``config`` with the variant's ``sparsity`` fields set (``{}``: an unchanged copy)."""
+    c = copy.deepcopy(config)
+    with c.unlocked():
+        c.sparsity.update(dict(fields))
+    return c
+
+
+def run_name(mode: str, steps: int, tier: str | None = None, variant: str = BASE_VARIANT) -> str:
+    """``omni_s{steps}`` (base variant), ``omni_<variant>_s{steps}`` or ``pruned_<tier>_s{steps}``."""
+    if mode != "omni":
+        return f"pruned_{tier}_s{steps}"
+    return f"omni_s{steps}" if variant == BASE_VARIANT else f"omni_{variant}_s{steps}"
 
 
 # -- results cache ------------------------------------------------------------------------------------------
@@ -251,10 +364,17 @@ def compute_steps(omni: Mapping[str, Any], pruned_same_steps: Mapping[str, Any],
 # -- the comparison ------------------------------------------------------------------------------------------
 def compare(config: ml_collections.ConfigDict, out: str, test_manifest: str, tiers: Mapping[str, float],
             budgets: Sequence[int], protocols: Sequence[str], compute_unit: str = "cpu",
-            scale_schedule: bool = True, test_utterances: int = 0, bootstrap: int = 1000
-            ) -> list[dict[str, Any]]:
+            scale_schedule: bool = True, test_utterances: int = 0, bootstrap: int = 1000,
+            variants: Mapping[str, Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Trains and evaluates both sides at every budget and protocol; returns one row per (budget, protocol,
-    tier) with both WERs, the difference omni - pruned with its 95 % interval and each side's cost."""
+    omni variant, tier) with both WERs, the difference omni - pruned with its 95 % interval and each side's
+    cost.
+
+    ``variants``: ``{name: {sparsity field: value}}`` (``parse_omni_variants``; default ``{"base": {}}``),
+    applied to the omni runs only. A budget's runs all finish (every variant, every protocol) before the next
+    budget starts. Raises ValueError for unknown protocols or budgets that are not ascending and positive.
+    """
+    variants = {BASE_VARIANT: {}} if variants is None else variants
     bad = [p for p in protocols if p not in PROTOCOLS]
     if bad or not budgets or list(budgets) != sorted(set(budgets)) or budgets[0] < 1:
         raise ValueError(f"protocols must be in {PROTOCOLS} and budgets ascending positive, got "
@@ -262,27 +382,30 @@ def compare(config: ml_collections.ConfigDict, out: str, test_manifest: str, tie
     results = Results(os.path.join(out, "results.json"))
     resume = horizon_free(config, scale_schedule)
     data = test_batches(config, test_manifest, test_utterances)
-    rows, trained = [], {}  # (mode, tier) -> {steps: run name} of this invocation's finished runs
+    rows, trained = [], {}  # (mode, tier, variant) -> {steps: run name} of this invocation's finished runs
 
-    def run(mode: str, steps: int, tier: str | None = None) -> tuple[str, dict[str, Any]]:
-        name = run_name(mode, steps, tier)
-        c = run_config(config, mode, steps, tiers, None if tier is None else tiers[tier], scale_schedule)
-        shorter = [s for s in trained.get((mode, tier), {}) if s < steps]
-        prev = trained[(mode, tier)][max(shorter)] if resume and shorter else None
+    def run(mode: str, steps: int, tier: str | None = None, variant: str = BASE_VARIANT
+            ) -> dict[str, Any]:
+        name = run_name(mode, steps, tier, variant)
+        base = with_omni_variant(config, variants[variant]) if mode == "omni" else config
+        c = run_config(base, mode, steps, tiers, None if tier is None else tiers[tier], scale_schedule)
+        key = (mode, tier, variant)
+        shorter = [s for s in trained.get(key, {}) if s < steps]
+        prev = trained[key][max(shorter)] if resume and shorter else None
         record = train_run(results, out, name, c, prev)
-        trained.setdefault((mode, tier), {})[steps] = name
+        trained.setdefault(key, {})[steps] = name
         levels = dict(tiers) if tier is None else {tier: tiers[tier]}
-        return name, {**record, "evals": evaluate_run(results, out, name, c, levels, data)}
+        return {**record, "name": name, "evals": evaluate_run(results, out, name, c, levels, data)}
 
     for steps in budgets:
-        omni_name, omni = run("omni", steps)
-        same = {t: run("pruned", steps, t)[1] for t in tiers}
-        for protocol in protocols:
+        omnis = {v: run("omni", steps, variant=v) for v in variants}
+        same = {t: run("pruned", steps, t) for t in tiers}
+        for protocol, (variant, omni) in ((p, vo) for p in protocols for vo in omnis.items()):
             if protocol == "steps":
                 pruned = same
             else:
                 split = {t: compute_steps(omni, same[t], steps, len(tiers), compute_unit) for t in tiers}
-                pruned = {t: run("pruned", split[t], t)[1] for t in tiers}
+                pruned = {t: run("pruned", split[t], t) for t in tiers}
             pruned_cpu = sum(p["cpu_s"] for p in pruned.values())
             pruned_wall = sum(p["wall_s"] for p in pruned.values())
             for tier in tiers:
@@ -291,7 +414,8 @@ def compare(config: ml_collections.ConfigDict, out: str, test_manifest: str, tie
                     raise ValueError(f"{tier}: omni and pruned evaluated different utterances")
                 diff, lo, hi = metrics.bootstrap_wer_diff(a["refs"], a["hyps"], b["hyps"], n=bootstrap,
                                                           seed=0)
-                rows.append({"budget": steps, "protocol": protocol, "tier": tier, "sparsity": tiers[tier],
+                rows.append({"budget": steps, "protocol": protocol, "omni": variant, "omni_run": omni["name"],
+                             "tier": tier, "sparsity": tiers[tier],
                              "omni_steps": omni["steps"], "pruned_steps": pruned[tier]["steps"],
                              "omni_wer": a["wer"], "pruned_wer": b["wer"], "diff": diff, "diff_lo": lo,
                              "diff_hi": hi, "utterances": a["utterances"],
@@ -302,7 +426,7 @@ def compare(config: ml_collections.ConfigDict, out: str, test_manifest: str, tie
 
 
 # -- report -------------------------------------------------------------------------------------------------
-TABLE_COLUMNS = ("budget", "protocol", "tier", "sparsity", "omni_steps", "pruned_steps", "omni_wer",
+TABLE_COLUMNS = ("budget", "protocol", "omni", "tier", "sparsity", "omni_steps", "pruned_steps", "omni_wer",
                  "pruned_wer", "diff [95% CI]", "verdict", "omni_cpu_min", "pruned_cpu_min", "omni_wall_min",
                  "pruned_wall_min")
 
@@ -330,7 +454,8 @@ def markdown(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def plot(rows: Sequence[Mapping[str, Any]], path: str) -> None:
-    """WER vs steps per model (protocol steps) and vs each side's CPU-minutes, per tier and side."""
+    """WER vs steps per model (protocol steps) and vs each side's CPU-minutes: per tier (colour), one curve
+    per omni variant (line style) and one for the pruned models (dashed, squares)."""
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
@@ -339,17 +464,23 @@ def plot(rows: Sequence[Mapping[str, Any]], path: str) -> None:
     fig, (ax_steps, ax_cpu) = plt.subplots(1, 2, figsize=(11, 4.2))
     tiers = list(dict.fromkeys(r["tier"] for r in rows))
     colors = {t: f"C{i}" for i, t in enumerate(tiers)}
+    variants = list(dict.fromkeys(r["omni"] for r in rows))
+    styles = {v: ("-", "-.", ":")[i % 3] for i, v in enumerate(variants)}
+    markers = {v: "o^vD<>px*h"[i % 10] for i, v in enumerate(variants)}
     for tier in tiers:
         mine = [r for r in rows if r["tier"] == tier]
-        steps = [r for r in mine if r["protocol"] == "steps"]
-        omni = {r["budget"]: r for r in mine}.values()
-        ax_steps.plot([r["omni_steps"] for r in omni], [100 * r["omni_wer"] for r in omni], "-o",
-                      color=colors[tier], label=f"{tier} omni")
+        for v in variants:
+            omni = {r["budget"]: r for r in mine if r["omni"] == v}.values()
+            ax_steps.plot([r["omni_steps"] for r in omni], [100 * r["omni_wer"] for r in omni],
+                          linestyle=styles[v], marker=markers[v], color=colors[tier],
+                          label=f"{tier} omni {v}")
+            ax_cpu.plot([r["omni_cpu_min"] for r in omni], [100 * r["omni_wer"] for r in omni],
+                        linestyle=styles[v], marker=markers[v], color=colors[tier])
+        steps = {r["budget"]: r for r in mine if r["protocol"] == "steps"}.values()
         ax_steps.plot([r["pruned_steps"] for r in steps], [100 * r["pruned_wer"] for r in steps], "--s",
                       color=colors[tier], label=f"{tier} pruned")
-        ax_cpu.plot([r["omni_cpu_min"] for r in omni], [100 * r["omni_wer"] for r in omni], "-o",
-                    color=colors[tier])
-        pruned = sorted(mine, key=lambda r: r["pruned_cpu_min"])
+        pruned = sorted({(r["pruned_steps"], r["pruned_cpu_min"]): r for r in mine}.values(),
+                        key=lambda r: r["pruned_cpu_min"])
         ax_cpu.plot([r["pruned_cpu_min"] for r in pruned], [100 * r["pruned_wer"] for r in pruned], "--s",
                     color=colors[tier])
     ax_steps.set(xlabel="training steps per model", ylabel="test WER (%)", title="same steps per model")
@@ -399,6 +530,7 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.INFO)
     if not FLAGS.out:
         raise app.UsageError("--out is required")
+    variants = parse_omni_variants(FLAGS.omni_variants, FLAGS.config.sparsity)
     out = os.path.abspath(FLAGS.out)
     os.makedirs(out, exist_ok=True)
     data_dir = FLAGS.data_dir or (make_smoke_data(out) if FLAGS.smoke else None)
@@ -415,8 +547,11 @@ def main(argv: list[str]) -> None:
     tiers = tier_sparsities(FLAGS.tiers)
     test_manifest = config.paths.test_manifest or os.path.join(data_dir, "test.tsv")
     rows = compare(config, out, test_manifest, tiers, budgets, FLAGS.protocols,
-                   FLAGS.compute_unit, FLAGS.scale_schedule, FLAGS.test_utterances, FLAGS.bootstrap)
-    preamble = (f"Data `{data_dir}`; preset `{config.preset}`, sampler `{config.sparsity.sampler}`; tiers "
+                   FLAGS.compute_unit, FLAGS.scale_schedule, FLAGS.test_utterances, FLAGS.bootstrap, variants)
+    described = "; ".join(f"`{v}` (sparsity " + (", ".join(f"{k}={val}" for k, val in fields.items())
+                                                  or f"as given, sampler {config.sparsity.sampler}") + ")"
+                          for v, fields in variants.items())
+    preamble = (f"Data `{data_dir}`; preset `{config.preset}`; omni variants: {described}; tiers "
                 f"{tiers}; budgets {budgets} steps; protocol compute in {FLAGS.compute_unit}; diff = omni - "
                 f"pruned in WER points with a 95 % paired bootstrap interval ({FLAGS.bootstrap} resamples "
                 f"of {rows[0]['utterances']} test utterances). Command: `{' '.join(sys.argv)}`")

@@ -70,17 +70,108 @@ def test_verdict_and_tiers():
         ovp.tier_sparsities(parse_tiers(["a=level:2"]))
 
 
+def test_omni_variants_parse_registry_custom_and_base():
+    sp = experiment.get_config("tiny,demo").sparsity
+    got = ovp.parse_omni_variants(["base", "tiers_random_kd", "kd03=sampler:uniform+distill_weight:0.3"
+                                   "+dense_warmup:false+subnets_per_step:2"], sp)
+    assert got == {"base": {}, "tiers_random_kd": {"sampler": "tiers_random", "distill_weight": 0.5,
+                                                   "distill_mode": "mix"},
+                   "kd03": {"sampler": "uniform", "distill_weight": 0.3, "dense_warmup": False,
+                            "subnets_per_step": 2}}
+    assert list(got) == ["base", "tiers_random_kd", "kd03"]  # the order given
+    assert ovp.run_name("omni", 800) == "omni_s800"  # base: the names of a driver without variants
+    assert ovp.run_name("omni", 800, variant="base") == "omni_s800"
+    assert ovp.run_name("omni", 800, variant="kd03") == "omni_kd03_s800"
+    assert ovp.run_name("pruned", 800, "phone", variant="kd03") == "pruned_phone_s800"
+    c = ovp.with_omni_variant(experiment.get_config("tiny,demo"), got["kd03"])
+    assert (c.sparsity.sampler, c.sparsity.distill_weight, c.sparsity.subnets_per_step) == ("uniform", 0.3, 2)
+
+
+@pytest.mark.parametrize("items, message", [
+    (["nope"], "unknown variant 'nope'"),
+    (["x=sampler:zigzag"], "unknown omni sampler 'zigzag'"),
+    (["x=sampler:fixed"], "unknown omni sampler 'fixed'"),  # the pruned baseline's sampler is not omni's
+    (["x=bogus:1"], "no field 'bogus'"),
+    (["x=distill_weight:lots"], "distill_weight wants a float"),
+    (["x=dense_warmup:maybe"], "dense_warmup wants a bool"),
+    (["x=distill_mode:mix+distill_weight:2.0"], "'x'.*out of range"),
+    (["x=levels:0.5"], "tuple field sparsity.levels"),
+    (["x=sampler"], "name=field:value"),
+    (["x=sampler:uniform+sampler:tiers"], "distinct fields"),
+    (["uniform=sampler:tiers"], "'uniform' is a registered variant"),
+    (["Bad-Name"], "lower case"),
+    (["uniform", "uniform"], "given twice"),
+    ([], "empty"),
+])
+def test_omni_variants_bad_input_raises_naming_it(items, message):
+    with pytest.raises(ValueError, match=message):
+        ovp.parse_omni_variants(items, experiment.get_config("tiny,demo").sparsity)
+
+
+def test_compare_trains_each_variant_against_the_same_pruned_runs(monkeypatch, tmp_path):
+    trained, order = {}, []  # run name -> config digest; names in training order
+
+    def train_run(results, out, name, config, previous):
+        digest = ovp.config_digest(config)
+        assert trained.setdefault(name, digest) == digest  # a name is always the same config
+        order.append(name)
+        cpu = {"omni_s4": 40.0, "omni_kd_s4": 80.0}.get(name, float(config.training.max_steps))
+        return {"steps": int(config.training.max_steps), "cpu_s": cpu, "wall_s": cpu, "loadavg": [0.0] * 3,
+                "cpu_s_per_step": 1.0, "sampler": config.sparsity.sampler,
+                "distill_weight": config.sparsity.distill_weight}
+
+    def evaluate_run(results, out, name, config, levels, data):
+        wer = 0.3 if name.startswith("omni") else 0.4
+        hyps = ["a b", "c x"] if wer == 0.3 else ["a x", "c x"]
+        return {t: {"wer": wer, "ids": ["u1", "u2"], "refs": ["a b", "c d"], "hyps": hyps, "utterances": 2}
+                for t in levels}
+
+    monkeypatch.setattr(ovp, "train_run", train_run)
+    monkeypatch.setattr(ovp, "evaluate_run", evaluate_run)
+    monkeypatch.setattr(ovp, "test_batches", lambda *a: ([], None))
+    base, tiers = experiment.get_config("tiny,demo"), {"big": 0.5, "small": 0.9}
+    variants = ovp.parse_omni_variants(["base", "kd=sampler:tiers_random+distill_weight:0.5"
+                                        "+distill_mode:mix"], base.sparsity)
+    rows = ovp.compare(base, str(tmp_path), "test.tsv", tiers, [4], ["steps", "compute"], "cpu",
+                       bootstrap=20, variants=variants)
+    # cpu split: base omni 40 CPU-s / 2 tiers / 1 s per step = 20 steps; kd omni 80 -> 40 steps
+    assert set(trained) == {"omni_s4", "omni_kd_s4", "pruned_big_s4", "pruned_small_s4", "pruned_big_s20",
+                            "pruned_small_s20", "pruned_big_s40", "pruned_small_s40"}
+    assert order[:2] == ["omni_s4", "omni_kd_s4"]
+    assert trained["omni_s4"] != trained["omni_kd_s4"]
+    with_variants = dict(trained)
+    for others in (None, {"uniform": ovp.OMNI_VARIANTS["uniform"]}):  # pruned configs whatever the variants
+        trained.clear()
+        ovp.compare(base, str(tmp_path), "test.tsv", tiers, [4], ["steps"], bootstrap=20, variants=others)
+        pruned = {n: d for n, d in trained.items() if n.startswith("pruned")}
+        assert set(pruned) == {"pruned_big_s4", "pruned_small_s4"}
+        assert pruned == {n: with_variants[n] for n in pruned}
+    assert set(trained) - set(pruned) == {"omni_uniform_s4"}
+    assert len(rows) == 2 * 2 * 2  # protocols x variants x tiers at one budget
+    big = [(r["protocol"], r["omni"], r["omni_run"], r["pruned_steps"]) for r in rows if r["tier"] == "big"]
+    assert big == [("steps", "base", "omni_s4", 4), ("steps", "kd", "omni_kd_s4", 4),
+            ("compute", "base", "omni_s4", 20), ("compute", "kd", "omni_kd_s4", 40)]
+    kd = [r for r in rows if r["omni"] == "kd" and r["protocol"] == "compute"]
+    assert {r["omni_cpu_min"] for r in kd} == {80 / 60} and {r["pruned_cpu_min"] for r in kd} == {80 / 60}
+    table = ovp.markdown(rows)
+    assert sum(" | compute | kd | " in line for line in table.splitlines()) == 2  # one row per tier
+    ovp.plot(rows, str(tmp_path / "curves.png"))
+    assert (tmp_path / "curves.png").stat().st_size > 0
+
+
 def test_smoke_driver_writes_table_json_plot_and_rerun_skips_finished(tmp_path):
     out = tmp_path / "cmp"
     cmd = [sys.executable, "-m", "benchmarks.omni_vs_pruned", "--smoke", f"--out={out}",
-           "--tiers=big=sparsity:0.5,small=sparsity:0.9", "--bootstrap=50", "--compute_unit=steps"]
+           "--tiers=big=sparsity:0.5,small=sparsity:0.9", "--bootstrap=50", "--compute_unit=steps",
+           "--omni_variants=base,tiers_random"]
     env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
     first = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     # budgets 1, 2 steps; protocol compute in steps: each of the 2 pruned models gets max(1, budget // 2),
-    # which are the steps runs of budget 1 (reused, not trained again)
-    assert set(results["runs"]) == {"omni_s1", "omni_s2", "pruned_big_s1", "pruned_big_s2", "pruned_small_s1",
+    # which are the steps runs of budget 1 (reused, not trained again), for both omni variants
+    assert set(results["runs"]) == {"omni_s1", "omni_s2", "omni_tiers_random_s1", "omni_tiers_random_s2",
+                                    "pruned_big_s1", "pruned_big_s2", "pruned_small_s1",
                                     "pruned_small_s2"}
     for run in results["runs"].values():
         assert run["cpu_s"] > 0 and run["wall_s"] > 0 and len(run["loadavg"]) == 3
@@ -91,9 +182,10 @@ def test_smoke_driver_writes_table_json_plot_and_rerun_skips_finished(tmp_path):
     header = "| " + " | ".join(ovp.TABLE_COLUMNS) + " |"
     assert header in table and (out / "curves.png").stat().st_size > 0
     body = [line for line in table.splitlines() if line.startswith("| ") and line != header]
-    assert len(body) == 2 * 2 * 2  # budgets x protocols x tiers
+    assert len(body) == 2 * 2 * 2 * 2  # budgets x protocols x omni variants x tiers
     assert {line.split(" | ")[1] for line in body} == {"steps", "compute"}
-    assert [line.split(" | ")[5] for line in body if " compute " in line] == ["1"] * 4  # pruned_steps
+    assert [line.split(" | ")[2] for line in body].count("tiers_random") == 8  # the omni variant column
+    assert [line.split(" | ")[6] for line in body if " compute " in line] == ["1"] * 8  # pruned_steps
     second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resumed from" not in second.stderr and "step 1" not in second.stderr  # nothing trained again
