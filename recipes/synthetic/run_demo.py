@@ -4,7 +4,7 @@ Usage (from the repository root):
   python -m recipes.synthetic.run_demo --out=runs/demo                          # default budget
   python -m recipes.synthetic.run_demo --out=runs/demo --max_minutes=5          # a quick look
   python -m recipes.synthetic.run_demo --out=runs/demo --compare_individual     # + individually pruned runs
-  python -m recipes.synthetic.run_demo --out=runs/demo --init=shipped           # start from the shipped model
+  python -m recipes.synthetic.run_demo --out=runs/demo --init=scratch --max_minutes=20  # from random weights
   python -m recipes.synthetic.run_demo --out=runs/demo_structured --sparsity_granularity=structured
   python -m recipes.synthetic.run_demo --out=runs/demo --tiers=watch=sparsity:0.9,phone=level:4 \
       --config.model.num_layers=4                                               # any config field
@@ -59,11 +59,11 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", f"{experiment.__file__}:tiny,demo", "Experiment config.",
                                 lock_config=True)
 flags.DEFINE_string("out", None, "Output directory (reused across runs).")
-flags.DEFINE_float("max_minutes", 20.0, "Wall-clock budget of the omni training stage.")
+flags.DEFINE_float("max_minutes", 10.0, "Wall-clock budget of the omni training stage.")
 flags.DEFINE_integer("num_utterances", 8000, "Corpus size (7200 train utterances, 5.4 h at the default).")
 flags.DEFINE_integer("seed", 0, "Corpus seed.")
 e2e.define_flags(flags)
-flags.DEFINE_enum("init", "scratch", ["scratch", "shipped"],
+flags.DEFINE_enum("init", "shipped", ["scratch", "shipped"],
                   "scratch: random initial weights; shipped: the supernet and every individually pruned "
                   "model start from the shipped dense model (--pretrained), with its tokenizer, CMVN and "
                   "model config (--config.model.* is then ignored), and the config gets the finetune "
