@@ -276,7 +276,7 @@ def test_run_recipe_trains_the_tier_sparsities_as_levels(tmp_path, monkeypatch):
 
     seen = {}
 
-    def run_tiers(stages, out, config, data_dir, opts):
+    def run_tiers(stages, out, config, opts):
         seen["config"] = config
         return [], [], {}
 
