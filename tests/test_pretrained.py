@@ -122,7 +122,7 @@ def test_check_data_files_accepts_only_the_bundle_bytes_naming_both_files(tmp_pa
     assert pretrained.foreign_data_files(path, str(spm), str(cmvn)) == []
     pretrained.check_data_files(path, str(spm), str(cmvn))
     spm.write_bytes(b"demo corpus spm")
-    with pytest.raises(ValueError, match=rf"{spm} differs from the bundle's {path}/spm\.model \(the labels"):
+    with pytest.raises(ValueError, match=rf"{spm} differs from the bundle's {path}/spm\.model \(the label"):
         pretrained.check_data_files(path, str(spm), str(cmvn))
     spm.write_bytes(b"spm")
     cmvn.write_text('{"mean": [1.0], "std": [2.0]}')

@@ -37,7 +37,7 @@ from omni_tf import fileio
 
 BUNDLE_FILES = ("weights.npz", "spm.model", "cmvn.json", "config.json", "bundle.json")
 # The bundle files a run from it must read as its own data files: what each one fixes.
-DATA_FILES = {"spm.model": "the labels (SentencePiece pieces)", "cmvn.json": "the feature normalization"}
+DATA_FILES = {"spm.model": "the label pieces", "cmvn.json": "the feature normalization"}
 RESOURCE_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "resources", "pretrained")
 
 
