@@ -4,7 +4,7 @@ Usage (from the repository root; ``--data_dir`` is a prepared corpus, e.g. ``run
 ``make demo``; run one job at a time, niced, it trains for hours at the longer budgets):
   nice -n 10 python -m benchmarks.omni_vs_pruned --data_dir=runs/demo/data --out=runs/compare \
       --budgets=800,2500,6000 --tiers=speaker=sparsity:0.6,phone=sparsity:0.75,wearable=sparsity:0.9
-  nice -n 10 python -m benchmarks.omni_vs_pruned --data_dir=runs/demo/data_shipped --pretrained=BUNDLE \
+  nice -n 10 python -m benchmarks.omni_vs_pruned --data_dir=runs/demo/data --pretrained=BUNDLE \
       --out=runs/compare_shipped --budgets=800,2500      # both sides from a shipped dense model
   nice -n 10 python -m benchmarks.omni_vs_pruned --data_dir=runs/demo/data --out=runs/compare \
       --budgets=800,2500 --omni_variants=base,uniform,tiers_random,tiers_random_kd  # omni strategies
@@ -41,7 +41,11 @@ variant each row compares against.
 Both sides start from the same initial weights (``training.seed``, or with ``--pretrained`` the shipped dense
 model, ``training.init_from``, with the ``finetune`` schedule: ``recipes.end_to_end.shipped_config``, as
 ``run_demo --init=shipped``) and use the same loop (``omni_tf.training.loop.train``), data and schedule
-shape.
+shape. With ``--pretrained`` the runs read the bundle's SentencePiece model and CMVN (the labels and features
+its weights were trained with; ``pretrained_inputs``): ``--data_dir`` as given when its ``spm.model`` /
+``cmvn.json`` are the bundle's (e.g. ``runs/demo/data_shipped``), else (e.g. ``runs/demo/data``) a copy of its
+manifests with the bundle's files in ``<out>/data_shipped``, as ``run_demo --init=shipped`` makes; an
+explicit ``--config.paths.spm_model`` / ``cmvn`` of other files is refused (ValueError naming both files).
 
 Schedules and resuming between budgets (whatever the sampler: uniform, sandwich, ...): the cosine learning
 rate ends at ``max_steps`` and the sparsity ramp (``sparsity.begin_step``/``end_step``/``frequency``) is
@@ -86,7 +90,7 @@ from omni_tf import fileio, metrics
 from omni_tf.configs import experiment
 from omni_tf.sparsity.sampling import SAMPLERS
 from omni_tf.supernet import Supernet, TierSpec, with_tier_levels
-from omni_tf.training import distill, evaluation, loop
+from omni_tf.training import distill, evaluation, loop, pretrained, sources
 from omni_tf.training import workdir as workdir_lib
 from recipes import end_to_end as e2e
 from recipes.tier_flags import define_tiers_flag
@@ -110,9 +114,10 @@ flags.DEFINE_integer("test_utterances", 0, "Test utterances evaluated (0 = the w
 flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples per WER difference.")
 flags.DEFINE_string("pretrained", "", "Start both sides from this shipped dense bundle (a name under "
                     "omni_tf/resources/pretrained/ or a path; its model config replaces config.model and "
-                    "the finetune config variant is added, as run_demo --init=shipped does); "
-                    "--data_dir must then hold its spm.model / cmvn.json (run_demo --init=shipped: "
-                    "<out>/data_shipped). Empty: random initial weights (training.seed).")
+                    "the finetune config variant is added, as run_demo --init=shipped does); the runs "
+                    "read the bundle's spm.model / cmvn.json: --data_dir's own when they are the same "
+                    "bytes, else a copy of its manifests with the bundle's files in <out>/data_shipped. "
+                    "Empty: random initial weights (training.seed).")
 flags.DEFINE_bool("smoke", False, "One-layer model (other config fields as given), tiny corpus (made under "
                   "--out when --data_dir is unset), budgets 1,2: the whole driver in about a minute (with "
                   "--compute_unit=steps every compute run is a steps run).")
@@ -502,6 +507,59 @@ def write_outputs(rows: Sequence[Mapping[str, Any]], out: str, preamble: str) ->
 
 
 # -- main ---------------------------------------------------------------------------------------------------
+def with_data(config: ml_collections.ConfigDict, data_dir: str, **files: str) -> ml_collections.ConfigDict:
+    """``config`` reading the train / dev manifests (and ``files``: ``spm_model``, ``cmvn`` names) of the
+    prepared ``data_dir`` (``experiment.with_data_dir``)."""
+    return experiment.with_data_dir(config, data_dir, train="train.tsv", dev="dev.tsv", **files)
+
+
+def pretrained_inputs(config: ml_collections.ConfigDict, data_dir: str, bundle: str, out: str
+                      ) -> tuple[ml_collections.ConfigDict, str]:
+    """``--pretrained``: (config, data dir) of runs that start from the shipped dense bundle ``bundle``.
+
+    ``config`` (the user's, no data dir applied) reads ``data_dir``'s manifests and gets
+    ``e2e.shipped_config`` (the bundle's model config, ``training.init_from``, the ``finetune`` schedule).
+    The weights need the labels and features they were trained with: when the SentencePiece model and CMVN
+    that config reads are byte for byte the bundle's (e.g. ``runs/demo/data_shipped``), ``data_dir`` is
+    kept; otherwise (e.g. ``runs/demo/data``, whose spm/cmvn were trained on the demo corpus) the manifests
+    of ``data_dir`` and the bundle's ``spm.model`` / ``cmvn.json`` are copied to ``<out>/data_shipped``
+    (``e2e.copy_shipped_data``, as ``run_demo --init=shipped``) and read from there, with a warning.
+
+    Raises ValueError naming both files when ``--config.paths.spm_model`` / ``cmvn`` name files other than
+    the bundle's, or when ``<out>/data_shipped`` was copied from another data dir or bundle (the runs cached
+    under ``out`` were trained on that copy: use another ``--out``); FileNotFoundError naming a missing
+    bundle folder or file.
+    """
+    c, path, _ = e2e.shipped_config(with_data(config, data_dir), bundle)
+    try:
+        spm_model, cmvn = sources.spm_cmvn_paths(c)
+    except FileNotFoundError as e:  # a data dir of manifests only: it needs the bundle's files anyway
+        foreign = [str(e)]
+    else:
+        foreign = pretrained.foreign_data_files(path, spm_model, cmvn)
+    if not foreign:
+        return c, data_dir
+    explicit = [f"--config.paths.{f}" for f in ("spm_model", "cmvn") if config.paths[f]]
+    if explicit:
+        raise ValueError(f"--pretrained={bundle}: {'; '.join(foreign)}; the shipped weights need the "
+                         f"bundle's files: drop {', '.join(explicit)}")
+    shipped_dir = os.path.join(out, e2e.SHIPPED_DATA)
+    record = os.path.join(shipped_dir, e2e.SHIPPED_SOURCE)
+    if os.path.exists(record):
+        with open(record, encoding="utf-8") as f:
+            old = json.load(f)
+        if (old.get("data_dir"), old.get("bundle")) != (os.path.abspath(data_dir), os.path.abspath(path)):
+            raise ValueError(f"{shipped_dir} holds the manifests of {old.get('data_dir')} with the files of "
+                             f"{old.get('bundle')} ({record}), not of --data_dir={data_dir} with "
+                             f"--pretrained={bundle}: the runs under {out} were trained on that copy; use "
+                             "another --out")
+    e2e.copy_shipped_data(data_dir, path, shipped_dir)
+    logging.warning("--pretrained=%s: %s; reading %s instead: the manifests of %s with the bundle's "
+                    "spm.model and cmvn.json", bundle, "; ".join(foreign), shipped_dir, data_dir)
+    shipped = with_data(config, shipped_dir, spm_model="spm.model", cmvn="cmvn.json")
+    return e2e.shipped_config(shipped, bundle)[0], shipped_dir
+
+
 def smoke_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """``config`` with a one-layer model (the ``--smoke`` mode; every other field as given)."""
     c = copy.deepcopy(config)
@@ -536,11 +594,13 @@ def main(argv: list[str]) -> None:
     data_dir = FLAGS.data_dir or (make_smoke_data(out) if FLAGS.smoke else None)
     if data_dir is None:
         raise app.UsageError("--data_dir is required (except with --smoke)")
-    config = experiment.with_data_dir(FLAGS.config, data_dir, train="train.tsv", dev="dev.tsv")
     if FLAGS.pretrained and FLAGS.smoke:
         raise app.UsageError("--smoke replaces the model: it cannot start from --pretrained")
+    given_data = data_dir
     if FLAGS.pretrained:
-        config, _, _ = e2e.shipped_config(config, FLAGS.pretrained)
+        config, data_dir = pretrained_inputs(FLAGS.config, data_dir, FLAGS.pretrained, out)
+    else:
+        config = with_data(FLAGS.config, data_dir)
     budgets = [int(b) for b in FLAGS.budgets]
     if FLAGS.smoke:
         config, budgets = smoke_config(config), [1, 2]
@@ -551,7 +611,9 @@ def main(argv: list[str]) -> None:
     described = "; ".join(f"`{v}` (sparsity " + (", ".join(f"{k}={val}" for k, val in fields.items())
                                                   or f"as given, sampler {config.sparsity.sampler}") + ")"
                           for v, fields in variants.items())
-    preamble = (f"Data `{data_dir}`; preset `{config.preset}`; omni variants: {described}; tiers "
+    data = data_dir if data_dir == given_data else (f"{data_dir} (the manifests of {given_data} with the "
+                                                      "shipped model's spm.model and cmvn.json)")
+    preamble = (f"Data `{data}`; preset `{config.preset}`; omni variants: {described}; tiers "
                 f"{tiers}; budgets {budgets} steps; protocol compute in {FLAGS.compute_unit}; diff = omni - "
                 f"pruned in WER points with a 95 % paired bootstrap interval ({FLAGS.bootstrap} resamples "
                 f"of {rows[0]['utterances']} test utterances). Command: `{' '.join(sys.argv)}`")

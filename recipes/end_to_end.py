@@ -54,6 +54,8 @@ OMNI_SERIES, PRUNED_SERIES = "omni", "individually-pruned"
 
 # ``experiment.with_data_dir``'s ``source`` for the recipes that prepare their data under ``--out``.
 PREPARED_DATA = "the data dir this recipe prepares under --out"
+# Under ``--out``: the corpus manifests with a shipped bundle's spm.model / cmvn.json, and its source record.
+SHIPPED_DATA, SHIPPED_SOURCE = "data_shipped", "source.json"
 
 
 def make_synthetic_data(stages: Stages, out: str, spec: synthetic.CorpusSpec, vocab_size: int) -> str:
@@ -104,21 +106,30 @@ def use_shipped(stages: Stages, out: str, config: ml_collections.ConfigDict, dat
     is the user's (no data dir applied yet).
     """
     shipped, path, info = shipped_config(config, bundle)
-    shipped_dir = os.path.join(out, "data_shipped")
+    shipped_dir = os.path.join(out, SHIPPED_DATA)
     c = experiment.with_data_dir(shipped, shipped_dir, spm_model="spm.model", cmvn="cmvn.json",
                                  source="--init=shipped's data copy")
-
-    def copy() -> dict[str, Any]:
-        os.makedirs(shipped_dir, exist_ok=True)
-        names = sorted(n for n in os.listdir(data_dir) if n.endswith(".tsv"))
-        for name in names:
-            shutil.copyfile(os.path.join(data_dir, name), os.path.join(shipped_dir, name))
-        for name in ("spm.model", "cmvn.json"):
-            shutil.copyfile(os.path.join(path, name), os.path.join(shipped_dir, name))
-        return {"manifests": names, "bundle": path}
-
-    stages.run("shipped", {"bundle": path, "info": info}, copy, outputs=(shipped_dir,))
+    stages.run("shipped", {"bundle": path, "info": info},
+               lambda: copy_shipped_data(data_dir, path, shipped_dir), outputs=(shipped_dir,))
     return c, shipped_dir
+
+
+def copy_shipped_data(data_dir: str, bundle_path: str, shipped_dir: str) -> dict[str, Any]:
+    """Copies the manifests (``*.tsv``) of ``data_dir`` and the bundle's data files (``spm.model``,
+    ``cmvn.json``: ``pretrained.DATA_FILES``) into ``shipped_dir``; returns ``{"manifests": names,
+    "bundle", "data_dir"}`` (absolute paths: the copy's source, also written to
+    ``<shipped_dir>/source.json``). Used by ``use_shipped`` and ``benchmarks/omni_vs_pruned.py --pretrained``.
+    """
+    os.makedirs(shipped_dir, exist_ok=True)
+    names = sorted(n for n in os.listdir(data_dir) if n.endswith(".tsv"))
+    for name in names:
+        shutil.copyfile(os.path.join(data_dir, name), os.path.join(shipped_dir, name))
+    for name in pretrained.DATA_FILES:
+        shutil.copyfile(os.path.join(bundle_path, name), os.path.join(shipped_dir, name))
+    source = {"manifests": names, "bundle": os.path.abspath(bundle_path),
+              "data_dir": os.path.abspath(data_dir)}
+    fileio.write_json(os.path.join(shipped_dir, SHIPPED_SOURCE), source)
+    return source
 
 
 def with_granularity(config: ml_collections.ConfigDict, granularity: str | None) -> ml_collections.ConfigDict:

@@ -208,3 +208,52 @@ def test_smoke_driver_continues_a_shorter_budget_when_no_schedule_has_a_horizon(
     assert "resumed from" in proc.stderr  # the 2-step runs started from the 1-step checkpoints
     changed = subprocess.run([*cmd[:-2]], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert changed.returncode != 0 and "another config" in changed.stderr  # cosine + scaled ramp != cached
+
+
+def _data_dir(path, spm: bytes, cmvn: str) -> str:
+    path.mkdir()
+    for name in ("train.tsv", "dev.tsv", "test.tsv"):
+        (path / name).write_text(f"{name} of {path.name}\n")
+    (path / "spm.model").write_bytes(spm)
+    (path / "cmvn.json").write_text(cmvn)
+    return str(path)
+
+
+def test_pretrained_keeps_a_data_dir_with_the_bundle_spm_and_cmvn(tmp_path):
+    from recipes import end_to_end as e2e
+    from tests.training_helpers import make_bundle, tiny_config
+
+    bundle = make_bundle(str(tmp_path), tiny_config("omni"))  # spm b"spm", empty CMVN
+    shipped = _data_dir(tmp_path / "data_shipped", b"spm", '{"mean": [], "std": []}')
+    base, out = experiment.get_config("tiny,demo"), str(tmp_path / "cmp")
+    c, data_dir = ovp.pretrained_inputs(base, shipped, bundle, out)
+    want, _, _ = e2e.shipped_config(ovp.with_data(base, shipped), bundle)  # the config before the fix
+    assert data_dir == shipped and c.to_dict() == want.to_dict()
+    assert ovp.config_digest(c) == ovp.config_digest(want)  # cached runs of such a benchmark stay valid
+    assert not os.path.exists(os.path.join(out, "data_shipped"))
+
+
+def test_pretrained_redirects_another_spm_and_cmvn_to_the_bundle_files(tmp_path):
+    from omni_tf.training import sources
+    from tests.training_helpers import make_bundle, tiny_config
+
+    bundle = make_bundle(str(tmp_path), tiny_config("omni"))
+    demo = _data_dir(tmp_path / "data", b"demo corpus spm", '{"mean": [1.0], "std": [2.0]}')
+    base, out = experiment.get_config("tiny,demo"), str(tmp_path / "cmp")
+    c, data_dir = ovp.pretrained_inputs(base, demo, bundle, out)
+    assert data_dir == os.path.join(out, "data_shipped") and c.training.init_from == bundle
+    spm, cmvn = sources.spm_cmvn_paths(c)
+    assert (spm, cmvn) == (os.path.join(data_dir, "spm.model"), os.path.join(data_dir, "cmvn.json"))
+    assert open(spm, "rb").read() == b"spm" and open(cmvn).read() == '{"mean": [], "std": []}'
+    assert (c.paths.manifest_dir, c.paths.train_manifest) == (data_dir, os.path.join(data_dir, "train.tsv"))
+    assert open(os.path.join(data_dir, "test.tsv")).read() == "test.tsv of data\n"  # the given manifests
+    again, _ = ovp.pretrained_inputs(base, demo, bundle, out)  # a rerun: the same config (cached runs)
+    assert ovp.config_digest(again) == ovp.config_digest(c)
+    other = _data_dir(tmp_path / "other", b"other", "{}")
+    with pytest.raises(ValueError, match=rf"manifests of {demo} .*--data_dir={other}.*another --out"):
+        ovp.pretrained_inputs(base, other, bundle, out)
+    mine = experiment.get_config("tiny,demo")
+    mine.paths.spm_model = os.path.join(demo, "spm.model")  # explicitly the demo's: refused, not replaced
+    with pytest.raises(ValueError, match=rf"{demo}/spm\.model differs from the bundle's {bundle}/spm\.model"
+                                         r".*drop --config\.paths\.spm_model"):
+        ovp.pretrained_inputs(mine, demo, bundle, str(tmp_path / "cmp2"))

@@ -11,24 +11,12 @@ from omni_tf.supernet import Supernet
 from omni_tf.training import loop, pretrained, sources
 from recipes import end_to_end as e2e
 from recipes.stages import Stages
-from tests.training_helpers import tiny_config
-
-
-def _bundle(tmp_path, config) -> str:
-    model = build_model(config.model)
-    for v in model.trainable_variables:  # recognisably not an initialisation
-        v.assign(np.full(v.shape, 0.125, np.float32) + np.random.default_rng(0).normal(size=v.shape) * 0.01)
-    (tmp_path / "spm.model").write_bytes(b"spm")
-    (tmp_path / "cmvn.json").write_text('{"mean": [], "std": []}')
-    out = str(tmp_path / "bundle")
-    pretrained.write_bundle(model, config, str(tmp_path / "spm.model"), str(tmp_path / "cmvn.json"), out,
-                            {"name": "smoke", "cpu_hours": 0.0})
-    return out
+from tests.training_helpers import make_bundle, tiny_config
 
 
 def test_init_from_bundle_sets_weights_on_a_fresh_run_only(tmp_path, monkeypatch):
     config = tiny_config("dense")
-    path = _bundle(tmp_path, config)
+    path = make_bundle(str(tmp_path), config)
     with np.load(os.path.join(path, "weights.npz")) as data:
         shipped = {k: data[k] for k in data.files}
     assert all(a.dtype == np.float16 for a in shipped.values())
@@ -57,7 +45,7 @@ def test_bundle_errors_name_the_problem(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         pretrained.check_bundle(str(tmp_path / "nowhere"))
     config = tiny_config("omni")
-    path = _bundle(tmp_path, config)
+    path = make_bundle(str(tmp_path), config)
     other = tiny_config("omni")
     other.model.d_model = 48
     with pytest.raises(ValueError, match="do not fit this model"):
@@ -71,7 +59,7 @@ def test_use_shipped_takes_the_bundle_tokenizer_cmvn_and_model(tmp_path):
     config = tiny_config("omni")
     bundle_config = tiny_config("omni")
     bundle_config.model.num_layers = 2
-    path = _bundle(tmp_path, bundle_config)
+    path = make_bundle(str(tmp_path), bundle_config)
     data = tmp_path / "data"
     data.mkdir()
     for name in ("train.tsv", "dev.tsv", "test.tsv"):
@@ -94,7 +82,7 @@ def test_use_shipped_takes_the_bundle_tokenizer_cmvn_and_model(tmp_path):
 def test_shipped_config_adds_the_finetune_variant_once_and_keeps_explicit_fields(tmp_path):
     from omni_tf.configs import experiment
 
-    path = _bundle(tmp_path, tiny_config("omni"))
+    path = make_bundle(str(tmp_path), tiny_config("omni"))
     demo = experiment.get_config("tiny,demo")
     c, got_path, info = e2e.shipped_config(demo, path)
     assert got_path == path and info["name"] == "smoke"
@@ -115,10 +103,88 @@ def test_shipped_config_adds_the_finetune_variant_once_and_keeps_explicit_fields
 def test_use_shipped_refuses_a_user_spm_or_cmvn_the_bundle_replaces(tmp_path, field):
     config = tiny_config("omni")
     config.paths[field] = str(tmp_path / "mine")
-    path = _bundle(tmp_path, tiny_config("omni"))
+    path = make_bundle(str(tmp_path), tiny_config("omni"))
     (tmp_path / "data").mkdir()
     out = str(tmp_path / "out")
     with pytest.raises(ValueError, match=rf"--init=shipped's data copy .*data_shipped.* conflicts with "
                                          rf"--config\.paths\.{field}="):
         e2e.use_shipped(Stages(out, log=lambda s: None), out, config, str(tmp_path / "data"), path)
     assert not os.path.exists(os.path.join(out, "data_shipped"))  # refused before copying anything
+
+
+def test_check_data_files_accepts_only_the_bundle_bytes_naming_both_files(tmp_path):
+    path = make_bundle(str(tmp_path), tiny_config("omni"))
+    own = tmp_path / "own"
+    own.mkdir()
+    spm, cmvn = own / "spm.model", own / "cmvn.json"
+    spm.write_bytes(b"spm")  # the bundle's bytes at another path: fine
+    cmvn.write_text('{"mean": [], "std": []}')
+    assert pretrained.foreign_data_files(path, str(spm), str(cmvn)) == []
+    pretrained.check_data_files(path, str(spm), str(cmvn))
+    spm.write_bytes(b"demo corpus spm")
+    with pytest.raises(ValueError, match=rf"{spm} differs from the bundle's {path}/spm\.model \(the label"):
+        pretrained.check_data_files(path, str(spm), str(cmvn))
+    spm.write_bytes(b"spm")
+    cmvn.write_text('{"mean": [1.0], "std": [2.0]}')
+    with pytest.raises(ValueError, match=rf"{cmvn} differs from the bundle's {path}/cmvn\.json \(the feat"):
+        pretrained.check_data_files(path, str(spm), str(cmvn))
+    assert pretrained.foreign_data_files(path, str(own / "nope.model"), str(cmvn))[0].startswith(
+        f"{own / 'nope.model'} is missing, not the bundle's {path}/spm.model")
+    os.remove(os.path.join(path, "spm.model"))  # a bundle without its tokenizer: not a silent run
+    with pytest.raises(FileNotFoundError, match=r"lacks \['spm.model'\]"):
+        pretrained.check_data_files(path, str(spm), str(cmvn))
+
+
+def _prepared_dir(directory, texts, cmvn_mean: float) -> tuple[str, str]:
+    """A data dir with a train manifest (rows never read: the tests' sources make random batches), a
+    16-piece SentencePiece model trained on ``texts`` and an 80-dim CMVN; returns (spm.model, cmvn.json)."""
+    from omni_tf.data.librispeech import write_manifest
+    from omni_tf.text.tokenizer import Tokenizer
+
+    os.makedirs(directory, exist_ok=True)
+    row = {"id": "1-1-0000", "path": "/x.flac", "num_samples": 16000, "sample_rate": 16000, "duration_s": 1.0,
+           "speaker": "1", "text": texts[0]}
+    write_manifest([row], os.path.join(directory, "train.tsv"))
+    Tokenizer.train(texts, os.path.join(directory, "spm"), 16, hard_vocab_limit=False)
+    with open(os.path.join(directory, "cmvn.json"), "w") as f:
+        json.dump({"mean": [cmvn_mean] * 80, "std": [1.0] * 80}, f)
+    return os.path.join(directory, "spm.model"), os.path.join(directory, "cmvn.json")
+
+
+class _RandomBatchesManifest(sources.ManifestSource):
+    """A ManifestSource (its spm/cmvn resolved and loaded from config.paths) serving random batches."""
+
+    def dataset(self, epoch, skip_batches=0):
+        return sources.RandomFeatureSource(16).dataset(epoch, skip_batches)
+
+
+def test_init_from_trains_only_with_the_bundle_spm_and_cmvn(tmp_path):
+    words = ["abc bad cab dab", "bed dead bead", "ace face dace", "cede bade abed"]
+    bundle_files = _prepared_dir(str(tmp_path / "pretrain_data"), words * 5, 0.0)
+    config = tiny_config("dense")
+    path = make_bundle(str(tmp_path), config, *bundle_files)
+    demo_spm, demo_cmvn = _prepared_dir(str(tmp_path / "demo_data"), words[::-1] * 3, 0.5)
+    assert open(demo_spm, "rb").read() != open(bundle_files[0], "rb").read()  # another tokenizer, same size
+    config.training.init_from, config.training.max_steps = path, 1
+    config.paths.manifest_dir = str(tmp_path / "demo_data")
+    workdir = str(tmp_path / "run")
+    source = _RandomBatchesManifest(config)
+    assert (source.spm_path, source.cmvn_path) == (demo_spm, demo_cmvn)
+    with pytest.raises(ValueError, match=rf"init_from.*{demo_spm} differs from the bundle's {path}/spm\.model"
+                                         rf".*{demo_cmvn} differs from the bundle's {path}/cmvn\.json"):
+        loop.train(config, workdir, source)
+    assert not os.path.exists(os.path.join(workdir, "ckpt"))  # refused before any step
+    config.paths.spm_model = os.path.join(path, "spm.model")
+    config.paths.cmvn = os.path.join(path, "cmvn.json")
+    source = _RandomBatchesManifest(config)
+    assert (source.spm_path, source.cmvn_path) == (config.paths.spm_model, config.paths.cmvn)
+    assert loop.train(config, workdir, source)["step"] == 1  # the bundle's own files: trains
+
+
+def test_init_from_with_another_vocabulary_is_an_error_not_a_run(tmp_path):
+    path = make_bundle(str(tmp_path), tiny_config("dense"))
+    config = tiny_config("dense")
+    config.model.vocab_size = 20  # explicitly not the bundle's 16
+    config.training.init_from, config.training.max_steps = path, 1
+    with pytest.raises(ValueError, match=rf"shipped weights in {path} do not fit this model"):
+        loop.train(config, str(tmp_path / "run"), sources.RandomFeatureSource(20))

@@ -1,9 +1,14 @@
 """Shared test fixtures for the training tests (a tiny model config that trains in seconds)."""
+import os
+
 import ml_collections
+import numpy as np
 
 import omni_tf  # noqa: F401
 from omni_tf.configs import experiment
 from omni_tf.configs import model as model_configs
+from omni_tf.model import build_model
+from omni_tf.training import pretrained
 
 
 def tiny_config(mode: str = "omni") -> ml_collections.ConfigDict:
@@ -23,3 +28,22 @@ def small_model_config() -> ml_collections.ConfigDict:
     c.d_model, c.num_layers, c.num_heads, c.ff_dim, c.conv_kernel = 32, 1, 2, 64, 5
     c.vocab_size, c.pred_embed_dim, c.pred_hidden, c.joint_dim, c.dropout = 16, 16, 24, 24, 0.0
     return c
+
+
+def make_bundle(directory, config: ml_collections.ConfigDict, spm_model: str = "", cmvn: str = "") -> str:
+    """A shipped-model bundle of ``config``'s model in ``<directory>/bundle`` with recognisable weights (0.125
+    plus small noise); ``spm_model`` / ``cmvn``: the files it ships (default: stand-ins in ``directory``,
+    bytes ``b"spm"`` and an empty CMVN)."""
+    model = build_model(config.model)
+    for v in model.trainable_variables:  # recognisably not an initialisation
+        v.assign(np.full(v.shape, 0.125, np.float32) + np.random.default_rng(0).normal(size=v.shape) * 0.01)
+    if not spm_model:
+        spm_model = os.path.join(directory, "spm.model")
+        with open(spm_model, "wb") as f:
+            f.write(b"spm")
+    if not cmvn:
+        cmvn = os.path.join(directory, "cmvn.json")
+        with open(cmvn, "w") as f:
+            f.write('{"mean": [], "std": []}')
+    return pretrained.write_bundle(model, config, spm_model, cmvn, os.path.join(directory, "bundle"),
+                                   {"name": "smoke", "cpu_hours": 0.0})

@@ -226,6 +226,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, source: DataSource,
     strategy = make_strategy(config.training)
     state = TrainState(config, strategy)
     t = state.settings
+    if t.init_from and isinstance(source, ManifestSource):  # labels/features the shipped weights know
+        pretrained.check_data_files(pretrained.bundle_dir(t.init_from), source.spm_path, source.cmvn_path)
     restored, keeper = _restore(workdir, state, strategy)
     if restored is None and t.init_from:  # a fresh run from shipped dense weights; resume wins
         n = pretrained.load_weights(state.model, pretrained.bundle_dir(t.init_from))
@@ -384,7 +386,10 @@ def train(config: ml_collections.ConfigDict, workdir: str,
           source: DataSource | None = None) -> dict[str, Any]:
     """Trains (or resumes) in ``workdir``; returns final metrics (also written to train_metrics.json).
 
-    ``source`` defaults to the train manifest named in ``config.paths`` (``ManifestSource``).
+    ``source`` defaults to the train manifest named in ``config.paths`` (``ManifestSource``). With
+    ``training.init_from`` and a ``ManifestSource``, its SentencePiece model and CMVN must be the bundle's
+    (``pretrained.check_data_files``: ValueError naming both files otherwise, before any step, fresh or
+    resumed run).
     """
     os.makedirs(workdir, exist_ok=True)
     return run(config, workdir, source if source is not None else ManifestSource(config))

@@ -12,11 +12,19 @@ A bundle directory (``omni_tf/resources/pretrained/<name>/``)::
     config.json   the full experiment config (its ``model`` section builds the same model)
     bundle.json   name, command, CPU-hours, steps, WER/CER (and split), corpus spec (written last)
 
+The weights only mean something with the labels and features they were trained with: a run from a bundle
+must read the bundle's ``spm.model`` and ``cmvn.json`` (byte for byte; ``check_data_files``, called by the
+training loop for every ``training.init_from`` run on a manifest source). ``run_demo --init=shipped`` and
+``benchmarks/omni_vs_pruned.py --pretrained`` put them beside the corpus manifests in ``<out>/data_shipped``
+(``recipes.end_to_end.copy_shipped_data``).
+
 Errors: a missing directory or file raises FileNotFoundError naming it; a model whose variables do not match
-the weights (names or shapes) raises ValueError listing the first differences.
+the weights (names or shapes) raises ValueError listing the first differences; a SentencePiece model or CMVN
+other than the bundle's raises ValueError naming both files.
 """
 from __future__ import annotations
 
+import filecmp
 import json
 import os
 from collections.abc import Mapping
@@ -28,6 +36,8 @@ import numpy as np
 from omni_tf import fileio
 
 BUNDLE_FILES = ("weights.npz", "spm.model", "cmvn.json", "config.json", "bundle.json")
+# The bundle files a run from it must read as its own data files: what each one fixes.
+DATA_FILES = {"spm.model": "the label pieces", "cmvn.json": "the feature normalization"}
 RESOURCE_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "resources", "pretrained")
 
 
@@ -46,6 +56,33 @@ def check_bundle(path: str) -> dict[str, Any]:
         raise FileNotFoundError(f"shipped model folder {path} lacks {missing} (unfinished bundle?)")
     with open(os.path.join(path, "bundle.json"), encoding="utf-8") as f:
         return json.load(f)
+
+
+def foreign_data_files(path: str, spm_model: str, cmvn: str) -> list[str]:
+    """Which of ``spm_model`` / ``cmvn`` (paths a run reads) differ in bytes from the bundle's ``spm.model`` /
+    ``cmvn.json`` (or are missing): one line per file naming both paths and what the file fixes; [] when
+    both are the bundle's. Raises FileNotFoundError (``check_bundle``) for a bundle without them."""
+    check_bundle(path)
+    lines = []
+    for (name, what), given in zip(DATA_FILES.items(), (spm_model, cmvn), strict=True):
+        own = os.path.join(path, name)
+        if not (os.path.isfile(given) and filecmp.cmp(given, own, shallow=False)):
+            state = "differs from" if os.path.isfile(given) else "is missing, not"
+            lines.append(f"{given} {state} the bundle's {own} ({what})")
+    return lines
+
+
+def check_data_files(path: str, spm_model: str, cmvn: str) -> None:
+    """Raises ValueError unless ``spm_model`` and ``cmvn`` are byte for byte the bundle's ``spm.model`` and
+    ``cmvn.json``: with others the labels and features are not those the weights were trained with, and
+    training from them silently learns garbage. The message names both files of each pair."""
+    foreign = foreign_data_files(path, spm_model, cmvn)
+    if foreign:
+        raise ValueError(
+            f"training from the shipped model {path} (training.init_from) with data files that are not its "
+            f"own: {'; '.join(foreign)}. Read the bundle's spm.model and cmvn.json beside the manifests: "
+            "run_demo --init=shipped and omni_vs_pruned --pretrained copy them into <out>/data_shipped; "
+            "elsewhere give --config.paths.spm_model / cmvn of the bundle.")
 
 
 def model_config(path: str) -> ml_collections.ConfigDict:

@@ -49,16 +49,19 @@ def manifest_path(config: ml_collections.ConfigDict, split: str) -> str:
 
 
 class ManifestSource:
-    """Batches of a manifest split through the data pipeline, reshuffled per epoch (deterministically)."""
+    """Batches of a manifest split through the data pipeline, reshuffled per epoch (deterministically).
+
+    ``manifest``, ``spm_path``, ``cmvn_path``: the files it reads (``config.paths``, resolved).
+    """
 
     def __init__(self, config: ml_collections.ConfigDict, split: str = "train", training: bool = True):
         from omni_tf.data import features, pipeline  # noqa: PLC0415
         from omni_tf.text.tokenizer import Tokenizer, check_model_vocab  # noqa: PLC0415
 
-        self.manifest, spm, cmvn_path = _paths(config, split)
-        self.tokenizer = Tokenizer(spm)
+        self.manifest, self.spm_path, self.cmvn_path = _paths(config, split)
+        self.tokenizer = Tokenizer(self.spm_path)
         check_model_vocab(self.tokenizer, config.model.vocab_size, "config.model.vocab_size")
-        self.cmvn = features.load_cmvn(cmvn_path)
+        self.cmvn = features.load_cmvn(self.cmvn_path)
         self.data_config, self.training = config.data, training
         self._make = pipeline.make_dataset
 
