@@ -513,12 +513,13 @@ def with_data(config: ml_collections.ConfigDict, data_dir: str, **files: str) ->
     return experiment.with_data_dir(config, data_dir, train="train.tsv", dev="dev.tsv", **files)
 
 
-def pretrained_inputs(config: ml_collections.ConfigDict, data_dir: str, bundle: str, out: str
-                      ) -> tuple[ml_collections.ConfigDict, str]:
+def pretrained_inputs(config: ml_collections.ConfigDict, data_dir: str, bundle: str, out: str,
+                      keep: Sequence[str] = ()) -> tuple[ml_collections.ConfigDict, str]:
     """``--pretrained``: (config, data dir) of runs that start from the shipped dense bundle ``bundle``.
 
     ``config`` (the user's, no data dir applied) reads ``data_dir``'s manifests and gets
-    ``e2e.shipped_config`` (the bundle's model config, ``training.init_from``, the ``finetune`` schedule).
+    ``e2e.shipped_config`` (the bundle's model config, ``training.init_from``, the ``finetune`` schedule;
+    ``keep``: the command line's ``--config.*`` fields, which it leaves as given).
     The weights need the labels and features they were trained with: when the SentencePiece model and CMVN
     that config reads are byte for byte the bundle's (e.g. ``runs/demo/data_shipped``), ``data_dir`` is
     kept; otherwise (e.g. ``runs/demo/data``, whose spm/cmvn were trained on the demo corpus) the manifests
@@ -530,7 +531,7 @@ def pretrained_inputs(config: ml_collections.ConfigDict, data_dir: str, bundle: 
     under ``out`` were trained on that copy: use another ``--out``); FileNotFoundError naming a missing
     bundle folder or file.
     """
-    c, path, _ = e2e.shipped_config(with_data(config, data_dir), bundle)
+    c, path, _ = e2e.shipped_config(with_data(config, data_dir), bundle, keep)
     try:
         spm_model, cmvn = sources.spm_cmvn_paths(c)
     except FileNotFoundError as e:  # a data dir of manifests only: it needs the bundle's files anyway
@@ -557,7 +558,7 @@ def pretrained_inputs(config: ml_collections.ConfigDict, data_dir: str, bundle: 
     logging.warning("--pretrained=%s: %s; reading %s instead: the manifests of %s with the bundle's "
                     "spm.model and cmvn.json", bundle, "; ".join(foreign), shipped_dir, data_dir)
     shipped = with_data(config, shipped_dir, spm_model="spm.model", cmvn="cmvn.json")
-    return e2e.shipped_config(shipped, bundle)[0], shipped_dir
+    return e2e.shipped_config(shipped, bundle, keep)[0], shipped_dir
 
 
 def smoke_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -598,7 +599,8 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("--smoke replaces the model: it cannot start from --pretrained")
     given_data = data_dir
     if FLAGS.pretrained:
-        config, data_dir = pretrained_inputs(FLAGS.config, data_dir, FLAGS.pretrained, out)
+        config, data_dir = pretrained_inputs(FLAGS.config, data_dir, FLAGS.pretrained, out,
+                                             e2e.config_overrides(FLAGS))
     else:
         config = with_data(FLAGS.config, data_dir)
     budgets = [int(b) for b in FLAGS.budgets]

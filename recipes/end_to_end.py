@@ -23,6 +23,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 from absl import logging
+from ml_collections import config_flags
 
 import omni_tf  # noqa: F401
 from omni_tf import fileio
@@ -70,7 +71,14 @@ def make_synthetic_data(stages: Stages, out: str, spec: synthetic.CorpusSpec, vo
     return data_dir
 
 
-def shipped_config(config: ml_collections.ConfigDict, bundle: str
+def config_overrides(flag_values: Any) -> tuple[str, ...]:
+    """The dotted config fields set on the command line (``--config.sparsity.sampler=uniform`` ->
+    ``sparsity.sampler``) of a recipe's ``--config`` flag: the fields a config variant the recipe adds
+    (``experiment.with_variant(..., keep=...)``) must leave as given, even when given the default value."""
+    return tuple(config_flags.get_override_values(flag_values["config"]))
+
+
+def shipped_config(config: ml_collections.ConfigDict, bundle: str, keep: Sequence[str] = ()
                    ) -> tuple[ml_collections.ConfigDict, str, dict[str, Any]]:
     """(a copy of ``config`` that starts from the shipped dense bundle ``bundle``, the bundle's path, its
     ``bundle.json``).
@@ -78,7 +86,8 @@ def shipped_config(config: ml_collections.ConfigDict, bundle: str
     The bundle's model config replaces ``config.model``, ``training.init_from`` names the bundle and the
     ``finetune`` config variant is added unless ``config`` has it (``experiment.with_variant``: no dense
     warm-up, the sparsity ramp over 2-50 % of ``training.max_steps``, peak learning rate 1e-3 after 50
-    steps; fields set explicitly, e.g. ``--config.training.learning_rate``, keep their value). The one
+    steps; fields set explicitly keep their value: those named in ``keep``, e.g. ``training.learning_rate``
+    from ``--config.training.learning_rate`` (``config_overrides``), and a caller's settings). The one
     place a run is made to start from shipped weights: ``use_shipped`` (``run_demo --init=shipped``) and
     ``benchmarks/omni_vs_pruned.py --pretrained``, so both sides of a comparison get the same schedule.
     ``bundle``: a name under ``omni_tf/resources/pretrained/`` or a path. Raises FileNotFoundError naming
@@ -86,15 +95,15 @@ def shipped_config(config: ml_collections.ConfigDict, bundle: str
     """
     path = pretrained.bundle_dir(bundle)
     info = pretrained.check_bundle(path)
-    c = experiment.with_variant(config, "finetune")
+    c = experiment.with_variant(config, "finetune", keep)
     with c.unlocked():
         c.model = pretrained.model_config(path)
         c.training.init_from = path
     return c, path, info
 
 
-def use_shipped(stages: Stages, out: str, config: ml_collections.ConfigDict, data_dir: str, bundle: str
-                ) -> tuple[ml_collections.ConfigDict, str]:
+def use_shipped(stages: Stages, out: str, config: ml_collections.ConfigDict, data_dir: str, bundle: str,
+                keep: Sequence[str] = ()) -> tuple[ml_collections.ConfigDict, str]:
     """``--init=shipped``: (config, data dir) that start training from the shipped dense bundle ``bundle``.
 
     The config is ``shipped_config``'s (the bundle's model config, ``training.init_from``, the ``finetune``
@@ -103,9 +112,9 @@ def use_shipped(stages: Stages, out: str, config: ml_collections.ConfigDict, dat
     ``cmvn.json``, so labels and features are those the weights were trained with. Raises FileNotFoundError
     naming a missing bundle folder, and ValueError naming ``config.paths.spm_model`` / ``cmvn`` /
     ``manifest_dir`` when set to other files (the bundle's must be used); set manifests are kept. ``config``
-    is the user's (no data dir applied yet).
+    is the user's (no data dir applied yet); ``keep``: its fields the ``finetune`` variant leaves as given.
     """
-    shipped, path, info = shipped_config(config, bundle)
+    shipped, path, info = shipped_config(config, bundle, keep)
     shipped_dir = os.path.join(out, SHIPPED_DATA)
     c = experiment.with_data_dir(shipped, shipped_dir, spm_model="spm.model", cmvn="cmvn.json",
                                  source="--init=shipped's data copy")

@@ -25,7 +25,7 @@ from omni_tf.configs import model as model_configs
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_ARGS = [*model_configs.PRESETS, "tiny,smoke", "tiny,demo", "tiny,demo,smoke", "tiny,demo,finetune",
                "tiny,demo,finetune,smoke", "paper,librispeech", "paper,librispeech,smoke",
-               "paper,librispeech,finetune"]
+               "paper,librispeech,finetune", "tiny,demo,finetune,tier_sandwich,smoke"]
 TRACKED = ("model", "sparsity", "training")
 _ACCESSORS = {"__getitem__", "__getattr__", "get"}
 
@@ -159,7 +159,7 @@ def test_the_coverage_check_fails_on_a_field_nothing_reads(monkeypatch):
 
 
 def test_unknown_variant_raises_naming_the_known_ones():
-    known = r"known variants: \['demo', 'finetune', 'librispeech', 'smoke'\]"
+    known = r"known variants: \['demo', 'finetune', 'librispeech', 'smoke', 'tier_sandwich'\]"
     with pytest.raises(ValueError, match=r"\['smok'\].*" + known):
         experiment.get_config("tiny,smok")
     with pytest.raises(ValueError, match="unknown model preset 'tinny'"):
@@ -204,6 +204,26 @@ def test_with_variant_is_the_config_string_variant_and_keeps_explicit_settings()
     assert again.to_dict() == already.to_dict() and again is not already
     with pytest.raises(ValueError, match="unknown config variant 'fine'.*'finetune'"):
         experiment.with_variant(demo, "fine")
+
+
+def test_tier_sandwich_variant_trains_every_tier_with_distillation_and_keeps_explicit_settings():
+    c = experiment.get_config("tiny,demo,finetune,tier_sandwich")
+    assert c.variants == ("demo", "finetune", "tier_sandwich")
+    assert (c.sparsity.sampler, c.sparsity.distill_weight, c.sparsity.distill_mode) == ("tiers", 0.5, "mix")
+    base = experiment.get_config("tiny,demo,finetune")
+    assert base.sparsity.sampler == "uniform" and base.sparsity.distill_weight == 0.0
+    assert c.training.to_dict() == base.training.to_dict()  # the schedule is finetune's, untouched
+    added = experiment.with_variant(base, "tier_sandwich")
+    assert added.to_dict() == c.to_dict()
+    uniform = experiment.get_config("tiny,demo")
+    uniform.sparsity.distill_weight = 0.2  # --config.sparsity.distill_weight=0.2: kept
+    kept = experiment.with_variant(uniform, "tier_sandwich")
+    assert (kept.sparsity.sampler, kept.sparsity.distill_weight) == ("tiers", 0.2)
+    # a default value given on the command line (--config.sparsity.sampler=uniform) is kept only when named
+    named = experiment.with_variant(uniform, "tier_sandwich", keep=("sparsity.sampler",))
+    assert (named.sparsity.sampler, named.sparsity.distill_weight) == ("uniform", 0.2)
+    with pytest.raises(ValueError, match=r"\['sparsity.sampeler'\] are not fields"):
+        experiment.with_variant(uniform, "tier_sandwich", keep=("sparsity.sampeler",))
 
 
 FILE_FIELDS = ("train_manifest", "dev_manifest", "test_manifest", "spm_model", "cmvn")

@@ -99,6 +99,59 @@ def test_shipped_config_adds_the_finetune_variant_once_and_keeps_explicit_fields
     assert e2e.shipped_config(overridden, path)[0].training.warmup_steps == 10
 
 
+def test_run_demo_shipped_init_adds_the_tier_sandwich_variant_scratch_does_not(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from omni_tf.configs import experiment
+    from recipes.synthetic import run_demo
+
+    path = make_bundle(str(tmp_path), tiny_config("omni"))
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("train.tsv", "dev.tsv", "test.tsv"):
+        (data / name).write_text(f"{name}\n")
+    out = str(tmp_path / "out")
+    stages = Stages(out, log=lambda s: None)
+    flags = SimpleNamespace(init="shipped", config=experiment.get_config("tiny,demo"), pretrained=path)
+    monkeypatch.setattr(run_demo, "FLAGS", flags)
+    monkeypatch.setattr(e2e, "config_overrides", lambda f: ())  # no --config.* on the command line
+    c, _ = run_demo.configure(stages, out, str(data))
+    assert c.variants == ("demo", "finetune", "tier_sandwich") and c.training.init_from == path
+    assert (c.sparsity.sampler, c.sparsity.distill_weight, c.sparsity.distill_mode) == ("tiers", 0.5, "mix")
+    flags.config.sparsity.sampler = "uniform"  # --config.sparsity.sampler=uniform (the demo's default)
+    assert run_demo.configure(stages, out, str(data))[0].sparsity.sampler == "tiers"  # not given
+    monkeypatch.setattr(e2e, "config_overrides", lambda f: ("sparsity.sampler", "training.learning_rate"))
+    flags.config.training.learning_rate = 3e-3  # the demo's own rate, given explicitly: finetune keeps it
+    c, _ = run_demo.configure(stages, out, str(data))
+    assert (c.sparsity.sampler, c.sparsity.distill_weight, c.training.learning_rate) == ("uniform", 0.5, 3e-3)
+    scratch = SimpleNamespace(init="scratch", config=experiment.get_config("tiny,demo"), pretrained=path)
+    monkeypatch.setattr(run_demo, "FLAGS", scratch)
+    c, _ = run_demo.configure(stages, out, str(data))
+    assert c.variants == ("demo",) and c.sparsity.sampler == "uniform" and not c.training.init_from
+
+
+def test_config_overrides_lists_the_command_line_config_fields():
+    from absl import flags as absl_flags
+    from ml_collections import config_flags
+
+    from omni_tf.configs import experiment
+
+    argv = ["prog", "--config.sparsity.sampler=uniform", "--config.training.learning_rate=0.003"]
+    fv = absl_flags.FlagValues()
+    config_flags.DEFINE_config_file("config", f"{experiment.__file__}:tiny,demo", flag_values=fv,
+                                    sys_argv=argv)
+    fv(argv)
+    assert sorted(e2e.config_overrides(fv)) == ["sparsity.sampler", "training.learning_rate"]
+    c, path, _ = e2e.shipped_config(fv.config, "demo_tiny", e2e.config_overrides(fv))
+    assert (c.training.learning_rate, c.sparsity.sampler, c.training.init_from) == (3e-3, "uniform", path)
+    bare = absl_flags.FlagValues()
+    config_flags.DEFINE_config_file("config", f"{experiment.__file__}:tiny,demo", flag_values=bare,
+                                    sys_argv=["prog"])
+    bare(["prog"])
+    assert e2e.config_overrides(bare) == ()
+    assert e2e.shipped_config(bare.config, "demo_tiny")[0].training.learning_rate == 1e-3  # finetune's
+
+
 @pytest.mark.parametrize("field", ["spm_model", "cmvn"])
 def test_use_shipped_refuses_a_user_spm_or_cmvn_the_bundle_replaces(tmp_path, field):
     config = tiny_config("omni")

@@ -25,7 +25,10 @@ command per --out at a time (a lock)), in order:
   shipped   (--init=shipped) <out>/data_shipped: the manifests with the shipped model's spm.model / cmvn.json;
             the config gets the shipped model's config and the `finetune` variant (no dense warm-up,
             sparsity ramp over 2-50 % of max_steps, then fine-tuning at frozen masks; peak learning rate
-            1e-3 after 50 warm-up steps; omni_tf/configs/experiment.py), unless --config names it already
+            1e-3 after 50 warm-up steps) and the `tier_sandwich` variant (dense + every tier's subnet each
+            step, the sparse ones distilled from the dense one; omni_tf/configs/experiment.py), unless
+            --config names them already; a field given as --config.* keeps its value (e.g.
+            --config.sparsity.sampler=uniform for one level per step)
   train     the omni supernet within --max_minutes (progress line with rate and ETA; the learning rate
             and the sparsity ramp end with the budget, omni_tf/training/progress.py); its level set is
             config.sparsity.levels plus every --tiers sparsity (a sparsity:S tier is a trained level)
@@ -56,6 +59,9 @@ from recipes import end_to_end as e2e
 from recipes.stages import Stages
 
 FLAGS = flags.FLAGS
+# --init=shipped: the supernet trains dense + every tier each step with in-place distillation (measured
+# better than uniform level sampling at the same budget from the shipped model: docs/RESULTS.md 1)
+SHIPPED_VARIANT = "tier_sandwich"
 config_flags.DEFINE_config_file("config", f"{experiment.__file__}:tiny,demo", "Experiment config.",
                                 lock_config=True)
 flags.DEFINE_string("out", None, "Output directory (reused across runs).")
@@ -67,9 +73,10 @@ flags.DEFINE_enum("init", "shipped", ["scratch", "shipped"],
                   "scratch: random initial weights; shipped: the supernet and every individually pruned "
                   "model start from the shipped dense model (--pretrained), with its tokenizer, CMVN and "
                   "model config (--config.model.* is then ignored), and the config gets the finetune "
-                  "variant: no dense warm-up, sparsity ramp over 2-50 % of max_steps (then fine-tuning "
-                  "at frozen masks), peak learning rate 1e-3 after 50 warm-up steps (--config.* fields "
-                  "given explicitly keep their values).")
+                  "variant (no dense warm-up, sparsity ramp over 2-50 % of max_steps, then fine-tuning "
+                  "at frozen masks, peak learning rate 1e-3 after 50 warm-up steps) and the tier_sandwich "
+                  "variant (dense + every tier each step, tiers distilled from the dense subnet); "
+                  "--config.* fields given explicitly keep their values.")
 flags.DEFINE_string("pretrained", "demo_tiny", "--init=shipped: a bundle name under "
                     "omni_tf/resources/pretrained/ or a path (recipes/synthetic/pretrain.py writes one).")
 flags.DEFINE_integer("ood_utterances", 200, "Utterances of the out-of-domain test split reported beside the "
@@ -92,7 +99,9 @@ def make_data(stages: Stages, out: str, config) -> str:
 
 def configure(stages: Stages, out: str, data_dir: str):
     if FLAGS.init == "shipped":
-        return e2e.use_shipped(stages, out, FLAGS.config, data_dir, FLAGS.pretrained)
+        keep = e2e.config_overrides(FLAGS)
+        config = experiment.with_variant(FLAGS.config, SHIPPED_VARIANT, keep)
+        return e2e.use_shipped(stages, out, config, data_dir, FLAGS.pretrained, keep)
     return experiment.with_data_dir(FLAGS.config, data_dir, source=e2e.PREPARED_DATA), data_dir
 
 
