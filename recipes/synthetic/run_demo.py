@@ -28,7 +28,7 @@ command per --out at a time (a lock)), in order:
             1e-3 after 50 warm-up steps) and the `tier_sandwich` variant (dense + every tier's subnet each
             step, the sparse ones distilled from the dense one; omni_tf/configs/experiment.py), unless
             --config names them already; a field given as --config.* keeps its value (e.g.
-            --config.sparsity.sampler=uniform for one level per step)
+            --config.sparsity.sampler=uniform --config.sparsity.distill_weight=0 for one level per step)
   train     the omni supernet within --max_minutes (progress line with rate and ETA; the learning rate
             and the sparsity ramp end with the budget, omni_tf/training/progress.py); its level set is
             config.sparsity.levels plus every --tiers sparsity (a sparsity:S tier is a trained level)
