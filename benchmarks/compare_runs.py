@@ -272,7 +272,8 @@ def main(argv: list[str]) -> None:
                    FLAGS.bootstrap, FLAGS.seed, FLAGS.allow_different_data)
     settings = {"split": FLAGS.split, "manifest": sources.manifest_path(a.config, FLAGS.split),
                 "test_utterances": FLAGS.test_utterances, "bootstrap": FLAGS.bootstrap, "seed": FLAGS.seed,
-                "allow_different_data": FLAGS.allow_different_data, "command": " ".join(sys.argv)}
+                "allow_different_data": FLAGS.allow_different_data,
+                "command": " ".join(["python -m benchmarks.compare_runs", *sys.argv[1:]])}
     print(report(rows, a, b, out, settings), flush=True)
 
 
