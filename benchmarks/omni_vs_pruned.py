@@ -86,11 +86,12 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 import omni_tf  # noqa: F401
+from benchmarks.decodes import Results, decode_levels, test_batches, verdict
 from omni_tf import fileio, metrics
 from omni_tf.configs import experiment
 from omni_tf.sparsity.sampling import SAMPLERS
-from omni_tf.supernet import Supernet, TierSpec, with_tier_levels
-from omni_tf.training import distill, evaluation, loop, pretrained, sources
+from omni_tf.supernet import TierSpec, with_tier_levels
+from omni_tf.training import distill, loop, pretrained, sources
 from omni_tf.training import workdir as workdir_lib
 from recipes import end_to_end as e2e
 from recipes.tier_flags import define_tiers_flag
@@ -262,27 +263,6 @@ def run_name(mode: str, steps: int, tier: str | None = None, variant: str = BASE
     return f"omni_s{steps}" if variant == BASE_VARIANT else f"omni_{variant}_s{steps}"
 
 
-# -- results cache ------------------------------------------------------------------------------------------
-class Results:
-    """``results.json``: ``{"runs": {name: {...}}, "evals": {name/tier: {...}}}``, rewritten atomically after
-    every finished item so an interrupted benchmark skips it on the next run."""
-
-    def __init__(self, path: str):
-        self.path = path
-        self.data: dict[str, Any] = {"runs": {}, "evals": {}}
-        if os.path.exists(path):
-            with open(path) as f:
-                self.data = json.load(f)
-
-    def get(self, kind: str, key: str) -> dict[str, Any] | None:
-        return self.data[kind].get(key)
-
-    def put(self, kind: str, key: str, value: dict[str, Any]) -> dict[str, Any]:
-        self.data[kind][key] = value
-        fileio.write_json(self.path, self.data)
-        return value
-
-
 # -- training and evaluation --------------------------------------------------------------------------------
 def config_digest(config: ml_collections.ConfigDict) -> str:
     """The digest ``results.json`` keys a run's config with: 16 hex digits of the sha256 of its JSON, without
@@ -330,32 +310,10 @@ def train_run(results: Results, out: str, name: str, config: ml_collections.Conf
     return results.put("runs", name, record)
 
 
-def test_batches(config: ml_collections.ConfigDict, manifest: str, max_utterances: int) -> tuple[list, Any]:
-    """Materialised batches of (the first ``max_utterances`` of) the test ``manifest`` and its tokenizer."""
-    c = copy.deepcopy(config)
-    with c.unlocked():
-        c.paths.test_manifest = manifest
-    return e2e.split_batches(c, "test", max_utterances)
-
-
 def evaluate_run(results: Results, out: str, name: str, config: ml_collections.ConfigDict,
                  tier_levels: Mapping[str, float], data: tuple[list, Any]) -> dict[str, dict[str, Any]]:
     """Greedy test hypotheses and WER of ``name``'s checkpoint at each ``{tier: sparsity}`` (cached)."""
-    todo = {t: s for t, s in tier_levels.items() if results.get("evals", f"{name}/{t}") is None}
-    if todo:
-        supernet = Supernet(config)
-        supernet.restore(os.path.join(out, "train", name))
-        model, masks = supernet.model, supernet.masks
-        batches, tokenizer = data
-        for tier, s in todo.items():
-            k = min(range(masks.num_levels), key=lambda i: abs(masks.levels[i] - s))
-            if abs(masks.levels[k] - s) > 1e-6:
-                raise ValueError(f"{name}: sparsity {s} of tier {tier} is not a level of {masks.levels}")
-            masks.apply_uniform(k)
-            ids, refs, hyps = evaluation.transcribe(model, batches, tokenizer)
-            results.put("evals", f"{name}/{tier}", {"wer": metrics.wer(refs, hyps), "ids": ids, "refs": refs,
-                                                    "hyps": hyps, "utterances": len(ids)})
-    return {t: results.get("evals", f"{name}/{t}") for t in tier_levels}
+    return decode_levels(results, os.path.join(out, "train", name), name, config, tier_levels, data)
 
 
 def compute_steps(omni: Mapping[str, Any], pruned_same_steps: Mapping[str, Any], steps: int, num_tiers: int,
@@ -434,11 +392,6 @@ def compare(config: ml_collections.ConfigDict, out: str, test_manifest: str, tie
 TABLE_COLUMNS = ("budget", "protocol", "omni", "tier", "sparsity", "omni_steps", "pruned_steps", "omni_wer",
                  "pruned_wer", "diff [95% CI]", "verdict", "omni_cpu_min", "pruned_cpu_min", "omni_wall_min",
                  "pruned_wall_min")
-
-
-def verdict(lo: float, hi: float) -> str:
-    """``omni better`` / ``pruned better`` when the interval of omni - pruned excludes 0, else ``tie``."""
-    return "omni better" if hi < 0 else "pruned better" if lo > 0 else "tie"
 
 
 def markdown(rows: Sequence[Mapping[str, Any]]) -> str:

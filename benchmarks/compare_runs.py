@@ -1,0 +1,282 @@
+"""Do two trained runs differ? WER of both at uniform sparsity levels with paired bootstrap intervals.
+
+Usage (from the repository root; each run is a ``run_demo`` / ``run_recipe`` output dir, whose supernet is
+``<dir>/train/omni``, or a training workdir itself: ``config.json`` + ``ckpt/``):
+  python -m benchmarks.compare_runs --a=runs/demo --b=runs/demo_uniform
+  python -m benchmarks.compare_runs --a=runs/demo --b=runs/demo_uniform --levels=0,0.6,0.75,0.9 \\
+      --split=test --test_utterances=0 --out=runs/demo/compare
+
+What it does: restores the latest checkpoint of each run with the config it was trained with (its
+``config.json``), decodes greedily (Keras) at each of ``--levels`` (uniform sparsity; default: the union of
+both configs' ``sparsity.train_levels`` plus 0, the dense model; a pruned run's train level is its target
+sparsity) and reports per level WER A, WER B and A - B in WER points with a 95 % paired bootstrap interval
+over the utterances (``omni_tf.metrics.bootstrap_wer_diff``, ``--bootstrap`` resamples, ``--seed``), with the
+verdict ``A better`` / ``B better`` (the interval excludes 0) or ``tie``.
+
+Same utterances: both runs are decoded on run A's ``--split`` manifest (its config's ``paths``). Run B's
+manifest of that split must list the same utterances: the same ids, lengths, speakers and transcripts in
+the same order (the audio path column is not compared: two demo outputs of the same corpus seed each hold
+their own copy of the audio; B reads A's). Each run decodes with its own ``spm.model`` and ``cmvn.json``:
+its weights emit the ids of its tokenizer and expect features normalised with its CMVN, so decoding B with
+A's files would measure a broken model. Hypotheses are text, so the WERs stay comparable even when the
+tokenizers differ; the references (each run's tokenizer round trip of the transcripts, as every WER table of
+the project counts them) must then agree per utterance, else ValueError naming the utterance. Still, a
+different test manifest, ``spm.model`` or ``cmvn.json`` (byte comparison) means the runs were prepared
+from different data, so the difference would not be the training's alone: refused (ValueError naming both
+files) unless ``--allow_different_data`` (then a warning), e.g. for a deliberate tokenizer comparison.
+
+A level that is not in a run's supernet level set raises ValueError naming the run and its levels.
+
+Outputs under ``--out`` (default ``<a>/compare/``): ``decodes.json`` (hypotheses per run, keyed by the
+run's workdir, checkpoint step, manifest, utterance count and level: a rerun decodes nothing it holds, a
+newer checkpoint is decoded again), ``compare.md`` (the table, also printed) and ``compare.json`` (rows
+and settings).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import ml_collections
+from absl import app, flags, logging
+
+import omni_tf  # noqa: F401
+from benchmarks import decodes
+from omni_tf import fileio, metrics
+from omni_tf.data import librispeech
+from omni_tf.supernet import level_set
+from omni_tf.training import checkpoint, sources
+from omni_tf.training import workdir as workdir_lib
+
+FLAGS = flags.FLAGS
+LEVEL_TOLERANCE = 1e-6
+TABLE_COLUMNS = ("level", "WER A", "WER B", "diff A-B [95% CI]", "verdict")
+_STEP = re.compile(r"-(\d+)$")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One side: ``label`` (A / B), the path given, its training ``workdir`` and the config it trained
+    with."""
+
+    label: str
+    given: str
+    workdir: str
+    config: ml_collections.ConfigDict
+
+
+def training_workdir(path: str) -> str:
+    """``path`` when it holds ``config.json`` (a training workdir), else ``<path>/train/omni`` (a run_demo /
+    run_recipe output); absolute. FileNotFoundError naming both places when neither has a config."""
+    for candidate in (path, os.path.join(path, "train", "omni")):
+        if os.path.isfile(os.path.join(candidate, workdir_lib.CONFIG_FILE)):
+            return os.path.abspath(candidate)
+    raise FileNotFoundError(f"{path}: neither {path}/{workdir_lib.CONFIG_FILE} nor "
+                            f"{path}/train/omni/{workdir_lib.CONFIG_FILE} exists: not a training workdir nor "
+                            "a run_demo / run_recipe output")
+
+
+def _tuples(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def load_run(label: str, path: str) -> Run:
+    """The run at ``path`` (``training_workdir``) with its recorded config; JSON lists become tuples, as
+    every sequence field of the experiment config is one (``sparsity.levels``, ``data.speed_factors``...)."""
+    workdir = training_workdir(path)
+    with open(os.path.join(workdir, workdir_lib.CONFIG_FILE), encoding="utf-8") as f:
+        config = ml_collections.ConfigDict(_tuples(json.load(f)))
+    return Run(label, path, workdir, config)
+
+
+def run_levels(config: ml_collections.ConfigDict) -> tuple[float, ...]:
+    """The uniform sparsities a run's checkpoint can decode at: its supernet level set (mode dense: 0)."""
+    t = config.training
+    return level_set(t.mode, config.sparsity.levels, config.sparsity.target_sparsity) or (0.0,)
+
+
+def default_levels(runs: Sequence[Run]) -> tuple[float, ...]:
+    """0 plus every run's ``sparsity.train_levels`` (a pruned run: its target; dense: none), ascending."""
+    out = {0.0}
+    for r in runs:
+        mode, sp = r.config.training.mode, r.config.sparsity
+        out |= {float(s) for s in (sp.train_levels if mode == "omni" else
+                                   (sp.target_sparsity,) if mode == "pruned" else ())}
+    return tuple(sorted(out))
+
+
+def check_levels(run: Run, levels: Sequence[float]) -> None:
+    """ValueError naming the run and its level set when a level is not in it."""
+    have = run_levels(run.config)
+    missing = [s for s in levels if all(abs(s - h) > LEVEL_TOLERANCE for h in have)]
+    if missing:
+        raise ValueError(f"run {run.label} ({run.given}): sparsity {missing} not a level of its supernet; "
+                         f"its levels are {list(have)} (training.mode {run.config.training.mode})")
+
+
+def _rows(manifest: str) -> list[tuple]:
+    """The utterances of a manifest without the audio path column."""
+    keep = [c for c in librispeech.MANIFEST_COLUMNS if c != "path"]
+    return [tuple(r[c] for c in keep) for r in librispeech.read_manifest(manifest)]
+
+
+def _bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def data_differences(a: Run, b: Run, split: str) -> list[str]:
+    """How run B's data differs from A's: its ``split`` manifest lists other utterances, or its spm.model
+    / cmvn.json are other bytes; [] when the same. FileNotFoundError naming a missing file."""
+    out = []
+    ma, mb = sources.manifest_path(a.config, split), sources.manifest_path(b.config, split)
+    if os.path.realpath(ma) != os.path.realpath(mb) and _rows(ma) != _rows(mb):
+        out.append(f"{split} manifest {ma} (A) and {mb} (B) list different utterances")
+    for kind, fa, fb in zip(("spm.model", "cmvn.json"), sources.spm_cmvn_paths(a.config),
+                            sources.spm_cmvn_paths(b.config), strict=True):
+        if _bytes(fa) != _bytes(fb):
+            out.append(f"{kind} {fa} (A) and {fb} (B) differ")
+    return out
+
+
+def checkpoint_step(run: Run) -> int:
+    """The step of the checkpoint a restore reads (``checkpoint.newest_readable``); FileNotFoundError
+    naming the run when it has none."""
+    prefix = checkpoint.newest_readable(os.path.join(run.workdir, checkpoint.CKPT_SUBDIR))
+    if prefix is None:
+        raise FileNotFoundError(f"run {run.label} ({run.given}): no checkpoint in {run.workdir}/ckpt")
+    m = _STEP.search(prefix)
+    return int(m.group(1)) if m else -1
+
+
+def level_name(s: float) -> str:
+    return f"{s:g}"
+
+
+def decode(results: decodes.Results, run: Run, manifest: str, levels: Sequence[float], utterances: int
+           ) -> dict[str, dict[str, Any]]:
+    """``{level name: {wer, ids, refs, hyps, utterances}}`` of ``run`` on ``manifest`` (its own tokenizer and
+    CMVN), cached in ``results`` under the run's workdir, checkpoint step, manifest, count and level."""
+    key = f"{run.workdir}@{checkpoint_step(run)}|{os.path.abspath(manifest)}|{utterances}"
+    named = {level_name(s): float(s) for s in levels}
+    todo = [n for n in named if results.get("evals", f"{key}/{n}") is None]
+    data = decodes.test_batches(run.config, manifest, utterances) if todo else None
+    return decodes.decode_levels(results, run.workdir, key, run.config, named, data)
+
+
+def paired(level: str, a: Mapping[str, Any], b: Mapping[str, Any]) -> tuple[list, list, list]:
+    """(references, hypotheses A, hypotheses B) in A's utterance order. ValueError when the runs decoded
+    other utterances or their references (tokenizer round trips of the transcripts) differ."""
+    if sorted(a["ids"]) != sorted(b["ids"]):
+        raise ValueError(f"level {level}: runs A and B decoded different utterances ({len(a['ids'])} vs "
+                         f"{len(b['ids'])}; their data configs batch the split differently: use "
+                         "--test_utterances=0)")
+    by_id = {i: (r, h) for i, r, h in zip(b["ids"], b["refs"], b["hyps"], strict=True)}
+    for i, ref in zip(a["ids"], a["refs"], strict=True):
+        if metrics.normalize(ref) != metrics.normalize(by_id[i][0]):
+            raise ValueError(f"utterance {i}: the tokenizers of runs A and B give different references "
+                             f"({ref!r} vs {by_id[i][0]!r}): their WERs would count different words")
+    return list(a["refs"]), list(a["hyps"]), [by_id[i][1] for i in a["ids"]]
+
+
+def compare(a: Run, b: Run, levels: Sequence[float] | None, out: str, split: str = "test",
+            utterances: int = 0, bootstrap: int = 1000, seed: int = 0, allow_different_data: bool = False
+            ) -> list[dict[str, Any]]:
+    """One row per level: ``level``, ``wer_a``, ``wer_b``, ``diff`` (A - B, fractions), ``diff_lo`` /
+    ``diff_hi`` (95 % paired bootstrap interval), ``verdict``, ``utterances``. Decodes are cached in
+    ``<out>/decodes.json``. Raises ValueError (module docstring): a level not in a run, different data
+    without ``allow_different_data``, runs that decoded different utterances or references."""
+    levels = default_levels([a, b]) if not levels else tuple(float(s) for s in levels)
+    for run in (a, b):
+        check_levels(run, levels)
+    differences = data_differences(a, b, split)
+    if differences and not allow_different_data:
+        raise ValueError(f"runs {a.given} and {b.given} were prepared from different data: "
+                         f"{'; '.join(differences)}. Pass --allow_different_data to compare them anyway "
+                         "(both decode A's utterances, each with its own tokenizer and CMVN)")
+    for d in differences:
+        logging.warning("--allow_different_data: %s", d)
+    manifest = sources.manifest_path(a.config, split)
+    results = decodes.Results(os.path.join(out, "decodes.json"))
+    ev_a, ev_b = (decode(results, r, manifest, levels, utterances) for r in (a, b))
+    rows = []
+    for level in ev_a:
+        refs, hyps_a, hyps_b = paired(level, ev_a[level], ev_b[level])
+        diff, lo, hi = metrics.bootstrap_wer_diff(refs, hyps_a, hyps_b, n=bootstrap, seed=seed)
+        rows.append({"level": level, "wer_a": ev_a[level]["wer"], "wer_b": ev_b[level]["wer"], "diff": diff,
+                     "diff_lo": lo, "diff_hi": hi, "verdict": decodes.verdict(lo, hi, "A", "B"),
+                     "utterances": len(refs)})
+    return rows
+
+
+def markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The table: WERs in %, A - B in WER points with its interval, the verdict."""
+    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
+    for r in rows:
+        ci = f"{100 * r['diff']:+.1f} [{100 * r['diff_lo']:+.1f}, {100 * r['diff_hi']:+.1f}]"
+        lines.append(f"| {r['level']} | {100 * r['wer_a']:.1f} % | {100 * r['wer_b']:.1f} % | {ci} | "
+                     f"{r['verdict']} |")
+    return "\n".join(lines) + "\n"
+
+
+def report(rows: Sequence[Mapping[str, Any]], a: Run, b: Run, out: str, settings: Mapping[str, Any]) -> str:
+    """Writes ``<out>/compare.md`` and ``compare.json``; returns the markdown."""
+    steps = {r.label: checkpoint_step(r) for r in (a, b)}
+    text = (f"# {a.given} (A) vs {b.given} (B)\n\nA: `{a.workdir}` step {steps['A']}; B: `{b.workdir}` step "
+            f"{steps['B']}. Greedy decoding of the {settings['split']} manifest `{settings['manifest']}` "
+            f"({rows[0]['utterances'] if rows else 0} utterances) at uniform sparsity levels; diff = WER A - "
+            f"WER B in points with a 95 % paired bootstrap interval over utterances ({settings['bootstrap']} "
+            f"resamples, seed {settings['seed']}); a verdict only when the interval excludes 0.\n\n"
+            f"{markdown(rows)}\nCommand: `{settings['command']}`\n")
+    fileio.write_text(os.path.join(out, "compare.md"), text)
+    fileio.write_json(os.path.join(out, "compare.json"),
+                      {"a": {"given": a.given, "workdir": a.workdir, "step": steps["A"]},
+                       "b": {"given": b.given, "workdir": b.workdir, "step": steps["B"]},
+                       **settings, "rows": list(rows)})
+    return text
+
+
+def define_flags() -> None:
+    """The command line's flags; defined when run as a script only, so that importing this module (tests)
+    does not clash with the flags of other benchmarks and recipes (``--out``...) in the same process."""
+    flags.DEFINE_string("a", None, "Run A: a run_demo / run_recipe output dir (train/omni) or a training "
+                        "workdir (config.json + ckpt/).")
+    flags.DEFINE_string("b", None, "Run B, as --a.")
+    flags.DEFINE_list("levels", [], "Uniform sparsity levels compared (default: both configs' "
+                      "sparsity.train_levels plus 0).")
+    flags.DEFINE_enum("split", "test", ["test", "dev"], "The split of run A's config both runs decode.")
+    flags.DEFINE_integer("test_utterances", 0, "Utterances decoded (the first batches; 0 = the whole split).")
+    flags.DEFINE_string("out", "", "Output directory (default <a>/compare).")
+    flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples per WER difference.")
+    flags.DEFINE_integer("seed", 0, "Seed of the bootstrap resamples.")
+    flags.DEFINE_bool("allow_different_data", False, "Compare runs whose test manifest, spm.model or "
+                      "cmvn.json differ (each run still decodes A's utterances with its own tokenizer and "
+                      "CMVN).")
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    logging.set_verbosity(logging.INFO)
+    if not FLAGS.a or not FLAGS.b:
+        raise app.UsageError("--a and --b are required")
+    a, b = load_run("A", FLAGS.a), load_run("B", FLAGS.b)
+    out = os.path.abspath(FLAGS.out or os.path.join(FLAGS.a, "compare"))
+    rows = compare(a, b, [float(s) for s in FLAGS.levels], out, FLAGS.split, FLAGS.test_utterances,
+                   FLAGS.bootstrap, FLAGS.seed, FLAGS.allow_different_data)
+    settings = {"split": FLAGS.split, "manifest": sources.manifest_path(a.config, FLAGS.split),
+                "test_utterances": FLAGS.test_utterances, "bootstrap": FLAGS.bootstrap, "seed": FLAGS.seed,
+                "allow_different_data": FLAGS.allow_different_data,
+                "command": " ".join(["python -m benchmarks.compare_runs", *sys.argv[1:]])}
+    print(report(rows, a, b, out, settings), flush=True)
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

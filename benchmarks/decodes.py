@@ -1,0 +1,85 @@
+"""Cached greedy decodes of training checkpoints at uniform sparsity levels, and the verdict of a paired
+bootstrap interval: the pieces ``benchmarks/omni_vs_pruned.py`` and ``benchmarks/compare_runs.py`` share.
+
+``Results`` is a JSON file of finished runs and evaluations, rewritten after each one so an interrupted
+benchmark skips them on the next run; ``decode_levels`` restores a checkpoint only when a level it is asked
+for is not in it yet.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+
+import omni_tf  # noqa: F401
+from omni_tf import fileio, metrics
+from omni_tf.supernet import Supernet
+from omni_tf.training import evaluation
+from recipes import end_to_end as e2e
+
+
+class Results:
+    """A JSON file ``{"runs": {name: {...}}, "evals": {key: {...}}}`` (e.g. ``omni_vs_pruned``'s
+    ``results.json``), rewritten atomically after every finished item so an interrupted benchmark skips it
+    on the next run."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.data: dict[str, Any] = {"runs": {}, "evals": {}}
+        if os.path.exists(path):
+            with open(path) as f:
+                self.data = json.load(f)
+
+    def get(self, kind: str, key: str) -> dict[str, Any] | None:
+        return self.data[kind].get(key)
+
+    def put(self, kind: str, key: str, value: dict[str, Any]) -> dict[str, Any]:
+        self.data[kind][key] = value
+        fileio.write_json(self.path, self.data)
+        return value
+
+
+def test_batches(config: ml_collections.ConfigDict, manifest: str, max_utterances: int) -> tuple[list, Any]:
+    """Materialised batches of (the first ``max_utterances`` of) the test ``manifest`` and its tokenizer."""
+    c = copy.deepcopy(config)
+    with c.unlocked():
+        c.paths.test_manifest = manifest
+    return e2e.split_batches(c, "test", max_utterances)
+
+
+def decode_levels(results: Results, workdir: str, key: str, config: ml_collections.ConfigDict,
+                  levels: Mapping[str, float], data: tuple[list, Any] | None) -> dict[str, dict[str, Any]]:
+    """Greedy hypotheses and WER of ``workdir``'s latest checkpoint at each ``{name: uniform sparsity}``.
+
+    Cached in ``results`` as evals ``<key>/<name>``: ``{wer, ids, refs, hyps, utterances}``; the checkpoint
+    is restored, and ``data`` (``test_batches``: batches and tokenizer) read, only when one is missing.
+    A run of mode dense has only sparsity 0 (the model as is). Raises ValueError for a sparsity that is not
+    a level of the supernet.
+    """
+    todo = {t: s for t, s in levels.items() if results.get("evals", f"{key}/{t}") is None}
+    if todo:
+        supernet = Supernet(config)
+        supernet.restore(workdir)
+        model, masks = supernet.model, supernet.masks
+        have = supernet.levels or (0.0,)
+        batches, tokenizer = data
+        for tier, s in todo.items():
+            k = min(range(len(have)), key=lambda i: abs(have[i] - s))
+            if abs(have[k] - s) > 1e-6:
+                raise ValueError(f"{key}: sparsity {s} of {tier} is not a level of {have}")
+            if masks is not None:
+                masks.apply_uniform(k)
+            ids, refs, hyps = evaluation.transcribe(model, batches, tokenizer)
+            results.put("evals", f"{key}/{tier}", {"wer": metrics.wer(refs, hyps), "ids": ids, "refs": refs,
+                                                   "hyps": hyps, "utterances": len(ids)})
+    return {t: results.get("evals", f"{key}/{t}") for t in levels}
+
+
+def verdict(lo: float, hi: float, a: str = "omni", b: str = "pruned") -> str:
+    """``<a> better`` / ``<b> better`` when the 95 % interval ``[lo, hi]`` of WER a - b excludes 0 (an
+    error-rate difference: below 0 means ``a`` makes fewer errors), else ``tie``."""
+    return f"{a} better" if hi < 0 else f"{b} better" if lo > 0 else "tie"
