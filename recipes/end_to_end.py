@@ -78,6 +78,22 @@ def config_overrides(flag_values: Any) -> tuple[str, ...]:
     return tuple(config_flags.get_override_values(flag_values["config"]))
 
 
+def budget_minutes(flag_values: Any) -> float:
+    """The wall-clock budget of a recipe's training from its ``--max_minutes`` flag and its ``--config`` flag:
+    ``--config.training.max_minutes`` when given on the command line (``config_overrides``) without
+    ``--max_minutes``, else ``--max_minutes`` (the recipe writes it into ``training.max_minutes``:
+    ``run_config``), so neither is silently replaced by the other's default. Raises ValueError when both are
+    given with different values."""
+    given = float(flag_values.max_minutes)
+    if "training.max_minutes" not in config_overrides(flag_values):
+        return given
+    value = float(flag_values.config.training.max_minutes)
+    if flag_values["max_minutes"].present and given != value:
+        raise ValueError(f"--max_minutes={given:g} and --config.training.max_minutes={value:g} both set the "
+                         "training budget: give one")
+    return value
+
+
 def shipped_config(config: ml_collections.ConfigDict, bundle: str, keep: Sequence[str] = ()
                    ) -> tuple[ml_collections.ConfigDict, str, dict[str, Any]]:
     """(a copy of ``config`` that starts from the shipped dense bundle ``bundle``, the bundle's path, its
@@ -490,9 +506,9 @@ class Options:
 
     @classmethod
     def from_flags(cls, flag_values: Any) -> Options:
-        """From the flags of ``define_flags`` (and ``--max_minutes``)."""
+        """From the flags of ``define_flags`` (and ``--max_minutes`` / ``--config``: ``budget_minutes``)."""
         f = flag_values
-        return cls(f.tiers, f.max_minutes, f.quantization, f.parity_utterances, f.eval_utterances,
+        return cls(f.tiers, budget_minutes(f), f.quantization, f.parity_utterances, f.eval_utterances,
                    f.compare_individual, f.sparse)
 
     def export_inputs(self) -> dict[str, Any]:

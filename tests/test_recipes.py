@@ -293,3 +293,39 @@ def test_run_recipe_trains_the_tier_sparsities_as_levels(tmp_path, monkeypatch):
     trained = seen["config"].sparsity
     assert trained.levels == (0.0, 0.3, 0.5, 0.6, 0.7, 0.75, 0.8, 0.9)  # 0.75: a level of its own
     assert trained.train_levels == (0.6, 0.75, 0.9)
+
+
+@pytest.mark.parametrize("argv,want", [
+    ([], 10.0),  # the recipe's --max_minutes default
+    (["--max_minutes=5"], 5.0),
+    (["--config.training.max_minutes=30"], 30.0),  # was silently replaced by --max_minutes's default
+    (["--config.training.max_minutes=30", "--max_minutes=30"], 30.0),
+])
+def test_the_training_budget_comes_from_max_minutes_or_the_config_field_given(argv, want):
+    from absl import flags as absl_flags
+    from ml_collections import config_flags
+
+    from omni_tf.configs import experiment
+    from recipes import end_to_end as e2e
+
+    def flag_values(args):
+        fv = absl_flags.FlagValues()
+        config_flags.DEFINE_config_file("config", f"{experiment.__file__}:tiny,demo", flag_values=fv,
+                                        sys_argv=["prog", *args])
+        absl_flags.DEFINE_float("max_minutes", 10.0, "", flag_values=fv)
+        absl_flags.DEFINE_list("tiers", [], "", flag_values=fv)
+        absl_flags.DEFINE_string("quantization", "dynamic_int8", "", flag_values=fv)
+        absl_flags.DEFINE_string("sparse", "auto", "", flag_values=fv)
+        absl_flags.DEFINE_integer("parity_utterances", 100, "", flag_values=fv)
+        absl_flags.DEFINE_integer("eval_utterances", 0, "", flag_values=fv)
+        absl_flags.DEFINE_bool("compare_individual", False, "", flag_values=fv)
+        fv(["prog", *args])
+        return fv
+
+    opts = e2e.Options.from_flags(flag_values(argv))
+    assert opts.max_minutes == want
+    assert e2e.run_config(experiment.get_config("tiny,demo"), "omni", 10, opts.max_minutes
+                          ).training.max_minutes == want
+    both = flag_values(["--config.training.max_minutes=30", "--max_minutes=5"])
+    with pytest.raises(ValueError, match="--max_minutes=5 and --config.training.max_minutes=30"):
+        e2e.Options.from_flags(both)

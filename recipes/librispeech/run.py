@@ -41,7 +41,8 @@ flags.DEFINE_list("train_splits", ["train-clean-100", "train-clean-360", "train-
 flags.DEFINE_string("dev_split", "dev-other", "Split for search fitness and int8 calibration.")
 flags.DEFINE_string("test_split", "test-other", "Split for WER and TFLite parity.")
 flags.DEFINE_integer("max_steps", 0, "Overrides config.training.max_steps when > 0.")
-flags.DEFINE_float("max_minutes", 0.0, "Wall-clock budget of the omni training (0 = none).")
+flags.DEFINE_float("max_minutes", 0.0, "Wall-clock budget of the omni training (0 = none; "
+                   "--config.training.max_minutes alone sets it too).")
 e2e.define_flags(flags)
 flags.DEFINE_integer("cmvn_max_utterances", 20000, "Train utterances for global CMVN (0 = all).")
 flags.mark_flags_as_required(["librispeech_dir", "out"])

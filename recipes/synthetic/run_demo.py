@@ -65,7 +65,8 @@ SHIPPED_VARIANT = "tier_sandwich"
 config_flags.DEFINE_config_file("config", f"{experiment.__file__}:tiny,demo", "Experiment config.",
                                 lock_config=True)
 flags.DEFINE_string("out", None, "Output directory (reused across runs).")
-flags.DEFINE_float("max_minutes", 10.0, "Wall-clock budget of the omni training stage.")
+flags.DEFINE_float("max_minutes", 10.0, "Wall-clock budget of the omni training stage "
+                   "(--config.training.max_minutes alone sets it too).")
 flags.DEFINE_integer("num_utterances", 8000, "Corpus size (7200 train utterances, 5.4 h at the default).")
 flags.DEFINE_integer("seed", 0, "Corpus seed.")
 e2e.define_flags(flags)
