@@ -463,7 +463,8 @@ def define_flags(flags: Any) -> None:
                       "Device tiers; each tier's budget (in sparsity.search_metric units) is met by the "
                       "per-layer search. Every sparsity:S is added to config.sparsity.levels (trained as a "
                       "uniform level; level:K indexes the set after that) and, when all tiers are "
-                      "sparsity:S, they are config.sparsity.train_levels (the tiers samplers).")
+                      "sparsity:S or level:K, their sparsities are config.sparsity.train_levels (the tiers "
+                      "samplers).")
     flags.DEFINE_enum("quantization", "dynamic_int8", list(BUDGET_METRIC),
                       "Export mode (tflite_export/convert.py), or auto (per tier the smallest file passing "
                       "parity within 1.2x the fastest encode). With --sparse=auto only float32 files are "
