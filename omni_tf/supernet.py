@@ -205,8 +205,8 @@ def parse_tiers(items: Sequence[str], kinds: Sequence[str] = TIER_KINDS) -> dict
     return out
 
 
-def with_tier_levels(config: ml_collections.ConfigDict, tiers: Mapping[str, TierSpec]
-                     ) -> ml_collections.ConfigDict:
+def with_tier_levels(config: ml_collections.ConfigDict, tiers: Mapping[str, TierSpec],
+                     keep: Sequence[str] = ()) -> ml_collections.ConfigDict:
     """A copy of ``config`` whose supernet trains the tiers' sparsities as levels of their own.
 
     ``sparsity.levels`` gets every ``sparsity:S`` tier's S (the set sorted ascending, a value already there
@@ -216,7 +216,9 @@ def with_tier_levels(config: ml_collections.ConfigDict, tiers: Mapping[str, Tier
     becomes the tiers' sparsities, sorted, when every tier is a ``sparsity:S`` or ``level:K`` tier (the
     latter's sparsity: level K of the extended set); with a ``bytes:`` tier, or a ``level:K`` outside the
     set, it is left as it is (a bytes tier's levels are only known after the search; set
-    ``--config.sparsity.train_levels`` yourself). Used by the end-to-end recipes
+    ``--config.sparsity.train_levels`` yourself), and so it is when ``keep`` (dotted config fields given
+    explicitly: the command line's ``--config.*``, ``recipes.end_to_end.config_overrides``) names
+    ``sparsity.train_levels``. Used by the end-to-end recipes
     (``recipes/end_to_end.run_recipe``) and ``benchmarks/omni_vs_pruned.py`` for the omni run; ``config`` is
     not modified.
     """
@@ -225,7 +227,8 @@ def with_tier_levels(config: ml_collections.ConfigDict, tiers: Mapping[str, Tier
     with c.unlocked():
         c.sparsity.levels = tuple(sorted({*(float(s) for s in c.sparsity.levels), *sparsities}))
         indices = [int(spec.value) for spec in tiers.values() if spec.kind == "level"]
-        if (tiers and all(spec.kind in ("sparsity", "level") for spec in tiers.values())
+        if ("sparsity.train_levels" not in keep and tiers
+                and all(spec.kind in ("sparsity", "level") for spec in tiers.values())
                 and all(0 <= k < len(c.sparsity.levels) for k in indices)):
             c.sparsity.train_levels = tuple(sorted({*sparsities, *(c.sparsity.levels[k] for k in indices)}))
     return c

@@ -444,7 +444,7 @@ def run_recipe(flag_values: Any, make_data: Callable[[Stages, str, ml_collection
         data_dir = make_data(stages, out, flag_values.config)
         config, _ = configure(stages, out, data_dir)  # config.paths: every file the stages read
         config = with_granularity(config, flag_values.sparsity_granularity)
-        config = with_tier_levels(config, opts.tiers)
+        config = with_tier_levels(config, opts.tiers, config_overrides(flag_values))
         rows, level_rows, train_metrics = run_tiers(stages, out, config, opts)
         preamble = (f"{describe(config, train_metrics)}; quantization {flag_values.quantization}; "
                     f"granularity {config.sparsity.granularity}, block {config.sparsity.block}. "
@@ -464,7 +464,7 @@ def define_flags(flags: Any) -> None:
                       "per-layer search. Every sparsity:S is added to config.sparsity.levels (trained as a "
                       "uniform level; level:K indexes the set after that) and, when all tiers are "
                       "sparsity:S or level:K, their sparsities are config.sparsity.train_levels (the tiers "
-                      "samplers).")
+                      "samplers) unless --config.sparsity.train_levels is given.")
     flags.DEFINE_enum("quantization", "dynamic_int8", list(BUDGET_METRIC),
                       "Export mode (tflite_export/convert.py), or auto (per tier the smallest file passing "
                       "parity within 1.2x the fastest encode). With --sparse=auto only float32 files are "
