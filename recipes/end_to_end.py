@@ -78,20 +78,27 @@ def config_overrides(flag_values: Any) -> tuple[str, ...]:
     return tuple(config_flags.get_override_values(flag_values["config"]))
 
 
-def budget_minutes(flag_values: Any) -> float:
-    """The wall-clock budget of a recipe's training from its ``--max_minutes`` flag and its ``--config`` flag:
-    ``--config.training.max_minutes`` when given on the command line (``config_overrides``) without
-    ``--max_minutes``, else ``--max_minutes`` (the recipe writes it into ``training.max_minutes``:
-    ``run_config``), so neither is silently replaced by the other's default. Raises ValueError when both are
-    given with different values."""
-    given = float(flag_values.max_minutes)
-    if "training.max_minutes" not in config_overrides(flag_values):
+def flag_or_config(flag_values: Any, flag: str, field: str) -> Any:
+    """The value of a setting a recipe takes both as ``--<flag>`` and as ``--config.<field>`` (e.g.
+    ``--max_minutes`` / ``training.max_minutes``): the config field's when given on the command line
+    (``config_overrides``) without ``--<flag>``, else ``--<flag>``'s (its default included), so neither is
+    silently replaced by the other's default. Raises ValueError naming both when both are given with
+    different values."""
+    given = flag_values[flag].value
+    if field not in config_overrides(flag_values):
         return given
-    value = float(flag_values.config.training.max_minutes)
-    if flag_values["max_minutes"].present and given != value:
-        raise ValueError(f"--max_minutes={given:g} and --config.training.max_minutes={value:g} both set the "
-                         "training budget: give one")
+    value = flag_values.config
+    for key in field.split("."):
+        value = value[key]
+    if flag_values[flag].present and given != value:
+        raise ValueError(f"--{flag}={given} and --config.{field}={value} both set {field}: give one")
     return value
+
+
+def budget_minutes(flag_values: Any) -> float:
+    """The wall-clock budget of a recipe's training (``run_config`` writes it into ``training.max_minutes``):
+    ``flag_or_config(flag_values, "max_minutes", "training.max_minutes")``."""
+    return float(flag_or_config(flag_values, "max_minutes", "training.max_minutes"))
 
 
 def shipped_config(config: ml_collections.ConfigDict, bundle: str, keep: Sequence[str] = ()

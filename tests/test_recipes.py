@@ -281,6 +281,7 @@ def recipe_flag_values(args, config="tiny,demo"):
                                     sys_argv=["prog", *args])
     absl_flags.DEFINE_string("out", None, "", flag_values=fv)
     absl_flags.DEFINE_float("max_minutes", 10.0, "", flag_values=fv)
+    absl_flags.DEFINE_integer("max_steps", 0, "", flag_values=fv)  # librispeech/run's: 0 = the config's
     define_tiers_flag(["speaker=sparsity:0.6", "phone=sparsity:0.75", "wearable=sparsity:0.9"], "",
                       flag_values=fv)
     absl_flags.DEFINE_string("quantization", "dynamic_int8", "", flag_values=fv)
@@ -331,5 +332,11 @@ def test_the_training_budget_comes_from_max_minutes_or_the_config_field_given(ar
     assert e2e.run_config(experiment.get_config("tiny,demo"), "omni", 10, opts.max_minutes
                           ).training.max_minutes == want
     both = recipe_flag_values(["--config.training.max_minutes=30", "--max_minutes=5"])
-    with pytest.raises(ValueError, match="--max_minutes=5 and --config.training.max_minutes=30"):
+    with pytest.raises(ValueError, match="--max_minutes=5.0 and --config.training.max_minutes=30.0"):
         e2e.Options.from_flags(both)
+    steps = [e2e.flag_or_config(recipe_flag_values(a), "max_steps", "training.max_steps")
+             for a in ([], ["--max_steps=5"], ["--config.training.max_steps=7"])]
+    assert steps == [0, 5, 7]
+    with pytest.raises(ValueError, match="--max_steps=5 and --config.training.max_steps=7"):
+        e2e.flag_or_config(recipe_flag_values(["--max_steps=5", "--config.training.max_steps=7"]),
+                           "max_steps", "training.max_steps")
