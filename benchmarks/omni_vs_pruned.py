@@ -40,9 +40,11 @@ variant each row compares against.
 
 Both sides start from the same initial weights (``training.seed``, or with ``--pretrained`` the shipped dense
 model, ``training.init_from``, with the ``finetune`` schedule: ``recipes.end_to_end.shipped_config``, as
-``run_demo --init=shipped``) and use the same loop (``omni_tf.training.loop.train``), data and schedule
-shape. With ``--pretrained`` the runs read the bundle's SentencePiece model and CMVN (the labels and features
-its weights were trained with; ``pretrained_inputs``): ``--data_dir`` as given when its ``spm.model`` /
+``run_demo --init=shipped``; not its ``tier_sandwich`` sampler variant: the sampler is the config's or an
+``--omni_variants`` one, e.g. ``tkd=sampler:tiers+distill_weight:0.5+distill_mode:mix``) and use the same
+loop (``omni_tf.training.loop.train``), data and schedule shape. With ``--pretrained`` the runs read the
+bundle's SentencePiece model and CMVN (the labels and features its weights were trained with;
+``pretrained_inputs``): ``--data_dir`` as given when its ``spm.model`` /
 ``cmvn.json`` are the bundle's (e.g. ``runs/demo/data_shipped``), else (e.g. ``runs/demo/data``) a copy of its
 manifests with the bundle's files in ``<out>/data_shipped``, as ``run_demo --init=shipped`` makes; an
 explicit ``--config.paths.spm_model`` / ``cmvn`` of other files is refused (ValueError naming both files).
@@ -115,7 +117,8 @@ flags.DEFINE_integer("test_utterances", 0, "Test utterances evaluated (0 = the w
 flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples per WER difference.")
 flags.DEFINE_string("pretrained", "", "Start both sides from this shipped dense bundle (a name under "
                     "omni_tf/resources/pretrained/ or a path; its model config replaces config.model and "
-                    "the finetune config variant is added, as run_demo --init=shipped does); the runs "
+                    "the finetune config variant is added, as run_demo --init=shipped does, not its "
+                    "tier_sandwich: --omni_variants choose the sampler); the runs "
                     "read the bundle's spm.model / cmvn.json: --data_dir's own when they are the same "
                     "bytes, else a copy of its manifests with the bundle's files in <out>/data_shipped. "
                     "Empty: random initial weights (training.seed).")

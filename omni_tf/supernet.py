@@ -205,25 +205,32 @@ def parse_tiers(items: Sequence[str], kinds: Sequence[str] = TIER_KINDS) -> dict
     return out
 
 
-def with_tier_levels(config: ml_collections.ConfigDict, tiers: Mapping[str, TierSpec]
-                     ) -> ml_collections.ConfigDict:
+def with_tier_levels(config: ml_collections.ConfigDict, tiers: Mapping[str, TierSpec],
+                     keep: Sequence[str] = ()) -> ml_collections.ConfigDict:
     """A copy of ``config`` whose supernet trains the tiers' sparsities as levels of their own.
 
     ``sparsity.levels`` gets every ``sparsity:S`` tier's S (the set sorted ascending, a value already there
     not repeated), so such a tier is a uniform level of the supernet, trained and evaluated as itself, not
-    a per-layer mix of the levels around it. ``sparsity.train_levels`` (the tiers to train every step for
-    the ``tiers`` / ``tiers_random`` samplers) becomes the tiers' sparsities, sorted, when every tier is a
-    sparsity tier; with a ``bytes:`` or ``level:`` tier it is left as it is (a bytes tier's levels are only
-    known after the search; set ``--config.sparsity.train_levels`` yourself). A ``level:K`` tier indexes the
-    level set *after* the additions. Used by the end-to-end recipes (``recipes/end_to_end.run_recipe``) and
-    ``benchmarks/omni_vs_pruned.py`` for the omni run; ``config`` is not modified.
+    a per-layer mix of the levels around it. A ``level:K`` tier indexes the level set *after* the additions.
+    ``sparsity.train_levels`` (the tiers to train every step for the ``tiers`` / ``tiers_random`` samplers)
+    becomes the tiers' sparsities, sorted, when every tier is a ``sparsity:S`` or ``level:K`` tier (the
+    latter's sparsity: level K of the extended set); with a ``bytes:`` tier, or a ``level:K`` outside the
+    set, it is left as it is (a bytes tier's levels are only known after the search; set
+    ``--config.sparsity.train_levels`` yourself), and so it is when ``keep`` (dotted config fields given
+    explicitly: the command line's ``--config.*``, ``recipes.end_to_end.config_overrides``) names
+    ``sparsity.train_levels``. Used by the end-to-end recipes
+    (``recipes/end_to_end.run_recipe``) and ``benchmarks/omni_vs_pruned.py`` for the omni run; ``config`` is
+    not modified.
     """
     sparsities = sorted({float(spec.value) for spec in tiers.values() if spec.kind == "sparsity"})
     c = copy.deepcopy(config)
     with c.unlocked():
         c.sparsity.levels = tuple(sorted({*(float(s) for s in c.sparsity.levels), *sparsities}))
-        if sparsities and all(spec.kind == "sparsity" for spec in tiers.values()):
-            c.sparsity.train_levels = tuple(sparsities)
+        indices = [int(spec.value) for spec in tiers.values() if spec.kind == "level"]
+        if ("sparsity.train_levels" not in keep and tiers
+                and all(spec.kind in ("sparsity", "level") for spec in tiers.values())
+                and all(0 <= k < len(c.sparsity.levels) for k in indices)):
+            c.sparsity.train_levels = tuple(sorted({*sparsities, *(c.sparsity.levels[k] for k in indices)}))
     return c
 
 

@@ -78,6 +78,29 @@ def config_overrides(flag_values: Any) -> tuple[str, ...]:
     return tuple(config_flags.get_override_values(flag_values["config"]))
 
 
+def flag_or_config(flag_values: Any, flag: str, field: str) -> Any:
+    """The value of a setting a recipe takes both as ``--<flag>`` and as ``--config.<field>`` (e.g.
+    ``--max_minutes`` / ``training.max_minutes``): the config field's when given on the command line
+    (``config_overrides``) without ``--<flag>``, else ``--<flag>``'s (its default included), so neither is
+    silently replaced by the other's default. Raises ValueError naming both when both are given with
+    different values."""
+    given = flag_values[flag].value
+    if field not in config_overrides(flag_values):
+        return given
+    value = flag_values.config
+    for key in field.split("."):
+        value = value[key]
+    if flag_values[flag].present and given != value:
+        raise ValueError(f"--{flag}={given} and --config.{field}={value} both set {field}: give one")
+    return value
+
+
+def budget_minutes(flag_values: Any) -> float:
+    """The wall-clock budget of a recipe's training (``run_config`` writes it into ``training.max_minutes``):
+    ``flag_or_config(flag_values, "max_minutes", "training.max_minutes")``."""
+    return float(flag_or_config(flag_values, "max_minutes", "training.max_minutes"))
+
+
 def shipped_config(config: ml_collections.ConfigDict, bundle: str, keep: Sequence[str] = ()
                    ) -> tuple[ml_collections.ConfigDict, str, dict[str, Any]]:
     """(a copy of ``config`` that starts from the shipped dense bundle ``bundle``, the bundle's path, its
@@ -428,7 +451,7 @@ def run_recipe(flag_values: Any, make_data: Callable[[Stages, str, ml_collection
         data_dir = make_data(stages, out, flag_values.config)
         config, _ = configure(stages, out, data_dir)  # config.paths: every file the stages read
         config = with_granularity(config, flag_values.sparsity_granularity)
-        config = with_tier_levels(config, opts.tiers)
+        config = with_tier_levels(config, opts.tiers, config_overrides(flag_values))
         rows, level_rows, train_metrics = run_tiers(stages, out, config, opts)
         preamble = (f"{describe(config, train_metrics)}; quantization {flag_values.quantization}; "
                     f"granularity {config.sparsity.granularity}, block {config.sparsity.block}. "
@@ -447,7 +470,8 @@ def define_flags(flags: Any) -> None:
                       "Device tiers; each tier's budget (in sparsity.search_metric units) is met by the "
                       "per-layer search. Every sparsity:S is added to config.sparsity.levels (trained as a "
                       "uniform level; level:K indexes the set after that) and, when all tiers are "
-                      "sparsity:S, they are config.sparsity.train_levels (the tiers samplers).")
+                      "sparsity:S or level:K, their sparsities are config.sparsity.train_levels (the tiers "
+                      "samplers) unless --config.sparsity.train_levels is given.")
     flags.DEFINE_enum("quantization", "dynamic_int8", list(BUDGET_METRIC),
                       "Export mode (tflite_export/convert.py), or auto (per tier the smallest file passing "
                       "parity within 1.2x the fastest encode). With --sparse=auto only float32 files are "
@@ -490,9 +514,9 @@ class Options:
 
     @classmethod
     def from_flags(cls, flag_values: Any) -> Options:
-        """From the flags of ``define_flags`` (and ``--max_minutes``)."""
+        """From the flags of ``define_flags`` (and ``--max_minutes`` / ``--config``: ``budget_minutes``)."""
         f = flag_values
-        return cls(f.tiers, f.max_minutes, f.quantization, f.parity_utterances, f.eval_utterances,
+        return cls(f.tiers, budget_minutes(f), f.quantization, f.parity_utterances, f.eval_utterances,
                    f.compare_individual, f.sparse)
 
     def export_inputs(self) -> dict[str, Any]:

@@ -34,10 +34,10 @@ class _TiersSerializer(flags.ArgumentSerializer):
 
 
 def define_tiers_flag(default: Sequence[str], help_text: str, kinds: Sequence[str] = TIER_KINDS,
-                      name: str = "tiers") -> None:
-    """Defines ``--<name>`` whose value is ``{tier name: TierSpec}`` (``default``: items as on the command
-    line, ``[]`` for none)."""
+                      name: str = "tiers", flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Defines ``--<name>`` (in ``flag_values``) whose value is ``{tier name: TierSpec}`` (``default``: items
+    as on the command line, ``[]`` for none)."""
     kinds_text = ", ".join(f"{k}:" for k in kinds)
     flags.DEFINE(_TiersParser(kinds), name, ",".join(default), f"{help_text} Items name=kind:value, kind one "
                  f"of {kinds_text} (sparsity: uniform sparsity; bytes: fraction of the dense int8 bytes; "
-                 "level: index into the level set).", serializer=_TiersSerializer())
+                 "level: index into the level set).", serializer=_TiersSerializer(), flag_values=flag_values)

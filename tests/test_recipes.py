@@ -267,11 +267,38 @@ def test_report_shows_extra_test_splits_beside_test(tmp_path):
     assert "wer_test_ood" in level_header and "`test_ood`: out of domain" in text
 
 
-def test_run_recipe_trains_the_tier_sparsities_as_levels(tmp_path, monkeypatch):
-    import types
+def recipe_flag_values(args, config="tiny,demo"):
+    """absl FlagValues with an end-to-end recipe's flags (``--config``, ``--max_minutes``, ``--tiers`` and
+    the others ``Options.from_flags`` / ``run_recipe`` read), parsed from ``args``."""
+    from absl import flags as absl_flags
+    from ml_collections import config_flags
 
     from omni_tf.configs import experiment
-    from omni_tf.supernet import parse_tiers
+    from recipes.tier_flags import define_tiers_flag
+
+    fv = absl_flags.FlagValues()
+    config_flags.DEFINE_config_file("config", f"{experiment.__file__}:{config}", flag_values=fv,
+                                    sys_argv=["prog", *args])
+    absl_flags.DEFINE_string("out", None, "", flag_values=fv)
+    absl_flags.DEFINE_float("max_minutes", 10.0, "", flag_values=fv)
+    absl_flags.DEFINE_integer("max_steps", 0, "", flag_values=fv)  # librispeech/run's: 0 = the config's
+    define_tiers_flag(["speaker=sparsity:0.6", "phone=sparsity:0.75", "wearable=sparsity:0.9"], "",
+                      flag_values=fv)
+    absl_flags.DEFINE_string("quantization", "dynamic_int8", "", flag_values=fv)
+    absl_flags.DEFINE_string("sparse", "auto", "", flag_values=fv)
+    absl_flags.DEFINE_integer("parity_utterances", 1, "", flag_values=fv)
+    absl_flags.DEFINE_integer("eval_utterances", 0, "", flag_values=fv)
+    absl_flags.DEFINE_bool("compare_individual", False, "", flag_values=fv)
+    absl_flags.DEFINE_string("sparsity_granularity", None, "", flag_values=fv)
+    fv(["prog", *args])
+    return fv
+
+
+@pytest.mark.parametrize("args,train_levels", [
+    ([], (0.6, 0.75, 0.9)),  # the tiers' sparsities, not the config's
+    (["--config.sparsity.train_levels=(0.6,)"], (0.6,)),  # given explicitly: kept (was replaced)
+])
+def test_run_recipe_trains_the_tier_sparsities_as_levels(tmp_path, monkeypatch, args, train_levels):
     from recipes import end_to_end as e2e
 
     seen = {}
@@ -282,14 +309,34 @@ def test_run_recipe_trains_the_tier_sparsities_as_levels(tmp_path, monkeypatch):
 
     monkeypatch.setattr(e2e, "run_tiers", run_tiers)
     monkeypatch.setattr(e2e, "print_report", lambda *a, **k: None)
-    config = experiment.get_config("tiny,demo")
-    config.sparsity.train_levels = (0.5,)
-    flag_values = types.SimpleNamespace(
-        out=str(tmp_path), config=config, max_minutes=0.0, quantization="dynamic_int8", parity_utterances=1,
-        eval_utterances=0, compare_individual=False, sparse="auto", sparsity_granularity=None,
-        tiers=parse_tiers(["speaker=sparsity:0.6", "phone=sparsity:0.75", "wearable=sparsity:0.9"]))
-    e2e.run_recipe(flag_values, lambda stages, out, c: str(tmp_path), lambda stages, out, d: (config, d),
-                   lambda c, m: "")
+    flag_values = recipe_flag_values([f"--out={tmp_path}", *args])
+    e2e.run_recipe(flag_values, lambda stages, out, c: str(tmp_path),
+                   lambda stages, out, d: (flag_values.config, d), lambda c, m: "")
     trained = seen["config"].sparsity
     assert trained.levels == (0.0, 0.3, 0.5, 0.6, 0.7, 0.75, 0.8, 0.9)  # 0.75: a level of its own
-    assert trained.train_levels == (0.6, 0.75, 0.9)
+    assert trained.train_levels == train_levels
+
+
+@pytest.mark.parametrize("argv,want", [
+    ([], 10.0),  # the recipe's --max_minutes default
+    (["--max_minutes=5"], 5.0),
+    (["--config.training.max_minutes=30"], 30.0),  # was silently replaced by --max_minutes's default
+    (["--config.training.max_minutes=30", "--max_minutes=30"], 30.0),
+])
+def test_the_training_budget_comes_from_max_minutes_or_the_config_field_given(argv, want):
+    from omni_tf.configs import experiment
+    from recipes import end_to_end as e2e
+
+    opts = e2e.Options.from_flags(recipe_flag_values(argv))
+    assert opts.max_minutes == want
+    assert e2e.run_config(experiment.get_config("tiny,demo"), "omni", 10, opts.max_minutes
+                          ).training.max_minutes == want
+    both = recipe_flag_values(["--config.training.max_minutes=30", "--max_minutes=5"])
+    with pytest.raises(ValueError, match="--max_minutes=5.0 and --config.training.max_minutes=30.0"):
+        e2e.Options.from_flags(both)
+    steps = [e2e.flag_or_config(recipe_flag_values(a), "max_steps", "training.max_steps")
+             for a in ([], ["--max_steps=5"], ["--config.training.max_steps=7"])]
+    assert steps == [0, 5, 7]
+    with pytest.raises(ValueError, match="--max_steps=5 and --config.training.max_steps=7"):
+        e2e.flag_or_config(recipe_flag_values(["--max_steps=5", "--config.training.max_steps=7"]),
+                           "max_steps", "training.max_steps")

@@ -139,9 +139,14 @@ def test_tier_sparsities_become_levels_and_train_levels():
                                                       "c=sparsity:0.3"]))
     assert unordered.sparsity.levels == (0.0, 0.05, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
     assert unordered.sparsity.train_levels == (0.05, 0.3, 0.95)
-    for kinds in (["a=bytes:0.3", "b=level:2"], ["a=bytes:0.3"], ["b=level:2"]):  # no sparsity known
+    for kinds in (["a=bytes:0.3", "b=level:3"], ["a=bytes:0.3"], ["b=level:30"]):  # no sparsity known
         other = with_tier_levels(config, parse_tiers(kinds))
         assert other.sparsity.levels == config.sparsity.levels and other.sparsity.train_levels == (0.5,)
+    # a level:K tier is level K of the extended set: the tiers samplers train it, not train_levels as set
+    by_level = with_tier_levels(config, parse_tiers(["watch=sparsity:0.95", "phone=level:4"]))
+    assert by_level.sparsity.levels[4] == 0.7 and by_level.sparsity.train_levels == (0.7, 0.95)
+    ends = with_tier_levels(config, parse_tiers(["a=level:0", "b=level:6"]))
+    assert ends.sparsity.train_levels == (0.0, 0.9)
     mixed = with_tier_levels(config, parse_tiers(["a=sparsity:0.85", "b=bytes:0.3"]))
     assert mixed.sparsity.levels == (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9)
     assert mixed.sparsity.train_levels == (0.5,)  # a bytes tier's levels come from the search

@@ -15,7 +15,8 @@ and a resumed run replays exactly. Names (``make_sampler``):
 - ``dense``: one subnet, level 0 everywhere (mode ``dense``; dense only if ``s_0 == 0``, else use
   ``SupernetMasks.apply_dense``).
 - ``tiers``: the sandwich over the deployed tiers: the dense subnet and every tier's subnet, every step, so
-  each tier gets as many updates as its individually pruned model would (``sparsity.train_levels``).
+  each tier gets as many updates as its individually pruned model would (``sparsity.train_levels``); with
+  distillation, the config variant ``tier_sandwich`` (``run_demo --init=shipped``'s default).
 - ``tiers_random``: dense, the sparsest tier and one other tier drawn at random (3 subnets per step
   whatever the number of tiers; the sandwich rule of Yu & Huang 2019, Sec. 3.2, over the tiers).
   A tier sparsity ``s`` that is a level is that uniform level; one between two levels ``lo < s < hi`` is a
@@ -23,8 +24,11 @@ and a resumed run replays exactly. Names (``make_sampler``):
   ``(seed, step)``), a subnet of about the tier's size in the space the per-layer search explores.
 
 In-place distillation (Yu & Huang 2019): the densest subnet learns from the labels and serves as the teacher;
-every other subnet adds ``distill_weight * KL(teacher || student)``. ``distill_weights(levels, w)`` returns
-the per-row weight, 0 for rows that are the dense subnet itself.
+every other subnet learns from the labels and ``KL(teacher || student)`` (``sparsity.distill_mode``,
+``omni_tf/training/distill.py``). ``distill_weights(levels, w)`` returns the per-row weight, 0 for rows that
+are the dense subnet itself. With a sampler whose first row is not dense (``uniform``, ``per_layer``) the
+training loop prepends the dense teacher row (``omni_tf.training.loop.sample_levels``): one more subnet per
+step.
 """
 from __future__ import annotations
 

@@ -40,8 +40,10 @@ flags.DEFINE_string("out", None, "Output directory (reused across runs).")
 flags.DEFINE_list("train_splits", ["train-clean-100", "train-clean-360", "train-other-500"], "Train splits.")
 flags.DEFINE_string("dev_split", "dev-other", "Split for search fitness and int8 calibration.")
 flags.DEFINE_string("test_split", "test-other", "Split for WER and TFLite parity.")
-flags.DEFINE_integer("max_steps", 0, "Overrides config.training.max_steps when > 0.")
-flags.DEFINE_float("max_minutes", 0.0, "Wall-clock budget of the omni training (0 = none).")
+flags.DEFINE_integer("max_steps", 0, "Overrides config.training.max_steps when > 0 (both given with "
+                     "different values: an error).")
+flags.DEFINE_float("max_minutes", 0.0, "Wall-clock budget of the omni training (0 = none; "
+                   "--config.training.max_minutes alone sets it too).")
 e2e.define_flags(flags)
 flags.DEFINE_integer("cmvn_max_utterances", 20000, "Train utterances for global CMVN (0 = all).")
 flags.mark_flags_as_required(["librispeech_dir", "out"])
@@ -76,8 +78,9 @@ def configure(stages: Stages, out: str, data_dir: str):
     del stages, out
     config = experiment.with_data_dir(FLAGS.config, data_dir, train="train.tsv", dev=f"{FLAGS.dev_split}.tsv",
                                       test=f"{FLAGS.test_split}.tsv", source=e2e.PREPARED_DATA)
-    if FLAGS.max_steps > 0:
-        config = e2e.run_config(config, config.training.mode, FLAGS.max_steps, config.training.max_minutes)
+    max_steps = e2e.flag_or_config(FLAGS, "max_steps", "training.max_steps")
+    if max_steps > 0:
+        config = e2e.run_config(config, config.training.mode, max_steps, config.training.max_minutes)
     return config, data_dir
 
 

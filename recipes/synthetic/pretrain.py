@@ -44,7 +44,8 @@ config_flags.DEFINE_config_file("config", f"{experiment.__file__}:tiny,demo", "E
 flags.DEFINE_string("out", None, "Work directory (corpus, data, checkpoints; reused across runs).")
 flags.DEFINE_string("name", "demo_tiny", "Bundle name (run_demo --pretrained).")
 flags.DEFINE_string("bundle_dir", "", "Where the bundle goes (default omni_tf/resources/pretrained/<name>).")
-flags.DEFINE_float("max_minutes", 60.0, "Wall-clock budget of this run's training (0 = max_steps only).")
+flags.DEFINE_float("max_minutes", 60.0, "Wall-clock budget of this run's training (0 = max_steps only; "
+                   "--config.training.max_minutes alone sets it too).")
 flags.DEFINE_integer("num_utterances", 40000, "Pretraining corpus size (all splits).")
 flags.DEFINE_integer("seed", 1, "Pretraining corpus seed.")
 flags.DEFINE_integer("demo_seed", 0, "Seed of the demo corpus whose dev/test speakers and sentences are "
@@ -80,7 +81,8 @@ def main(argv: list[str]) -> None:
     stages = Stages(out, log=lambda s: print(s, flush=True))
     data_dir = e2e.make_synthetic_data(stages, out, corpus_spec(), FLAGS.config.model.vocab_size)
     config = experiment.with_data_dir(FLAGS.config, data_dir, source=e2e.PREPARED_DATA)
-    config = e2e.run_config(config, "dense", FLAGS.config.training.max_steps, FLAGS.max_minutes)
+    config = e2e.run_config(config, "dense", FLAGS.config.training.max_steps,
+                            e2e.budget_minutes(FLAGS))
     workdir = os.path.join(out, "train")
     metrics, cpu_s = train_and_account(config, workdir, os.path.join(out, "pretrain_runs.json"))
     rows = e2e.evaluate_levels(config, workdir, os.path.join(out, "eval"),

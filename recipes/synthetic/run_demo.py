@@ -27,8 +27,10 @@ command per --out at a time (a lock)), in order:
             sparsity ramp over 2-50 % of max_steps, then fine-tuning at frozen masks; peak learning rate
             1e-3 after 50 warm-up steps) and the `tier_sandwich` variant (dense + every tier's subnet each
             step, the sparse ones distilled from the dense one; omni_tf/configs/experiment.py), unless
-            --config names them already; a field given as --config.* keeps its value (e.g.
-            --config.sparsity.sampler=uniform --config.sparsity.distill_weight=0 for one level per step)
+            --config names them already; a field given as --config.* keeps its value, the others of the
+            variant still apply: --config.sparsity.sampler=uniform alone trains the dense teacher beside
+            one uniform level each step (distillation kept); add --config.sparsity.distill_weight=0 for
+            one level per step. --init=scratch samples one uniform level per step (the demo variant)
   train     the omni supernet within --max_minutes (progress line with rate and ETA; the learning rate
             and the sparsity ramp end with the budget, omni_tf/training/progress.py); its level set is
             config.sparsity.levels plus every --tiers sparsity (a sparsity:S tier is a trained level)
@@ -60,12 +62,13 @@ from recipes.stages import Stages
 
 FLAGS = flags.FLAGS
 # --init=shipped: the supernet trains dense + every tier each step with in-place distillation (measured
-# better than uniform level sampling at the same budget from the shipped model: docs/RESULTS.md 1)
+# as good or better than uniform level sampling at the same budget from the shipped model: docs/RESULTS.md 1c)
 SHIPPED_VARIANT = "tier_sandwich"
 config_flags.DEFINE_config_file("config", f"{experiment.__file__}:tiny,demo", "Experiment config.",
                                 lock_config=True)
 flags.DEFINE_string("out", None, "Output directory (reused across runs).")
-flags.DEFINE_float("max_minutes", 10.0, "Wall-clock budget of the omni training stage.")
+flags.DEFINE_float("max_minutes", 10.0, "Wall-clock budget of the omni training stage "
+                   "(--config.training.max_minutes alone sets it too).")
 flags.DEFINE_integer("num_utterances", 8000, "Corpus size (7200 train utterances, 5.4 h at the default).")
 flags.DEFINE_integer("seed", 0, "Corpus seed.")
 e2e.define_flags(flags)
@@ -76,7 +79,9 @@ flags.DEFINE_enum("init", "shipped", ["scratch", "shipped"],
                   "variant (no dense warm-up, sparsity ramp over 2-50 % of max_steps, then fine-tuning "
                   "at frozen masks, peak learning rate 1e-3 after 50 warm-up steps) and the tier_sandwich "
                   "variant (dense + every tier each step, tiers distilled from the dense subnet); "
-                  "--config.* fields given explicitly keep their values.")
+                  "--config.* fields given explicitly keep their values, the variants' others still "
+                  "apply (--config.sparsity.sampler=uniform --config.sparsity.distill_weight=0 for one "
+                  "level per step).")
 flags.DEFINE_string("pretrained", "demo_tiny", "--init=shipped: a bundle name under "
                     "omni_tf/resources/pretrained/ or a path (recipes/synthetic/pretrain.py writes one).")
 flags.DEFINE_integer("ood_utterances", 200, "Utterances of the out-of-domain test split reported beside the "
