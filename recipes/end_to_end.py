@@ -125,6 +125,25 @@ def shipped_config(config: ml_collections.ConfigDict, bundle: str, keep: Sequenc
     return c, path, info
 
 
+# run_demo --init=shipped: the supernet trains dense + every tier each step with in-place distillation
+# (at the demo's budget as good or better than one uniform level per step: docs/RESULTS.md 1c)
+SHIPPED_SUPERNET_VARIANT = "tier_sandwich"
+
+
+def initial_config(stages: Stages, out: str, config: ml_collections.ConfigDict, data_dir: str, init: str,
+                   bundle: str, keep: Sequence[str] = ()) -> tuple[ml_collections.ConfigDict, str]:
+    """(config, data dir) of ``run_demo --init`` (``scratch`` / ``shipped``). ``shipped``: the
+    ``tier_sandwich`` and ``finetune`` config variants are added and the run starts from ``bundle`` with its
+    data files (``use_shipped``); ``keep``: the command line's ``--config.*`` fields, left as given.
+    ``scratch``: ``config`` on ``data_dir`` as it is. Raises ValueError for another ``init``."""
+    if init == "shipped":
+        c = experiment.with_variant(config, SHIPPED_SUPERNET_VARIANT, keep)
+        return use_shipped(stages, out, c, data_dir, bundle, keep)
+    if init != "scratch":
+        raise ValueError(f"init must be scratch or shipped, got {init!r}")
+    return experiment.with_data_dir(config, data_dir, source=PREPARED_DATA), data_dir
+
+
 def use_shipped(stages: Stages, out: str, config: ml_collections.ConfigDict, data_dir: str, bundle: str,
                 keep: Sequence[str] = ()) -> tuple[ml_collections.ConfigDict, str]:
     """``--init=shipped``: (config, data dir) that start training from the shipped dense bundle ``bundle``.

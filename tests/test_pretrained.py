@@ -99,11 +99,8 @@ def test_shipped_config_adds_the_finetune_variant_once_and_keeps_explicit_fields
     assert e2e.shipped_config(overridden, path)[0].training.warmup_steps == 10
 
 
-def test_run_demo_shipped_init_adds_the_tier_sandwich_variant_scratch_does_not(tmp_path, monkeypatch):
-    from types import SimpleNamespace
-
+def test_demo_shipped_init_adds_the_tier_sandwich_variant_scratch_does_not(tmp_path):
     from omni_tf.configs import experiment
-    from recipes.synthetic import run_demo
 
     path = make_bundle(str(tmp_path), tiny_config("omni"))
     data = tmp_path / "data"
@@ -112,22 +109,23 @@ def test_run_demo_shipped_init_adds_the_tier_sandwich_variant_scratch_does_not(t
         (data / name).write_text(f"{name}\n")
     out = str(tmp_path / "out")
     stages = Stages(out, log=lambda s: None)
-    flags = SimpleNamespace(init="shipped", config=experiment.get_config("tiny,demo"), pretrained=path)
-    monkeypatch.setattr(run_demo, "FLAGS", flags)
-    monkeypatch.setattr(e2e, "config_overrides", lambda f: ())  # no --config.* on the command line
-    c, _ = run_demo.configure(stages, out, str(data))
+
+    def initial(config, init="shipped", keep=()):
+        return e2e.initial_config(stages, out, config, str(data), init, path, keep)[0]
+
+    c = initial(experiment.get_config("tiny,demo"))  # no --config.* on the command line
     assert c.variants == ("demo", "finetune", "tier_sandwich") and c.training.init_from == path
     assert (c.sparsity.sampler, c.sparsity.distill_weight, c.sparsity.distill_mode) == ("tiers", 0.5, "mix")
-    flags.config.sparsity.sampler = "uniform"  # --config.sparsity.sampler=uniform (the demo's default)
-    assert run_demo.configure(stages, out, str(data))[0].sparsity.sampler == "tiers"  # not given
-    monkeypatch.setattr(e2e, "config_overrides", lambda f: ("sparsity.sampler", "training.learning_rate"))
-    flags.config.training.learning_rate = 3e-3  # the demo's own rate, given explicitly: finetune keeps it
-    c, _ = run_demo.configure(stages, out, str(data))
+    given = experiment.get_config("tiny,demo")
+    given.sparsity.sampler = "uniform"  # the demo's default value: replaced unless named in keep
+    assert initial(given).sparsity.sampler == "tiers"
+    given.training.learning_rate = 3e-3  # the demo's own rate, given explicitly: finetune keeps it
+    c = initial(given, keep=("sparsity.sampler", "training.learning_rate"))
     assert (c.sparsity.sampler, c.sparsity.distill_weight, c.training.learning_rate) == ("uniform", 0.5, 3e-3)
-    scratch = SimpleNamespace(init="scratch", config=experiment.get_config("tiny,demo"), pretrained=path)
-    monkeypatch.setattr(run_demo, "FLAGS", scratch)
-    c, _ = run_demo.configure(stages, out, str(data))
+    c = initial(experiment.get_config("tiny,demo"), init="scratch")
     assert c.variants == ("demo",) and c.sparsity.sampler == "uniform" and not c.training.init_from
+    with pytest.raises(ValueError, match="init must be scratch or shipped, got 'warm'"):
+        initial(experiment.get_config("tiny,demo"), init="warm")
 
 
 def test_config_overrides_lists_the_command_line_config_fields():

@@ -61,9 +61,6 @@ from recipes import end_to_end as e2e
 from recipes.stages import Stages
 
 FLAGS = flags.FLAGS
-# --init=shipped: the supernet trains dense + every tier each step with in-place distillation (measured
-# as good or better than uniform level sampling at the same budget from the shipped model: docs/RESULTS.md 1c)
-SHIPPED_VARIANT = "tier_sandwich"
 config_flags.DEFINE_config_file("config", f"{experiment.__file__}:tiny,demo", "Experiment config.",
                                 lock_config=True)
 flags.DEFINE_string("out", None, "Output directory (reused across runs).")
@@ -103,11 +100,8 @@ def make_data(stages: Stages, out: str, config) -> str:
 
 
 def configure(stages: Stages, out: str, data_dir: str):
-    if FLAGS.init == "shipped":
-        keep = e2e.config_overrides(FLAGS)
-        config = experiment.with_variant(FLAGS.config, SHIPPED_VARIANT, keep)
-        return e2e.use_shipped(stages, out, config, data_dir, FLAGS.pretrained, keep)
-    return experiment.with_data_dir(FLAGS.config, data_dir, source=e2e.PREPARED_DATA), data_dir
+    return e2e.initial_config(stages, out, FLAGS.config, data_dir, FLAGS.init, FLAGS.pretrained,
+                              e2e.config_overrides(FLAGS))
 
 
 def describe(config, train_metrics) -> str:
