@@ -224,6 +224,11 @@ def test_tier_sandwich_variant_trains_every_tier_with_distillation_and_keeps_exp
     assert (named.sparsity.sampler, named.sparsity.distill_weight) == ("uniform", 0.2)
     with pytest.raises(ValueError, match=r"\['sparsity.sampeler'\] are not fields"):
         experiment.with_variant(uniform, "tier_sandwich", keep=("sparsity.sampeler",))
+    # the LibriSpeech schedule adopts it (what won on the demo), after its dense warm-up
+    paper = experiment.get_config("paper,librispeech")
+    assert (paper.sparsity.sampler, paper.sparsity.distill_weight, paper.sparsity.distill_mode) == (
+        "tiers", 0.5, "mix")
+    assert paper.sparsity.dense_warmup and paper.sparsity.begin_step == 60000
 
 
 FILE_FIELDS = ("train_manifest", "dev_manifest", "test_manifest", "spm_model", "cmvn")
