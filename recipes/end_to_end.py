@@ -59,15 +59,17 @@ PREPARED_DATA = "the data dir this recipe prepares under --out"
 SHIPPED_DATA, SHIPPED_SOURCE = "data_shipped", "source.json"
 
 
-def make_synthetic_data(stages: Stages, out: str, spec: synthetic.CorpusSpec, vocab_size: int) -> str:
+def make_synthetic_data(stages: Stages, out: str, spec: synthetic.CorpusSpec, vocab_size: int | None) -> str:
     """Stages corpus (espeak-ng, ``synthetic.CorpusSpec`` ``spec``) -> prepare -> spm under ``out``;
-    returns ``<out>/data`` (manifests, cmvn.json, spm.model)."""
+    returns ``<out>/data`` (manifests, cmvn.json, spm.model). ``vocab_size`` None: no spm stage (a run
+    from a bundle reads the bundle's ``spm.model``)."""
     corpus_dir, data_dir = os.path.join(out, "corpus"), os.path.join(out, "data")
     stages.run("corpus", spec.to_dict(), lambda: synthetic.make_corpus(corpus_dir, spec, num_workers=2))
     stages.run("prepare", {}, lambda: {s: len(scan.rows)
                                        for s, scan in prepare.run(corpus_dir, data_dir).items()})
-    stages.run("spm", {"vocab": vocab_size}, lambda: train_from_manifest(
-        os.path.join(data_dir, "train.tsv"), os.path.join(data_dir, "spm"), vocab_size).vocab_size)
+    if vocab_size is not None:
+        stages.run("spm", {"vocab": vocab_size}, lambda: train_from_manifest(
+            os.path.join(data_dir, "train.tsv"), os.path.join(data_dir, "spm"), vocab_size).vocab_size)
     return data_dir
 
 
@@ -116,9 +118,18 @@ def shipped_config(config: ml_collections.ConfigDict, bundle: str, keep: Sequenc
     ``bundle``: a name under ``omni_tf/resources/pretrained/`` or a path. Raises FileNotFoundError naming
     a missing bundle folder or file.
     """
+    return bundle_config(experiment.with_variant(config, "finetune", keep), bundle)
+
+
+def bundle_config(config: ml_collections.ConfigDict, bundle: str
+                  ) -> tuple[ml_collections.ConfigDict, str, dict[str, Any]]:
+    """(a copy of ``config`` with the bundle's model config and ``training.init_from`` = its path, the path,
+    its ``bundle.json``): ``shipped_config`` without a schedule variant (``recipes/synthetic/pretrain.py
+    --init_from`` continues dense pretraining with the command line's schedule). Raises FileNotFoundError
+    naming a missing bundle folder or file."""
     path = pretrained.bundle_dir(bundle)
     info = pretrained.check_bundle(path)
-    c = experiment.with_variant(config, "finetune", keep)
+    c = copy.deepcopy(config)
     with c.unlocked():
         c.model = pretrained.model_config(path)
         c.training.init_from = path
@@ -157,10 +168,17 @@ def use_shipped(stages: Stages, out: str, config: ml_collections.ConfigDict, dat
     is the user's (no data dir applied yet); ``keep``: its fields the ``finetune`` variant leaves as given.
     """
     shipped, path, info = shipped_config(config, bundle, keep)
+    return shipped_data(stages, out, shipped, data_dir, path, info, "--init=shipped's data copy")
+
+
+def shipped_data(stages: Stages, out: str, config: ml_collections.ConfigDict, data_dir: str, path: str,
+                 info: Mapping[str, Any], source: str) -> tuple[ml_collections.ConfigDict, str]:
+    """(``config`` reading ``<out>/data_shipped``, that dir): the stage ``shipped`` copies the manifests of
+    ``data_dir`` and the bundle ``path``'s spm.model / cmvn.json there (``copy_shipped_data``; keyed on the
+    bundle path and its ``info``). ``source``: names the data dir in ``experiment.with_data_dir``'s errors."""
     shipped_dir = os.path.join(out, SHIPPED_DATA)
-    c = experiment.with_data_dir(shipped, shipped_dir, spm_model="spm.model", cmvn="cmvn.json",
-                                 source="--init=shipped's data copy")
-    stages.run("shipped", {"bundle": path, "info": info},
+    c = experiment.with_data_dir(config, shipped_dir, spm_model="spm.model", cmvn="cmvn.json", source=source)
+    stages.run("shipped", {"bundle": path, "info": dict(info)},
                lambda: copy_shipped_data(data_dir, path, shipped_dir), outputs=(shipped_dir,))
     return c, shipped_dir
 

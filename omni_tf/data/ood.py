@@ -3,7 +3,9 @@
 What differs from the demo's training data (``synthetic.make_corpus``), and how it is guaranteed:
 - Text: sentences from a small rule-based generator (hand-written templates and word lists below: errands,
   weather, travel, numbers spelled out), not from the fortune-file pool of ``text_source``; any generated
-  sentence that occurs in that pool is dropped (``generate_sentences``).
+  sentence that occurs in that pool is dropped (``generate_sentences``). ``could_generate`` tells whether a
+  sentence fits a template at all (every sentence any seed can give): the pretraining corpus's extra
+  sentences (``synthetic.CorpusSpec.extra_train_text``) drop those.
 - Speakers: only the speakers the demo corpus holds out from training (its dev and test speakers,
   ``synthetic.split_pools`` of the demo's ``CorpusSpec``), so no training voice+variant is heard.
 - Voice settings outside the training ranges: speed from ``slow_speeds`` or ``fast_speeds`` (the demo draws
@@ -21,6 +23,7 @@ import dataclasses
 import json
 import os
 import random
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -58,6 +61,27 @@ _TEMPLATES = (
     "{name} AND {name2} {verb_past} A {colour} {obj} NEAR {place}",
 )
 
+_NUMBERS = (2, 12)  # {number}: a cardinal in this range, spelled out
+_FIELDS = {"name": _NAMES, "name2": _NAMES, "obj": _OBJECTS, "place": _PLACES, "place2": _PLACES,
+           "colour": _COLOURS, "day": _DAYS, "weather": _WEATHER, "verb_past": _VERBS_PAST, "verb": _VERBS,
+           "unit": _UNITS,
+           "number": tuple(text_source.number_to_words(n) for n in range(_NUMBERS[0], _NUMBERS[1] + 1))}
+
+
+def _template_regex(template: str) -> str:
+    parts = re.split(r"\{(\w+)\}", template)  # literal, field, literal, ...
+    return "".join(re.escape(p) if i % 2 == 0 else "(?:" + "|".join(map(re.escape, _FIELDS[p])) + ")"
+                   for i, p in enumerate(parts))
+
+
+_ANY_TEMPLATE = re.compile("|".join(f"(?:{_template_regex(t)})" for t in _TEMPLATES))
+
+
+def could_generate(sentence: str) -> bool:
+    """Whether ``generate_sentences`` (any seed, any count) can give the normalized ``sentence``: it fills a
+    template with words of the lists (a superset: two names or places of one sentence may coincide here)."""
+    return _ANY_TEMPLATE.fullmatch(sentence) is not None
+
 
 def generate_sentences(count: int, seed: int, exclude: Sequence[str] = ()) -> list[str]:
     """``count`` distinct upper-case sentences from the templates, none of them in ``exclude``.
@@ -75,7 +99,7 @@ def generate_sentences(count: int, seed: int, exclude: Sequence[str] = ()) -> li
             name=name, name2=name2, obj=rng.choice(_OBJECTS), place=place, place2=place2,
             colour=rng.choice(_COLOURS), day=rng.choice(_DAYS), weather=rng.choice(_WEATHER),
             verb_past=rng.choice(_VERBS_PAST), verb=rng.choice(_VERBS), unit=rng.choice(_UNITS),
-            number=text_source.number_to_words(rng.randint(2, 12)))
+            number=text_source.number_to_words(rng.randint(*_NUMBERS)))
         norm = text_source.normalize_sentence(sentence)
         if norm and norm not in banned and norm not in seen:
             seen.add(norm)

@@ -14,6 +14,9 @@ the shuffled speakers (at least one) is dev-only, a ``test_fraction`` share test
 Sentences (``text_source``) are split disjointly the same way, and a dev/test sentence only uses words that
 occur in training sentences. ``CorpusSpec.within_train_of`` restricts a corpus to the train speakers and
 sentences of another (``split_pools``): the pretraining corpus never sees the demo's dev/test.
+``CorpusSpec.extra_train_text`` (pretraining only) adds ``text_source``'s extra sentence pool to the train
+split, minus the demo's dev/test sentences and anything the OOD test split can say
+(``extra_train_sentences``).
 Speed (words per minute), pitch and gain are drawn per utterance.
 Everything is planned up front from ``seed``; the worker count does not change any file.
 
@@ -37,7 +40,7 @@ import shutil
 import struct
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import scipy.signal
@@ -88,10 +91,17 @@ class CorpusSpec:
     # within_train_of)`` (default fractions: the demo's), so nothing of that corpus's dev/test is used
     # (recipes/synthetic/pretrain.py). -1: all speakers and sentences.
     within_train_of: int = -1
+    # True (only with within_train_of >= 0): the extra pretraining sentences (``extra_train_sentences``) join
+    # this corpus's *train* sentence pool; its dev/test stay carved from the demo-train pool.
+    extra_train_text: bool = False
 
     def __post_init__(self) -> None:
         if self.hours <= 0 and self.num_utterances < 1:
             raise ValueError("CorpusSpec needs num_utterances >= 1 or hours > 0")
+        if self.extra_train_text and self.within_train_of < 0:
+            raise ValueError("CorpusSpec extra_train_text=True needs within_train_of >= 0 (the extra "
+                             "sentences are for a pretraining corpus kept apart from a demo corpus), got "
+                             f"within_train_of={self.within_train_of}")
         if not (0 <= self.dev_fraction < 1 and 0 <= self.test_fraction < 1
                 and self.dev_fraction + self.test_fraction < 1):
             raise ValueError(f"bad split fractions dev={self.dev_fraction} test={self.test_fraction}")
@@ -104,10 +114,13 @@ class CorpusSpec:
             raise ValueError("speed must be in [80, 450] wpm and pitch in [0, 99]")
 
     def to_dict(self) -> dict:
-        """The fields; ``within_train_of`` only when set, so corpora made before it existed still match."""
+        """The fields; ``within_train_of`` / ``extra_train_text`` only when set, so corpora made before they
+        existed still match."""
         d = dataclasses.asdict(self)
         if self.within_train_of < 0:
             del d["within_train_of"]
+        if not self.extra_train_text:
+            del d["extra_train_text"]
         return d
 
 
@@ -204,27 +217,50 @@ def _cycle(items: Sequence, rng: random.Random):
         yield from order
 
 
+def extra_train_sentences(held_out: Iterable[str], extra: Sequence[str] | None = None) -> list[str]:
+    """The extra pretraining sentences (``extra``, default ``text_source.load_extra_sentences()``) minus every
+    sentence of ``held_out`` (exact match: the demo corpus's dev/test sentence pools) and every sentence the
+    OOD test split can contain (``ood.could_generate``: its templates, whatever its seed), in order."""
+    from omni_tf.data import ood  # ood imports this module
+
+    extra = text_source.load_extra_sentences() if extra is None else extra
+    banned = set(held_out)
+    return [s for s in extra if s not in banned and not ood.could_generate(s)]
+
+
 def split_pools(spec: CorpusSpec, sentences: Sequence[str] | None = None,
-                speakers: Sequence[Speaker] | None = None
+                speakers: Sequence[Speaker] | None = None, extra: Sequence[str] | None = None
                 ) -> tuple[dict[str, list[str]], dict[str, list[Speaker]]]:
-    """({split: sentences}, {split: speakers}) of the corpus ``spec`` describes: disjoint across splits."""
+    """({split: sentences}, {split: speakers}) of the corpus ``spec`` describes: disjoint across splits.
+
+    With ``spec.extra_train_text`` the train pool also holds ``extra_train_sentences`` (``extra``: the extra
+    pool, default the embedded one), after the train sentences carved from ``sentences``."""
     sentences = text_source.load_sentences() if sentences is None else sentences
     speakers = all_speakers() if speakers is None else speakers
+    base_pools: dict[str, list[str]] = {}
     if spec.within_train_of >= 0:
         base = CorpusSpec(seed=spec.within_train_of)
-        sentence_pools, speaker_pools = split_pools(base, sentences, speakers)
-        sentences, speakers = sentence_pools["train"], speaker_pools["train"]
+        base_pools, speaker_pools = split_pools(base, sentences, speakers)
+        sentences, speakers = base_pools["train"], speaker_pools["train"]
     fractions = {"dev": spec.dev_fraction, "test": spec.test_fraction}
     pools = text_source.split_disjoint(sentences, {k: v for k, v in fractions.items() if v > 0}, spec.seed)
+    if spec.extra_train_text:
+        held = [s for split, pool in base_pools.items() if split != "train" for s in pool]
+        own = set(pools["train"])
+        pools["train"] += [s for s in extra_train_sentences(held, extra) if s not in own]
     return pools, split_speakers(speakers, spec)
 
 
 def plan_corpus(spec: CorpusSpec, sentences: Sequence[str] | None = None,
-                speakers: Sequence[Speaker] | None = None) -> list[Utterance]:
-    """The full, deterministic list of utterances for ``spec`` (nothing is synthesized)."""
+                speakers: Sequence[Speaker] | None = None, extra: Sequence[str] | None = None
+                ) -> list[Utterance]:
+    """The full, deterministic list of utterances for ``spec`` (nothing is synthesized); ``extra``: see
+    ``split_pools``. ``hours`` is converted with the mean words of ``sentences`` (with
+    ``extra_train_text``: of every sentence in the pools)."""
     sentences = text_source.load_sentences() if sentences is None else sentences
-    pools, spk = split_pools(spec, sentences, speakers)
-    mean_words = float(np.mean([len(s.split()) for s in sentences]))
+    pools, spk = split_pools(spec, sentences, speakers, extra)
+    counted = [s for pool in pools.values() for s in pool] if spec.extra_train_text else sentences
+    mean_words = float(np.mean([len(s.split()) for s in counted]))
     plan = []
     for si, split in enumerate(SPLITS):
         count = split_counts(spec, mean_words)[split]

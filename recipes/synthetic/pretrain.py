@@ -7,6 +7,23 @@ checkpoint in --out and stops at --max_minutes or training.max_steps):
       --config.training.max_steps=60000 --num_utterances=40000
   python -m recipes.synthetic.pretrain --out=/tmp/pt --num_utterances=60 --config.training.max_steps=3 \
       --eval_utterances=8 --bundle_dir=/tmp/pt/bundle                                      # smoke run
+  # continue the shipped demo_tiny on a corpus whose train split also holds the extra sentence pool:
+  nice python -m recipes.synthetic.pretrain --out=runs/pretrain_extra --init_from=demo_tiny --extra_text \
+      --name=demo_tiny_extra --max_minutes=60 --config.training.max_steps=100000
+
+--extra_text: ``CorpusSpec(extra_train_text=True)``: the train split's sentences are drawn from the demo-train
+sentence pool plus ``omni_tf/data/resources/extra_sentences.txt.gz`` (full fortune files and WordNet 3.0
+usage examples, 51k sentences; ``omni_tf/data/text_source.py``), minus the demo's dev/test sentences and any
+sentence the OOD split can contain; the corpus's own dev/test splits (the bundle's WER) are unchanged.
+
+--init_from=<bundle name or dir>: continue training that bundle (dense, ``training.mode=dense``) instead of
+starting from scratch: its model config and weights (``training.init_from``; a resumed run's checkpoint wins),
+and its ``spm.model`` / ``cmvn.json`` beside this corpus's manifests in ``<out>/data_shipped`` (no new
+SentencePiece model; ``recipes.end_to_end.shipped_data``). The schedule is the command line's
+``--config.training.*`` (the ``finetune`` variant of ``run_demo --init=shipped`` is not applied; the step
+count starts at 0). The new bundle.json names the parent (``parent``: name, path, command, cpu_hours, steps,
+its own parent), ``cpu_hours`` is the parent's plus this run's and ``total_steps`` the steps of the chain.
+The new bundle must go elsewhere than the parent (--name / --bundle_dir).
 
 Disjointness from the demo's evaluation data: the corpus is ``CorpusSpec(within_train_of=--demo_seed)``
 (``omni_tf/data/synthetic.py``): its speakers and sentences are drawn only from the *train* pools of the
@@ -14,11 +31,11 @@ demo corpus made with that seed (``run_demo --seed``, default split fractions), 
 or sentence is heard in pretraining (tests/test_ood.py checks it). The pretraining corpus's own dev/test
 splits are carved out of those train pools and give the WER written into the bundle.
 
-Stages (``<out>/stages``): corpus, prepare, spm; then training (``training.mode=dense``; not a cached stage:
-every run continues from ``<out>/train``'s checkpoint, and its CPU time is appended to
-``<out>/pretrain_runs.json``), evaluation of the dense model on the pretraining test split, and the bundle
-(``omni_tf/training/pretrained.py``: float16 weights, spm.model, cmvn.json, config.json, bundle.json with the
-exact command, the CPU-hours summed over runs, the steps and the WER) in --bundle_dir.
+Stages (``<out>/stages``): corpus, prepare, spm (with --init_from: shipped instead); then training
+(``training.mode=dense``; not a cached stage: every run continues from ``<out>/train``'s checkpoint, and its
+CPU time is appended to ``<out>/pretrain_runs.json``), evaluation of the dense model on the pretraining test
+split, and the bundle (``omni_tf/training/pretrained.py``: float16 weights, spm.model, cmvn.json, config.json,
+bundle.json with the exact command, the CPU-hours summed over runs, the steps and the WER) in --bundle_dir.
 """
 from __future__ import annotations
 
@@ -51,12 +68,27 @@ flags.DEFINE_integer("seed", 1, "Pretraining corpus seed.")
 flags.DEFINE_integer("demo_seed", 0, "Seed of the demo corpus whose dev/test speakers and sentences are "
                      "kept out (run_demo --seed).")
 flags.DEFINE_integer("eval_utterances", 500, "Pretraining test utterances for the bundle's WER (0 = all).")
+flags.DEFINE_bool("extra_text", False, "Add the extra sentence pool to the corpus's train split "
+                  "(CorpusSpec.extra_train_text).")
+flags.DEFINE_string("init_from", "", "Bundle (name under omni_tf/resources/pretrained or a path) to continue "
+                    "training; empty = from scratch.")
 flags.mark_flags_as_required(["out"])
 
 
 def corpus_spec() -> synthetic.CorpusSpec:
     return synthetic.CorpusSpec(num_utterances=FLAGS.num_utterances, seed=FLAGS.seed,
-                                within_train_of=FLAGS.demo_seed)
+                                within_train_of=FLAGS.demo_seed, extra_train_text=FLAGS.extra_text)
+
+
+def lineage(parent_path: str, parent: dict, cpu_s: float, steps: int | None) -> dict:
+    """The bundle.json fields of a run continued from the bundle ``parent_path`` (``parent``: its
+    bundle.json): ``parent`` (its name, path, command, cpu_hours, steps and own ``parent``), ``cpu_hours``
+    (the parent's plus this run's ``cpu_s``), ``run_cpu_hours`` and ``total_steps`` (the chain's steps)."""
+    parent_steps = parent.get("total_steps", parent.get("steps")) or 0
+    return {"cpu_hours": round(float(parent.get("cpu_hours") or 0.0) + cpu_s / 3600.0, 3),
+            "run_cpu_hours": round(cpu_s / 3600.0, 3), "total_steps": parent_steps + (steps or 0),
+            "parent": {"name": parent.get("name"), "path": os.path.abspath(parent_path),
+                       **{k: parent.get(k) for k in ("command", "cpu_hours", "steps", "parent")}}}
 
 
 def train_and_account(config, workdir: str, runs_path: str) -> tuple[dict, float]:
@@ -79,8 +111,18 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.INFO)
     out = os.path.abspath(FLAGS.out)
     stages = Stages(out, log=lambda s: print(s, flush=True))
-    data_dir = e2e.make_synthetic_data(stages, out, corpus_spec(), FLAGS.config.model.vocab_size)
-    config = experiment.with_data_dir(FLAGS.config, data_dir, source=e2e.PREPARED_DATA)
+    target = FLAGS.bundle_dir or pretrained.bundle_dir(FLAGS.name)
+    if FLAGS.init_from:
+        config, parent_path, parent = e2e.bundle_config(FLAGS.config, FLAGS.init_from)
+        if os.path.abspath(parent_path) == os.path.abspath(target):
+            raise app.UsageError(f"--init_from={FLAGS.init_from} would be overwritten by the new bundle "
+                                 f"{target}: give another --name or --bundle_dir")
+        data_dir = e2e.make_synthetic_data(stages, out, corpus_spec(), None)
+        config, _ = e2e.shipped_data(stages, out, config, data_dir, parent_path, parent,
+                                     "--init_from's data copy")
+    else:
+        data_dir = e2e.make_synthetic_data(stages, out, corpus_spec(), FLAGS.config.model.vocab_size)
+        config = experiment.with_data_dir(FLAGS.config, data_dir, source=e2e.PREPARED_DATA)
     config = e2e.run_config(config, "dense", FLAGS.config.training.max_steps,
                             e2e.budget_minutes(FLAGS))
     workdir = os.path.join(out, "train")
@@ -89,12 +131,13 @@ def main(argv: list[str]) -> None:
                                max_utterances=FLAGS.eval_utterances)
     dense = rows[0]  # uniform level 0 = the dense model
     model = e2e.restore(config, workdir).model
-    target = FLAGS.bundle_dir or pretrained.bundle_dir(FLAGS.name)
     info = {"name": FLAGS.name, "command": "python -m recipes.synthetic.pretrain " + " ".join(sys.argv[1:]),
             "cpu_hours": round(cpu_s / 3600.0, 3), "steps": metrics.get("step"),
             "wer": dense["wer"], "cer": dense["cer"], "eval_utterances": dense["utterances"],
             "eval_split": "the pretraining corpus's test split (demo-train speakers/sentences only)",
             "corpus": corpus_spec().to_dict(), "demo_seed": FLAGS.demo_seed}
+    if FLAGS.init_from:
+        info.update(lineage(parent_path, parent, cpu_s, metrics.get("step")))
     pretrained.write_bundle(model, config, *sources.spm_cmvn_paths(config), target, info)
     print(json.dumps(info, indent=1), f"\nwrote the bundle {target}", flush=True)
 
