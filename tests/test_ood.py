@@ -62,3 +62,24 @@ def test_ood_split_is_written_and_prepared(tmp_path):
         audio, rate = sf.read(r["path"])
         assert rate == 16000 and audio.ndim == 1 and np.abs(audio).max() <= 1.0
     assert not os.path.exists(tmp_path / "data" / "cmvn.json")  # a test split never sets the CMVN
+
+
+def test_could_generate_covers_the_templates_and_nothing_else():
+    assert all(ood.could_generate(s) for s in ood.generate_sentences(400, seed=7))
+    assert ood.could_generate("ANNA AND ANNA CARRIED A RED KETTLE NEAR THE MUSEUM")  # a superset
+    assert not ood.could_generate("PLEASE OPEN THE KETTLE BEFORE THIRTEEN O'CLOCK")
+    assert not ood.could_generate("PLEASE OPEN THE KETTLE")
+
+
+def test_extra_pretraining_text_is_disjoint_from_demo_dev_test_and_ood():
+    extra = text_source.load_extra_sentences()
+    demo_sentences, _ = synthetic.split_pools(DEMO)
+    held = set(demo_sentences["dev"]) | set(demo_sentences["test"])
+    assert not held & set(extra)
+    assert not any(ood.could_generate(s) for s in extra)
+    spec = synthetic.CorpusSpec(num_utterances=400, seed=5, within_train_of=DEMO.seed, extra_train_text=True)
+    pools, _ = synthetic.split_pools(spec)
+    assert not held & set(pools["train"]) and not any(ood.could_generate(s) for s in pools["train"])
+    assert len(pools["train"]) > len(extra)
+    ood_text = {p.utterance.text for p in ood.plan_ood(ood.OodSpec(num_utterances=200, seed=0, demo=DEMO))}
+    assert not ood_text & set(pools["train"])

@@ -96,6 +96,64 @@ def test_split_disjoint_sentences_and_vocabulary():
     assert pools == text_source.split_disjoint(list(reversed(sentences)), {"dev": 0.05, "test": 0.05}, seed=1)
 
 
+_WORDNET = "".join(line + "  \n" for line in (  # a data.verb: licence lines, then synsets (glosses after |)
+    '  1 This software and database is provided "AS IS" and Princeton makes no warranties',
+    '00001740 29 v 04 breathe 0 take_a_breath 0 001 @ 00002325 v 0000 | draw air into the lungs; '
+    '"I can breathe better when the air is clean"; "The patient is respiring"',
+    '00002325 29 v 01 choke 0 000 | breathe with great difficulty; "She choked for a few minutes"; '
+    '"Ran away"; "He was 3 years old"; "the caf\u00e9 was full of people"',
+    '00002573 29 v 01 hyperventilate 0 000 | breathe hard; "I can breathe better when the air is clean"',
+    '00003000 29 v 01 sigh 0 000 | heave a sigh; "a bird in the hand"; "he said x = y once"'))
+
+
+def test_wordnet_examples_skip_the_licence_and_take_quoted_examples(tmp_path):
+    path = tmp_path / "data.verb"
+    path.write_text(_WORDNET, encoding="utf-8")
+    assert text_source.wordnet_examples(str(path)) == [
+        "I can breathe better when the air is clean", "The patient is respiring",
+        "She choked for a few minutes", "Ran away", "He was 3 years old", "the caf\u00e9 was full of people",
+        "I can breathe better when the air is clean", "a bird in the hand", "he said x = y once"]
+    with pytest.raises(FileNotFoundError, match="wordnet-base"):
+        text_source.wordnet_examples(str(tmp_path / "data.noun"))
+
+
+def test_build_extra_sentences_normalizes_dedups_and_excludes_the_main_pool(tmp_path):
+    fortunes = tmp_path / "fortunes"
+    fortunes.mkdir()
+    (fortunes / "wisdom").write_text("A bird in the hand. Is worth two\nin the bush!\n%\nThe caf\u00e9 is "
+                                     "open today.\n%\nHe ate 2 pies at noon.\n", encoding="utf-8")
+    (fortunes / "wisdom.dat").write_bytes(b"\0\1")
+    (fortunes / "linux").write_text("Linux is a kernel for all.\n", encoding="utf-8")  # a _SKIP_FILES file
+    wordnet = tmp_path / "data.verb"
+    wordnet.write_text(_WORDNET, encoding="utf-8")
+    paths = text_source.fortune_paths(str(fortunes))
+    assert paths == [str(fortunes / "wisdom")]
+    extra = text_source.build_extra_sentences(paths, [str(wordnet)], exclude=["IS WORTH TWO IN THE BUSH"])
+    # fortunes first, then WordNet; no 2-word, non-ASCII, symbol or duplicate sentence; the main pool's out
+    assert extra == ["A BIRD IN THE HAND", "HE ATE TWO PIES AT NOON",
+                     "I CAN BREATHE BETTER WHEN THE AIR IS CLEAN", "THE PATIENT IS RESPIRING",
+                     "SHE CHOKED FOR A FEW MINUTES", "HE WAS THREE YEARS OLD"]
+    assert all(set(s) <= text_source.EXTRA_CHARS for s in extra)
+    with pytest.raises(FileNotFoundError, match="fortunes"):
+        text_source.fortune_paths(str(tmp_path / "nowhere"))
+    with pytest.raises(ValueError, match="unknown argument '--bogus'"):
+        text_source.main(["--extra", "--bogus"])
+
+
+def test_embedded_extra_sentences_are_new_normalized_and_in_the_shipped_character_set():
+    import sentencepiece as spm
+
+    extra, main = text_source.load_extra_sentences(), set(text_source.load_sentences())
+    assert len(extra) >= 40000 and len(set(extra)) == len(extra) and not main & set(extra)
+    for s in extra:
+        assert text_source.normalize_sentence(s) == s and set(s) <= text_source.EXTRA_CHARS, s
+        assert text_source.MIN_WORDS <= len(s.split()) <= text_source.MAX_WORDS
+    model = os.path.join(os.path.dirname(text_source.__file__), "..", "resources", "pretrained", "demo_tiny",
+                         "spm.model")
+    sp = spm.SentencePieceProcessor(model_file=model)
+    assert not any(sp.unk_id() in ids for ids in sp.encode(extra))
+
+
 # --- speakers and planning ----------------------------------------------------------------------------------
 
 def test_speakers_and_split():
@@ -139,6 +197,38 @@ def test_spec_validation():
         synthetic.CorpusSpec(min_speed=200, max_speed=150)
     with pytest.raises(ValueError, match="num_utterances"):
         synthetic.CorpusSpec(num_utterances=0)
+    with pytest.raises(ValueError, match="extra_train_text=True needs within_train_of >= 0.*-1"):
+        synthetic.CorpusSpec(extra_train_text=True)
+
+
+def test_to_dict_names_new_fields_only_when_set():
+    old_keys = {"num_utterances", "hours", "seed", "dev_fraction", "test_fraction", "min_speed", "max_speed",
+                "min_pitch", "max_pitch", "min_gain_db", "max_gain_db"}  # a corpus.json from before both
+    assert set(synthetic.CorpusSpec().to_dict()) == old_keys
+    assert set(synthetic.CorpusSpec(within_train_of=0).to_dict()) == old_keys | {"within_train_of"}
+    both = synthetic.CorpusSpec(within_train_of=0, extra_train_text=True).to_dict()
+    assert set(both) == old_keys | {"within_train_of", "extra_train_text"}
+    assert both["extra_train_text"] is True
+
+
+def test_extra_train_text_adds_to_train_only():
+    # 4500 train utterances: one full pass over the ~4230 train sentences
+    plain = synthetic.CorpusSpec(num_utterances=5000, seed=2, within_train_of=0)
+    spec = synthetic.CorpusSpec(num_utterances=5000, seed=2, within_train_of=0, extra_train_text=True)
+    demo, _ = synthetic.split_pools(synthetic.CorpusSpec(seed=0))
+    base, _ = synthetic.split_pools(plain)
+    new = ["THE NEW SENTENCE IS HERE", "ANOTHER NEW ONE TOO"]
+    extra = [demo["dev"][0], demo["test"][3], base["dev"][0], base["train"][0], new[0],
+             "PLEASE OPEN THE KETTLE BEFORE NINE O'CLOCK", new[1]]  # the last but one: an OOD template's
+    pools, _ = synthetic.split_pools(spec, extra=extra)
+    assert pools["dev"] == base["dev"] and pools["test"] == base["test"]
+    assert pools["train"] == base["train"] + new
+    plan, before = synthetic.plan_corpus(spec, extra=extra), synthetic.plan_corpus(plain)
+    assert [u for u in plan if u.split != "train"] == [u for u in before if u.split != "train"]
+    assert {u.text for u in plan if u.split == "train"} == set(pools["train"])
+    by_hours = synthetic.plan_corpus(synthetic.CorpusSpec(hours=0.05, seed=2, within_train_of=0,
+                                                          extra_train_text=True))
+    assert 40 < len(by_hours) < 400
 
 
 def test_parse_wav_rejects_non_wav():

@@ -234,7 +234,8 @@ def split_pools(spec: CorpusSpec, sentences: Sequence[str] | None = None,
     """({split: sentences}, {split: speakers}) of the corpus ``spec`` describes: disjoint across splits.
 
     With ``spec.extra_train_text`` the train pool also holds ``extra_train_sentences`` (``extra``: the extra
-    pool, default the embedded one), after the train sentences carved from ``sentences``."""
+    pool, default the embedded one) not already in a pool, after the train sentences carved from
+    ``sentences``; the dev/test pools are those without it."""
     sentences = text_source.load_sentences() if sentences is None else sentences
     speakers = all_speakers() if speakers is None else speakers
     base_pools: dict[str, list[str]] = {}
@@ -246,7 +247,7 @@ def split_pools(spec: CorpusSpec, sentences: Sequence[str] | None = None,
     pools = text_source.split_disjoint(sentences, {k: v for k, v in fractions.items() if v > 0}, spec.seed)
     if spec.extra_train_text:
         held = [s for split, pool in base_pools.items() if split != "train" for s in pool]
-        own = set(pools["train"])
+        own = {s for pool in pools.values() for s in pool}
         pools["train"] += [s for s in extra_train_sentences(held, extra) if s not in own]
     return pools, split_speakers(speakers, spec)
 
