@@ -14,6 +14,10 @@ Sides and protocols (the comparison of the Omni-sparsity DNN paper, Wu et al. 20
 model pruned per sparsity, same recipe). For every budget ``B`` (steps):
 - ``omni``: one supernet per omni variant (``training.mode=omni``) trained for ``B`` steps; each tier is
   its uniform level at the tier's sparsity (the tier sparsities are added to the supernet's level set).
+  The tier sparsities are also its ``sparsity.train_levels`` (the levels the ``tiers`` samplers train)
+  unless ``--config.sparsity.train_levels`` is given: that value is kept (as in the end-to-end recipes),
+  and with a ``tiers`` / ``tiers_random`` sampler it must hold every tier's sparsity (ValueError naming the
+  flag and the missing level, raised before any run trains).
 - protocol ``steps`` (the paper's): one model per tier (``training.mode=pruned`` at the tier's sparsity),
   each trained for the same ``B`` steps.
 - protocol ``compute``: the pruned models together get omni's training compute. ``--compute_unit=cpu``: each
@@ -163,14 +167,21 @@ def horizon_free(config: ml_collections.ConfigDict, scale_schedule: bool) -> boo
 
 
 def run_config(config: ml_collections.ConfigDict, mode: str, steps: int, tiers: Mapping[str, float],
-               sparsity: float | None, scale_schedule: bool) -> ml_collections.ConfigDict:
+               sparsity: float | None, scale_schedule: bool, keep: Sequence[str] = ()
+               ) -> ml_collections.ConfigDict:
     """The config of one run: ``mode`` (omni | pruned at ``sparsity``), ``steps`` steps, no time budget.
 
     The tier sparsities join the level set and are the ``tiers`` samplers' ``train_levels``
-    (``omni_tf.supernet.with_tier_levels``, as in the end-to-end recipes); with ``scale_schedule`` the
-    sparsity ramp sits at the same fractions of ``steps`` as of the config's ``training.max_steps``.
+    (``omni_tf.supernet.with_tier_levels``, as in the end-to-end recipes) unless ``keep`` (the command
+    line's ``--config.*`` fields, ``recipes.end_to_end.config_overrides``) names ``sparsity.train_levels``:
+    an omni run then trains the given levels, and with a tiers sampler raises ValueError naming
+    ``--config.sparsity.train_levels`` and the tier level it lacks. A pruned run does not read
+    ``train_levels`` (it trains its one level), so it ignores ``keep`` and its config, digest and cached run
+    are the same with or without the flag. With ``scale_schedule`` the sparsity ramp sits at the same
+    fractions of ``steps`` as of the config's ``training.max_steps``.
     """
-    c = with_tier_levels(config, {t: TierSpec("sparsity", s) for t, s in tiers.items()})
+    c = with_tier_levels(config, {t: TierSpec("sparsity", s) for t, s in tiers.items()},
+                         keep if mode == "omni" else ())
     with c.unlocked():
         base = int(c.training.max_steps)
         c.training.mode, c.training.max_steps, c.training.max_minutes = mode, int(steps), 0.0
@@ -331,20 +342,25 @@ def compute_steps(omni: Mapping[str, Any], pruned_same_steps: Mapping[str, Any],
 def compare(config: ml_collections.ConfigDict, out: str, test_manifest: str, tiers: Mapping[str, float],
             budgets: Sequence[int], protocols: Sequence[str], compute_unit: str = "cpu",
             scale_schedule: bool = True, test_utterances: int = 0, bootstrap: int = 1000,
-            variants: Mapping[str, Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
+            variants: Mapping[str, Mapping[str, Any]] | None = None, keep: Sequence[str] = ()
+            ) -> list[dict[str, Any]]:
     """Trains and evaluates both sides at every budget and protocol; returns one row per (budget, protocol,
     omni variant, tier) with both WERs, the difference omni - pruned with its 95 % interval and each side's
     cost.
 
     ``variants``: ``{name: {sparsity field: value}}`` (``parse_omni_variants``; default ``{"base": {}}``),
-    applied to the omni runs only. A budget's runs all finish (every variant, every protocol) before the next
-    budget starts. Raises ValueError for unknown protocols or budgets that are not ascending and positive.
+    applied to the omni runs only. ``keep``: the command line's ``--config.*`` fields (``run_config``). A
+    budget's runs all finish (every variant, every protocol) before the next budget starts. Raises
+    ValueError for unknown protocols or budgets that are not ascending and positive, and (before any
+    training) for an omni variant's config ``run_config`` refuses.
     """
     variants = {BASE_VARIANT: {}} if variants is None else variants
     bad = [p for p in protocols if p not in PROTOCOLS]
     if bad or not budgets or list(budgets) != sorted(set(budgets)) or budgets[0] < 1:
         raise ValueError(f"protocols must be in {PROTOCOLS} and budgets ascending positive, got "
                          f"{list(protocols)}, {list(budgets)}")
+    for fields in variants.values():  # a refused omni config fails now, not after hours of other runs
+        run_config(with_omni_variant(config, fields), "omni", budgets[0], tiers, None, scale_schedule, keep)
     results = Results(os.path.join(out, "results.json"))
     resume = horizon_free(config, scale_schedule)
     data = test_batches(config, test_manifest, test_utterances)
@@ -354,7 +370,7 @@ def compare(config: ml_collections.ConfigDict, out: str, test_manifest: str, tie
             ) -> dict[str, Any]:
         name = run_name(mode, steps, tier, variant)
         base = with_omni_variant(config, variants[variant]) if mode == "omni" else config
-        c = run_config(base, mode, steps, tiers, None if tier is None else tiers[tier], scale_schedule)
+        c = run_config(base, mode, steps, tiers, None if tier is None else tiers[tier], scale_schedule, keep)
         key = (mode, tier, variant)
         shorter = [s for s in trained.get(key, {}) if s < steps]
         prev = trained[key][max(shorter)] if resume and shorter else None
@@ -553,10 +569,9 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("--data_dir is required (except with --smoke)")
     if FLAGS.pretrained and FLAGS.smoke:
         raise app.UsageError("--smoke replaces the model: it cannot start from --pretrained")
-    given_data = data_dir
+    given_data, keep = data_dir, e2e.config_overrides(FLAGS)
     if FLAGS.pretrained:
-        config, data_dir = pretrained_inputs(FLAGS.config, data_dir, FLAGS.pretrained, out,
-                                             e2e.config_overrides(FLAGS))
+        config, data_dir = pretrained_inputs(FLAGS.config, data_dir, FLAGS.pretrained, out, keep)
     else:
         config = with_data(FLAGS.config, data_dir)
     budgets = [int(b) for b in FLAGS.budgets]
@@ -565,7 +580,8 @@ def main(argv: list[str]) -> None:
     tiers = tier_sparsities(FLAGS.tiers)
     test_manifest = config.paths.test_manifest or os.path.join(data_dir, "test.tsv")
     rows = compare(config, out, test_manifest, tiers, budgets, FLAGS.protocols,
-                   FLAGS.compute_unit, FLAGS.scale_schedule, FLAGS.test_utterances, FLAGS.bootstrap, variants)
+                   FLAGS.compute_unit, FLAGS.scale_schedule, FLAGS.test_utterances, FLAGS.bootstrap, variants,
+                   keep)
     described = "; ".join(f"`{v}` (sparsity " + (", ".join(f"{k}={val}" for k, val in fields.items())
                                                   or f"as given, sampler {config.sparsity.sampler}") + ")"
                           for v, fields in variants.items())

@@ -205,6 +205,10 @@ def parse_tiers(items: Sequence[str], kinds: Sequence[str] = TIER_KINDS) -> dict
     return out
 
 
+TIER_SAMPLERS = ("tiers", "tiers_random")  # the samplers that train ``sparsity.train_levels``
+TRAIN_LEVELS_FLAG = "--config.sparsity.train_levels"
+
+
 def with_tier_levels(config: ml_collections.ConfigDict, tiers: Mapping[str, TierSpec],
                      keep: Sequence[str] = ()) -> ml_collections.ConfigDict:
     """A copy of ``config`` whose supernet trains the tiers' sparsities as levels of their own.
@@ -214,23 +218,48 @@ def with_tier_levels(config: ml_collections.ConfigDict, tiers: Mapping[str, Tier
     a per-layer mix of the levels around it. A ``level:K`` tier indexes the level set *after* the additions.
     ``sparsity.train_levels`` (the tiers to train every step for the ``tiers`` / ``tiers_random`` samplers)
     becomes the tiers' sparsities, sorted, when every tier is a ``sparsity:S`` or ``level:K`` tier (the
-    latter's sparsity: level K of the extended set); with a ``bytes:`` tier, or a ``level:K`` outside the
-    set, it is left as it is (a bytes tier's levels are only known after the search; set
-    ``--config.sparsity.train_levels`` yourself), and so it is when ``keep`` (dotted config fields given
-    explicitly: the command line's ``--config.*``, ``recipes.end_to_end.config_overrides``) names
-    ``sparsity.train_levels``. Used by the end-to-end recipes
-    (``recipes/end_to_end.run_recipe``) and ``benchmarks/omni_vs_pruned.py`` for the omni run; ``config`` is
-    not modified.
+    latter's sparsity: level K of the extended set), unless ``keep`` (dotted config fields given explicitly:
+    the command line's ``--config.*``, ``recipes.end_to_end.config_overrides``) names
+    ``sparsity.train_levels``: then it is left as given. With a ``bytes:`` tier, or a ``level:K`` outside
+    the set, it is left as it is (a bytes tier's config is only known after the search).
+    Used by the end-to-end recipes (``recipes/end_to_end.run_recipe``) and ``benchmarks/omni_vs_pruned.py``
+    for the omni run; ``config`` is not modified.
+
+    With a tiers sampler (``TIER_SAMPLERS``) every tier must get its training, so this raises ValueError
+    naming the tier (and ``--config.sparsity.train_levels``) when
+    - a ``bytes:`` tier (or a ``level:K`` outside the set) is given and ``sparsity.train_levels`` is not
+      in ``keep``: it has no level before the search, and the config's default ``train_levels`` would be
+      trained in its place; give the sparsities to train for it with ``--config.sparsity.train_levels``
+      (e.g. the uniform sparsity whose size is about the budget), or make it a ``sparsity:`` tier;
+    - an explicit ``train_levels`` (in ``keep``) lacks the sparsity of a ``sparsity:`` / ``level:`` tier.
     """
     sparsities = sorted({float(spec.value) for spec in tiers.values() if spec.kind == "sparsity"})
     c = copy.deepcopy(config)
     with c.unlocked():
         c.sparsity.levels = tuple(sorted({*(float(s) for s in c.sparsity.levels), *sparsities}))
-        indices = [int(spec.value) for spec in tiers.values() if spec.kind == "level"]
-        if ("sparsity.train_levels" not in keep and tiers
-                and all(spec.kind in ("sparsity", "level") for spec in tiers.values())
-                and all(0 <= k < len(c.sparsity.levels) for k in indices)):
-            c.sparsity.train_levels = tuple(sorted({*sparsities, *(c.sparsity.levels[k] for k in indices)}))
+        levels = c.sparsity.levels
+        known = {t: float(spec.value) if spec.kind == "sparsity" else levels[int(spec.value)]
+                 for t, spec in tiers.items()
+                 if spec.kind == "sparsity" or (spec.kind == "level" and int(spec.value) < len(levels))}
+        explicit = "sparsity.train_levels" in keep
+        if not explicit and tiers and len(known) == len(tiers):
+            c.sparsity.train_levels = tuple(sorted(set(known.values())))
+    if c.sparsity.sampler not in TIER_SAMPLERS:
+        return c
+    unknown = [f"{t}={spec}" for t, spec in tiers.items() if t not in known]
+    if unknown and not explicit:
+        raise ValueError(f"tier {', '.join(unknown)} has no sparsity level before the search, so "
+                         f"sparsity.sampler={c.sparsity.sampler} would not train it (it would train the "
+                         f"config's train_levels {tuple(c.sparsity.train_levels)} instead): give the "
+                         f"sparsities to train with {TRAIN_LEVELS_FLAG}=..., use a sparsity: tier, or "
+                         "another sampler")
+    trained = [float(s) for s in c.sparsity.train_levels]
+    missing = [f"{t}={known[t]:g}" for t in tiers if t in known
+               and not any(abs(known[t] - s) < 1e-9 for s in trained)]
+    if missing:
+        raise ValueError(f"{TRAIN_LEVELS_FLAG}={tuple(trained)} lacks the level of tier "
+                         f"{', '.join(missing)}: sparsity.sampler={c.sparsity.sampler} trains only "
+                         "train_levels; add it, or drop the flag (the tiers' sparsities are then used)")
     return c
 
 

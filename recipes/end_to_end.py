@@ -508,7 +508,9 @@ def define_flags(flags: Any) -> None:
                       "per-layer search. Every sparsity:S is added to config.sparsity.levels (trained as a "
                       "uniform level; level:K indexes the set after that) and, when all tiers are "
                       "sparsity:S or level:K, their sparsities are config.sparsity.train_levels (the tiers "
-                      "samplers) unless --config.sparsity.train_levels is given.")
+                      "samplers) unless --config.sparsity.train_levels is given. With a tiers sampler a "
+                      "bytes:F tier needs --config.sparsity.train_levels (it has no level before the "
+                      "search) and a given train_levels must hold every other tier's sparsity.")
     flags.DEFINE_enum("quantization", "dynamic_int8", list(BUDGET_METRIC),
                       "Export mode (tflite_export/convert.py), or auto (per tier the smallest file passing "
                       "parity within 1.2x the fastest encode). With --sparse=auto only float32 files are "

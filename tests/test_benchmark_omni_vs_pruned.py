@@ -257,3 +257,36 @@ def test_pretrained_redirects_another_spm_and_cmvn_to_the_bundle_files(tmp_path)
     with pytest.raises(ValueError, match=rf"{demo}/spm\.model differs from the bundle's {bundle}/spm\.model"
                                          r".*drop --config\.paths\.spm_model"):
         ovp.pretrained_inputs(mine, demo, bundle, str(tmp_path / "cmp2"))
+
+
+def test_run_config_keeps_an_explicit_train_levels_and_refuses_one_without_a_tier():
+    base = experiment.get_config("tiny,demo")
+    base.sparsity.train_levels = (0.6, 0.75, 0.9)
+    keep = ("sparsity.train_levels",)  # --config.sparsity.train_levels=... on the command line
+    kept = ovp.run_config(base, "omni", 800, {"phone": 0.75}, None, True, keep)
+    assert kept.sparsity.train_levels == (0.6, 0.75, 0.9)
+    assert ovp.run_config(base, "omni", 800, {"phone": 0.75}, None, True).sparsity.train_levels == (0.75,)
+    pruned = ovp.run_config(base, "pruned", 800, {"phone": 0.75}, 0.75, True, keep)  # unread: as without
+    assert ovp.config_digest(pruned) == ovp.config_digest(
+        ovp.run_config(base, "pruned", 800, {"phone": 0.75}, 0.75, True))
+    tiers = ovp.with_omni_variant(base, {"sampler": "tiers"})
+    tiers.sparsity.train_levels = (0.6, 0.9)
+    with pytest.raises(ValueError, match=r"--config.sparsity.train_levels=\(0.6, 0.9\) lacks the level of "
+                                         r"tier phone=0.75"):
+        ovp.run_config(tiers, "omni", 800, {"phone": 0.75, "watch": 0.9}, None, True, keep)
+    assert ovp.run_config(tiers, "omni", 800, {"watch": 0.9}, None, True, keep).sparsity.train_levels == \
+        (0.6, 0.9)
+
+
+def test_compare_refuses_a_variant_whose_train_levels_lack_a_tier_before_training(monkeypatch, tmp_path):
+    def train_run(*args):
+        raise AssertionError("trained before the variants were checked")
+
+    monkeypatch.setattr(ovp, "train_run", train_run)
+    monkeypatch.setattr(ovp, "test_batches", lambda *a: ([], None))
+    base = experiment.get_config("tiny,demo")  # sampler uniform: the base variant is fine
+    base.sparsity.train_levels = (0.9,)
+    variants = ovp.parse_omni_variants(["base", "tiers"], base.sparsity)
+    with pytest.raises(ValueError, match="train_levels.*lacks the level of tier big=0.5"):
+        ovp.compare(base, str(tmp_path), "test.tsv", {"big": 0.5, "small": 0.9}, [4], ["steps"],
+                    variants=variants, keep=("sparsity.train_levels",))

@@ -155,6 +155,28 @@ def test_tier_sparsities_become_levels_and_train_levels():
     assert net.tier(TierSpec("sparsity", 0.6)) == dict.fromkeys(net.kernel_names, 2)
 
 
+def test_tiers_samplers_refuse_a_tier_they_would_not_train():
+    from omni_tf.configs import experiment
+
+    config = experiment.get_config("tiny,demo,tier_sandwich")  # sampler tiers, train_levels (.6, .75, .9)
+    assert config.sparsity.sampler == "tiers"
+    keep = ("sparsity.train_levels",)
+    for items in (["phone=sparsity:0.75", "watch=bytes:0.3"], ["watch=bytes:0.3"], ["w=level:30"]):
+        with pytest.raises(ValueError, match=r"tier (watch=bytes:0.3|w=level:30) has no sparsity level.*"
+                                             r"--config.sparsity.train_levels"):
+            with_tier_levels(config, parse_tiers(items))
+    # given explicitly, the levels to train for a bytes tier are the user's
+    given = with_tier_levels(config, parse_tiers(["phone=sparsity:0.75", "watch=bytes:0.3"]), keep)
+    assert given.sparsity.train_levels == (0.6, 0.75, 0.9)
+    with pytest.raises(ValueError, match=r"--config.sparsity.train_levels=\(0.6, 0.75, 0.9\) lacks the "
+                                         r"level of tier a=0.8, b=0.3"):
+        with_tier_levels(config, parse_tiers(["a=sparsity:0.8", "b=level:1", "c=sparsity:0.9"]), keep)
+    other = experiment.get_config("tiny,demo")  # sampler uniform: train_levels unread, nothing refused
+    assert other.sparsity.sampler != "tiers"
+    assert with_tier_levels(other, parse_tiers(["watch=bytes:0.3"])).sparsity.train_levels == \
+        other.sparsity.train_levels
+
+
 def test_tiers_and_budgets():
     net = Supernet(tiny_config("omni"))
     net.masks.update_rankings()
