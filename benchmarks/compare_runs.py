@@ -7,11 +7,13 @@ Usage (from the repository root; each run is a ``run_demo`` / ``run_recipe`` out
       --split=test --test_utterances=0 --out=runs/demo/compare
 
 What it does: restores the latest checkpoint of each run with the config it was trained with (its
-``config.json``), decodes greedily (Keras) at each of ``--levels`` (uniform sparsity; default: the union of
-both configs' ``sparsity.train_levels`` plus 0, the dense model; a pruned run's train level is its target
-sparsity) and reports per level WER A, WER B and A - B in WER points with a 95 % paired bootstrap interval
-over the utterances (``omni_tf.metrics.bootstrap_wer_diff``, ``--bootstrap`` resamples, ``--seed``), with the
-verdict ``A better`` / ``B better`` (the interval excludes 0) or ``tie``.
+``config.json``), decodes greedily (Keras) at each of ``--levels`` (uniform sparsity; default: every level
+both runs' supernets have, ``default_levels``: the dense 0 and, for runs of the end-to-end recipes, every
+``sparsity:S`` tier, which the recipes add to the level set, whatever the sampler; a pruned run's levels are
+0 and its target sparsity, so against it only those two) and reports per level WER A, WER B and A - B in
+WER points with a 95 % paired bootstrap interval over the utterances (``omni_tf.metrics.bootstrap_wer_diff``,
+``--bootstrap`` resamples, ``--seed``), with the verdict ``A better`` / ``B better`` (the interval excludes
+0) or ``tie``.
 
 Same utterances: both runs are decoded on run A's ``--split`` manifest (its config's ``paths``). Run B's
 manifest of that split must list the same utterances: the same ids, lengths, speakers and transcripts in
@@ -103,13 +105,20 @@ def run_levels(config: ml_collections.ConfigDict) -> tuple[float, ...]:
 
 
 def default_levels(runs: Sequence[Run]) -> tuple[float, ...]:
-    """0 plus every run's ``sparsity.train_levels`` (a pruned run: its target; dense: none), ascending."""
-    out = {0.0}
-    for r in runs:
-        mode, sp = r.config.training.mode, r.config.sparsity
-        out |= {float(s) for s in (sp.train_levels if mode == "omni" else
-                                   (sp.target_sparsity,) if mode == "pruned" else ())}
-    return tuple(sorted(out))
+    """The levels both (all) runs can decode at, ascending: the common part of their level sets
+    (``run_levels``; a pruned run: ``(0, target)``, dense: ``(0,)``). It holds every tier a run trained as
+    a uniform level (the recipes add each ``sparsity:S`` tier to the level set,
+    ``omni_tf.supernet.with_tier_levels``) whatever the sampler, unlike ``sparsity.train_levels``, which
+    only the ``tiers`` samplers read. ValueError naming each run's levels when they have none in common."""
+    common = list(run_levels(runs[0].config))
+    for r in runs[1:]:
+        have = run_levels(r.config)
+        common = [s for s in common if any(abs(s - h) <= LEVEL_TOLERANCE for h in have)]
+    if not common:
+        raise ValueError("the runs have no sparsity level in common ("
+                         + "; ".join(f"{r.label}: {list(run_levels(r.config))}" for r in runs)
+                         + "): give --levels")
+    return tuple(sorted(common))
 
 
 def check_levels(run: Run, levels: Sequence[float]) -> None:
@@ -249,8 +258,9 @@ def define_flags() -> None:
     flags.DEFINE_string("a", None, "Run A: a run_demo / run_recipe output dir (train/omni) or a training "
                         "workdir (config.json + ckpt/).")
     flags.DEFINE_string("b", None, "Run B, as --a.")
-    flags.DEFINE_list("levels", [], "Uniform sparsity levels compared (default: both configs' "
-                      "sparsity.train_levels plus 0).")
+    flags.DEFINE_list("levels", [], "Uniform sparsity levels compared (default: every level both runs' "
+                      "supernets have, the sparsity:S tiers of the recipes' runs included; a pruned run: 0 "
+                      "and its target).")
     flags.DEFINE_enum("split", "test", ["test", "dev"], "The split of run A's config both runs decode.")
     flags.DEFINE_integer("test_utterances", 0, "Utterances decoded (the first batches; 0 = the whole split).")
     flags.DEFINE_string("out", "", "Output directory (default <a>/compare).")

@@ -52,12 +52,12 @@ def test_a_run_against_itself_is_all_ties_and_a_rerun_decodes_nothing(run_dir, t
     assert a.workdir == b.workdir and a.config.sparsity.levels == (0.0, 0.5, 0.8)  # tuples again
     out = str(tmp_path / "cmp")
     rows = cr.compare(a, b, None, out, bootstrap=50)
-    assert [r["level"] for r in rows] == ["0", "0.5"]  # default: 0 + train_levels
+    assert [r["level"] for r in rows] == ["0", "0.5", "0.8"]  # default: every level of both
     for r in rows:
         assert (r["diff"], r["diff_lo"], r["diff_hi"], r["verdict"]) == (0.0, 0.0, 0.0, "tie")
         assert r["wer_a"] == r["wer_b"] and r["utterances"] > 0
     cached = json.load(open(os.path.join(out, "decodes.json")))["evals"]
-    assert len(cached) == 2  # one decode per level: A and B are the same checkpoint
+    assert len(cached) == 3  # one decode per level: A and B are the same checkpoint
     assert all(k.startswith(f"{a.workdir}@1|") for k in cached)  # keyed by workdir and checkpoint step
 
     def fail(*args, **kwargs):
@@ -65,9 +65,9 @@ def test_a_run_against_itself_is_all_ties_and_a_rerun_decodes_nothing(run_dir, t
 
     monkeypatch.setattr(decodes.evaluation, "transcribe", fail)
     monkeypatch.setattr(decodes, "test_batches", fail)
-    assert cr.compare(a, b, [0.5, 0], out, bootstrap=50) == rows[::-1]
+    assert cr.compare(a, b, [0.5, 0], out, bootstrap=50) == rows[1::-1]
     with pytest.raises(AssertionError, match="decoded again"):  # a level not cached yet is decoded
-        cr.compare(a, b, [0.8], out, bootstrap=50)
+        cr.compare(a, b, [0.8], str(tmp_path / "other"), bootstrap=50)
 
     text = cr.report(rows, a, b, out, {"split": "test", "manifest": "test.tsv", "bootstrap": 50, "seed": 0,
                                        "command": "compare_runs"})
@@ -106,14 +106,20 @@ def test_other_test_utterances_or_tokenizer_are_refused_naming_both_files(run_di
                                                  "differ"]
 
 
-def test_default_levels_join_both_runs_train_levels(run_dir, tmp_path):
-    a = cr.load_run("A", run_dir)
+def test_default_levels_are_the_levels_both_runs_have(run_dir, tmp_path):
+    a = cr.load_run("A", run_dir)  # levels (0, 0.5, 0.8), train_levels (0.5,)
     b = cr.load_run("B", run_dir)
+    with b.config.unlocked():  # a uniform-sampling run whose tiers 0.3 / 0.8 joined its levels
+        b.config.sparsity.sampler, b.config.sparsity.train_levels = "uniform", (0.6, 0.75, 0.9)
+        b.config.sparsity.levels = (0.0, 0.3, 0.5, 0.8)
+    assert cr.default_levels([a, b]) == (0.0, 0.5, 0.8)  # not train_levels: B cannot decode 0.6 / 0.75
     with b.config.unlocked():
-        b.config.sparsity.train_levels = (0.8,)
-    assert cr.default_levels([a, b]) == (0.0, 0.5, 0.8)
+        b.config.training.mode, b.config.sparsity.target_sparsity = "pruned", 0.8
+    assert cr.default_levels([a, b]) == (0.0, 0.8) and cr.run_levels(b.config) == (0.0, 0.8)
     with b.config.unlocked():
-        b.config.training.mode, b.config.sparsity.target_sparsity = "pruned", 0.7
-    assert cr.default_levels([a, b]) == (0.0, 0.5, 0.7) and cr.run_levels(b.config) == (0.0, 0.7)
+        b.config.training.mode, b.config.sparsity.levels = "omni", (0.1, 0.7)
+    with pytest.raises(ValueError, match=r"no sparsity level in common \(A: \[0\.0, 0\.5, 0\.8\]; "
+                                         r"B: \[0\.1, 0\.7\]\): give --levels"):
+        cr.default_levels([a, b])
     with pytest.raises(FileNotFoundError, match="not a training workdir"):
         cr.load_run("A", str(tmp_path))
