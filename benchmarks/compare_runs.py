@@ -12,8 +12,8 @@ both runs' supernets have, ``default_levels``: the dense 0 and, for runs of the 
 ``sparsity:S`` tier, which the recipes add to the level set, whatever the sampler; a pruned run's levels are
 0 and its target sparsity, so against it only those two) and reports per level WER A, WER B and A - B in
 WER points with a 95 % paired bootstrap interval over the utterances (``omni_tf.metrics.bootstrap_wer_diff``,
-``--bootstrap`` resamples, ``--seed``), with the verdict ``A better`` / ``B better`` (the interval excludes
-0) or ``tie``.
+``--bootstrap`` resamples, ``--bootstrap_seed``), with the verdict ``A better`` / ``B better`` (the
+interval excludes 0) or ``tie``.
 
 Same utterances: both runs are decoded on run A's ``--split`` manifest (its config's ``paths``). Run B's
 manifest of that split must list the same utterances: the same ids, lengths, speakers and transcripts in
@@ -252,23 +252,28 @@ def report(rows: Sequence[Mapping[str, Any]], a: Run, b: Run, out: str, settings
     return text
 
 
-def define_flags() -> None:
-    """The command line's flags; defined when run as a script only, so that importing this module (tests)
-    does not clash with the flags of other benchmarks and recipes (``--out``...) in the same process."""
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+    """The command line's flags (in ``flag_values``); defined when run as a script only, so that importing
+    this module (tests) does not clash with the flags of other benchmarks and recipes (``--out``...) in the
+    same process. The bootstrap's seed is ``--bootstrap_seed``: ``--seed`` is a corpus seed in the
+    recipes (``run_demo``, ``make_corpus``, ``pretrain``)."""
+    fv = flag_values
     flags.DEFINE_string("a", None, "Run A: a run_demo / run_recipe output dir (train/omni) or a training "
-                        "workdir (config.json + ckpt/).")
-    flags.DEFINE_string("b", None, "Run B, as --a.")
+                        "workdir (config.json + ckpt/).", flag_values=fv)
+    flags.DEFINE_string("b", None, "Run B, as --a.", flag_values=fv)
     flags.DEFINE_list("levels", [], "Uniform sparsity levels compared (default: every level both runs' "
                       "supernets have, the sparsity:S tiers of the recipes' runs included; a pruned run: 0 "
-                      "and its target).")
-    flags.DEFINE_enum("split", "test", ["test", "dev"], "The split of run A's config both runs decode.")
-    flags.DEFINE_integer("test_utterances", 0, "Utterances decoded (the first batches; 0 = the whole split).")
-    flags.DEFINE_string("out", "", "Output directory (default <a>/compare).")
-    flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples per WER difference.")
-    flags.DEFINE_integer("seed", 0, "Seed of the bootstrap resamples.")
+                      "and its target).", flag_values=fv)
+    flags.DEFINE_enum("split", "test", ["test", "dev"], "The split of run A's config both runs decode.",
+                      flag_values=fv)
+    flags.DEFINE_integer("test_utterances", 0, "Utterances decoded (the first batches; 0 = the whole split).",
+                         flag_values=fv)
+    flags.DEFINE_string("out", "", "Output directory (default <a>/compare).", flag_values=fv)
+    flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples per WER difference.", flag_values=fv)
+    flags.DEFINE_integer("bootstrap_seed", 0, "Seed of the bootstrap resamples.", flag_values=fv)
     flags.DEFINE_bool("allow_different_data", False, "Compare runs whose test manifest, spm.model or "
                       "cmvn.json differ (each run still decodes A's utterances with its own tokenizer and "
-                      "CMVN).")
+                      "CMVN).", flag_values=fv)
 
 
 def main(argv: list[str]) -> None:
@@ -279,9 +284,10 @@ def main(argv: list[str]) -> None:
     a, b = load_run("A", FLAGS.a), load_run("B", FLAGS.b)
     out = os.path.abspath(FLAGS.out or os.path.join(FLAGS.a, "compare"))
     rows = compare(a, b, [float(s) for s in FLAGS.levels], out, FLAGS.split, FLAGS.test_utterances,
-                   FLAGS.bootstrap, FLAGS.seed, FLAGS.allow_different_data)
+                   FLAGS.bootstrap, FLAGS.bootstrap_seed, FLAGS.allow_different_data)
     settings = {"split": FLAGS.split, "manifest": sources.manifest_path(a.config, FLAGS.split),
-                "test_utterances": FLAGS.test_utterances, "bootstrap": FLAGS.bootstrap, "seed": FLAGS.seed,
+                "test_utterances": FLAGS.test_utterances, "bootstrap": FLAGS.bootstrap,
+                "seed": FLAGS.bootstrap_seed,
                 "allow_different_data": FLAGS.allow_different_data,
                 "command": " ".join(["python -m benchmarks.compare_runs", *sys.argv[1:]])}
     print(report(rows, a, b, out, settings), flush=True)

@@ -123,3 +123,12 @@ def test_default_levels_are_the_levels_both_runs_have(run_dir, tmp_path):
         cr.default_levels([a, b])
     with pytest.raises(FileNotFoundError, match="not a training workdir"):
         cr.load_run("A", str(tmp_path))
+
+
+def test_flags_name_the_bootstrap_seed_not_a_corpus_seed():
+    from absl import flags
+
+    fv = flags.FlagValues()
+    cr.define_flags(fv)
+    fv(["compare_runs", "--a=x", "--b=y", "--bootstrap_seed=3"])
+    assert fv.bootstrap_seed == 3 and "seed" not in fv  # --seed is a corpus seed in the recipes
