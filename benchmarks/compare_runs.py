@@ -252,6 +252,41 @@ def report(rows: Sequence[Mapping[str, Any]], a: Run, b: Run, out: str, settings
     return text
 
 
+def compare_and_report(a: Run, b: Run, out: str, command: str, levels: Sequence[float] = (),
+                       split: str = "test", test_utterances: int = 0, bootstrap: int = 1000, seed: int = 0,
+                       allow_different_data: bool = False) -> str:
+    """``compare`` then ``report`` (the settings recorded with ``command``, the command line that ran it);
+    returns the markdown. Raises what ``compare`` raises."""
+    rows = compare(a, b, levels, out, split, test_utterances, bootstrap, seed, allow_different_data)
+    settings = {"split": split, "manifest": sources.manifest_path(a.config, split),
+                "test_utterances": test_utterances, "bootstrap": bootstrap, "seed": seed,
+                "allow_different_data": allow_different_data, "command": command}
+    return report(rows, a, b, out, settings)
+
+
+def define_compare_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+    """The flags of what is decoded and how it is compared: ``--levels``, ``--split``, ``--test_utterances``,
+    ``--bootstrap``, ``--bootstrap_seed`` (also ``benchmarks.retrain --compare``'s; ``compare_flag_values``
+    reads them)."""
+    fv = flag_values
+    flags.DEFINE_list("levels", [], "Uniform sparsity levels compared (default: every level both runs' "
+                      "supernets have, the sparsity:S tiers of the recipes' runs included; a pruned run: 0 "
+                      "and its target).", flag_values=fv)
+    flags.DEFINE_enum("split", "test", ["test", "dev"], "The split of run A's config both runs decode.",
+                      flag_values=fv)
+    flags.DEFINE_integer("test_utterances", 0, "Utterances decoded (the first batches; 0 = the whole split).",
+                         flag_values=fv)
+    flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples per WER difference.", flag_values=fv)
+    flags.DEFINE_integer("bootstrap_seed", 0, "Seed of the bootstrap resamples.", flag_values=fv)
+
+
+def compare_flag_values(flag_values: flags.FlagValues = FLAGS) -> dict[str, Any]:
+    """The parsed ``define_compare_flags`` as ``compare_and_report`` keyword arguments."""
+    fv = flag_values
+    return {"levels": [float(s) for s in fv.levels], "split": fv.split, "test_utterances": fv.test_utterances,
+            "bootstrap": fv.bootstrap, "seed": fv.bootstrap_seed}
+
+
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     """The command line's flags (in ``flag_values``); defined when run as a script only, so that importing
     this module (tests) does not clash with the flags of other benchmarks and recipes (``--out``...) in the
@@ -261,19 +296,11 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     flags.DEFINE_string("a", None, "Run A: a run_demo / run_recipe output dir (train/omni) or a training "
                         "workdir (config.json + ckpt/).", flag_values=fv)
     flags.DEFINE_string("b", None, "Run B, as --a.", flag_values=fv)
-    flags.DEFINE_list("levels", [], "Uniform sparsity levels compared (default: every level both runs' "
-                      "supernets have, the sparsity:S tiers of the recipes' runs included; a pruned run: 0 "
-                      "and its target).", flag_values=fv)
-    flags.DEFINE_enum("split", "test", ["test", "dev"], "The split of run A's config both runs decode.",
-                      flag_values=fv)
-    flags.DEFINE_integer("test_utterances", 0, "Utterances decoded (the first batches; 0 = the whole split).",
-                         flag_values=fv)
     flags.DEFINE_string("out", "", "Output directory (default <a>/compare).", flag_values=fv)
-    flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples per WER difference.", flag_values=fv)
-    flags.DEFINE_integer("bootstrap_seed", 0, "Seed of the bootstrap resamples.", flag_values=fv)
     flags.DEFINE_bool("allow_different_data", False, "Compare runs whose test manifest, spm.model or "
                       "cmvn.json differ (each run still decodes A's utterances with its own tokenizer and "
                       "CMVN).", flag_values=fv)
+    define_compare_flags(fv)
 
 
 def main(argv: list[str]) -> None:
@@ -283,14 +310,9 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("--a and --b are required")
     a, b = load_run("A", FLAGS.a), load_run("B", FLAGS.b)
     out = os.path.abspath(FLAGS.out or os.path.join(FLAGS.a, "compare"))
-    rows = compare(a, b, [float(s) for s in FLAGS.levels], out, FLAGS.split, FLAGS.test_utterances,
-                   FLAGS.bootstrap, FLAGS.bootstrap_seed, FLAGS.allow_different_data)
-    settings = {"split": FLAGS.split, "manifest": sources.manifest_path(a.config, FLAGS.split),
-                "test_utterances": FLAGS.test_utterances, "bootstrap": FLAGS.bootstrap,
-                "seed": FLAGS.bootstrap_seed,
-                "allow_different_data": FLAGS.allow_different_data,
-                "command": " ".join(["python -m benchmarks.compare_runs", *sys.argv[1:]])}
-    print(report(rows, a, b, out, settings), flush=True)
+    command = " ".join(["python -m benchmarks.compare_runs", *sys.argv[1:]])
+    print(compare_and_report(a, b, out, command, allow_different_data=FLAGS.allow_different_data,
+                             **compare_flag_values()), flush=True)
 
 
 if __name__ == "__main__":

@@ -9,29 +9,13 @@ import pytest
 import omni_tf  # noqa: F401
 from benchmarks import compare_runs as cr
 from benchmarks import decodes
-from benchmarks import omni_vs_pruned as ovp
-from omni_tf.configs import experiment
-from omni_tf.training import loop
-from omni_tf.training import workdir as workdir_lib
+from tests.training_helpers import train_smoke_run
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    """A run_demo-like output dir: ``train/omni`` trained 1 step (one-layer model, levels 0 / 0.5 / 0.8)
-    on the 40-utterance smoke corpus."""
-    root = tmp_path_factory.mktemp("run")
-    data = ovp.make_smoke_data(str(root))
-    config = ovp.smoke_config(ovp.with_data(experiment.get_config("tiny,smoke"), data))
-    with config.unlocked():
-        config.sparsity.levels, config.sparsity.train_levels = (0.0, 0.5, 0.8), (0.5,)
-        config.training.mode, config.training.max_steps, config.training.max_minutes = "omni", 1, 0.0
-    workdir = os.path.join(root, "train", "omni")
-    lock = workdir_lib.claim(workdir, config)
-    try:
-        loop.train(config, workdir)
-    finally:
-        lock.release()
-    return str(root)
+    """A run_demo-like output dir: ``train/omni`` trained 1 step (``training_helpers.train_smoke_run``)."""
+    return train_smoke_run(str(tmp_path_factory.mktemp("run")))
 
 
 def _copy_run(run_dir, tmp_path, **paths) -> str:

@@ -47,3 +47,25 @@ def make_bundle(directory, config: ml_collections.ConfigDict, spm_model: str = "
             f.write('{"mean": [], "std": []}')
     return pretrained.write_bundle(model, config, spm_model, cmvn, os.path.join(directory, "bundle"),
                                    {"name": "smoke", "cpu_hours": 0.0})
+
+
+def train_smoke_run(root: str) -> str:
+    """A run_demo-like output dir in ``root``: ``train/omni`` trained 1 step (one-layer model, levels 0 / 0.5
+    / 0.8, train level 0.5) on the 40-utterance smoke corpus (``benchmarks.omni_vs_pruned``); returns
+    ``root``."""
+    from benchmarks import omni_vs_pruned as ovp  # noqa: PLC0415
+    from omni_tf.training import loop  # noqa: PLC0415
+    from omni_tf.training import workdir as workdir_lib  # noqa: PLC0415
+
+    data = ovp.make_smoke_data(root)
+    config = ovp.smoke_config(ovp.with_data(experiment.get_config("tiny,smoke"), data))
+    with config.unlocked():
+        config.sparsity.levels, config.sparsity.train_levels = (0.0, 0.5, 0.8), (0.5,)
+        config.training.mode, config.training.max_steps, config.training.max_minutes = "omni", 1, 0.0
+    workdir = os.path.join(root, "train", "omni")
+    lock = workdir_lib.claim(workdir, config)
+    try:
+        loop.train(config, workdir)
+    finally:
+        lock.release()
+    return root
