@@ -25,12 +25,13 @@ follow the progress clock, so both end decayed, but one saw fewer updates): ``re
 runs' steps and the load averages, and the comparison table names both checkpoints' steps.
 
 Training goes to ``<out>`` itself (a training workdir: ``config.json``, ``ckpt/``, ``train_metrics.json``,
-``tb/``), with ``omni_tf.training.loop.train`` under the workdir lock. Rerunning the command resumes it (a
-finished run trains no further; another override for the same ``--out`` is refused by the workdir's config
-check). ``<out>`` may not be or contain the source's workdir, nor lie inside it. ``<out>/retrain.json``:
-the source (path given, workdir, checkpoint step, its ``train_metrics.json`` summary), the overrides (source
-and new values), the command, the steps of both runs, and per invocation the wall and process CPU seconds,
-``os.getloadavg()`` at start and end and the loop's metrics (step, stopped_by, ...).
+``tb/``), with ``omni_tf.training.loop.train`` under the workdir lock (``recipes.end_to_end.train``).
+Rerunning the command resumes it (a finished run trains no further; another override for the same
+``--out`` is refused by the workdir's config check). ``<out>`` may not be or contain the source's workdir,
+nor lie inside it. ``<out>/retrain.json``: the source (path given, workdir, checkpoint step, its
+``train_metrics.json`` summary), the overrides (source and new values), the command, the steps of both
+runs, and per invocation the wall and process CPU seconds, ``os.getloadavg()`` at start and end and the
+loop's metrics (step, stopped_by, ...).
 
 ``--compare``: then ``compare_runs.compare_and_report`` with A = the retrain, B = the source (same test
 utterances, each with its own tokenizer and CMVN, which are the same files here), printing the table and
@@ -55,8 +56,9 @@ from absl import app, flags, logging
 import omni_tf  # noqa: F401
 from benchmarks import compare_runs
 from omni_tf import fileio
-from omni_tf.training import loop, sources
+from omni_tf.training import sources
 from omni_tf.training import workdir as workdir_lib
+from recipes import end_to_end as e2e
 
 FLAGS = flags.FLAGS
 OVERRIDE_PREFIX = "--config."
@@ -233,12 +235,7 @@ def retrain(source: compare_runs.Run, config: ml_collections.ConfigDict, changes
     summary = source_summary(source)
     load_start, started = os.getloadavg(), time.time()
     wall, cpu = time.monotonic(), time.process_time()
-    lock = workdir_lib.claim(workdir, config)
-    try:
-        metrics = loop.train(config, workdir)
-    finally:
-        if lock is not None:
-            lock.release()
+    metrics = e2e.train(config, workdir)  # under the workdir lock and config check (workdir.claim)
     invocation = {"started_unix_s": started, "wall_s": time.monotonic() - wall,
                   "cpu_s": time.process_time() - cpu, "loadavg_start": list(load_start),
                   "loadavg_end": list(os.getloadavg()), "command": command, "metrics": metrics}
