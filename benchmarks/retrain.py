@@ -36,7 +36,7 @@ loop's metrics (step, stopped_by, ...).
 ``--compare``: then ``compare_runs.compare_and_report`` with A = the retrain, B = the source (same test
 utterances, each with its own tokenizer and CMVN, which are the same files here), printing the table and
 writing ``<out>/compare/`` (``compare.md``, ``compare.json``, ``decodes.json``); ``--levels``, ``--split``,
-``--test_utterances``, ``--bootstrap``, ``--seed`` mean what they mean in ``compare_runs`` and need
+``--test_utterances``, ``--bootstrap``, ``--bootstrap_seed`` mean what they mean in ``compare_runs`` and need
 ``--compare``.
 """
 from __future__ import annotations
@@ -64,7 +64,7 @@ FLAGS = flags.FLAGS
 OVERRIDE_PREFIX = "--config."
 RECORD_FILE = "retrain.json"
 DATA_SECTION = "paths"
-COMPARE_FLAGS = ("levels", "split", "test_utterances", "bootstrap", "seed")
+COMPARE_FLAGS = ("levels", "split", "test_utterances", "bootstrap", "bootstrap_seed")
 _SCALARS = {bool: flags.BooleanParser(), int: flags.IntegerParser(), float: flags.FloatParser()}
 
 

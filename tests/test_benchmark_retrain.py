@@ -144,7 +144,7 @@ def test_retrain_changes_one_field_records_itself_resumes_and_compares(run_dir, 
     assert "step 1 (stopped by max_steps)" in capsys.readouterr().out
 
     # the same command again, now with --compare: resumes the finished run (no step) and compares
-    record = _run([*argv, "--compare", "--levels=0.5", "--bootstrap=20"], monkeypatch)
+    record = _run([*argv, "--compare", "--levels=0.5", "--bootstrap=20", "--bootstrap_seed=3"], monkeypatch)
     assert len(record["invocations"]) == 2 and record["invocations"][0] == first
     m = record["invocations"][1]["metrics"]
     assert m["restored_from"] and (m["step"], m["optimizer_iterations"]) == (1, 1)
@@ -153,7 +153,8 @@ def test_retrain_changes_one_field_records_itself_resumes_and_compares(run_dir, 
     compared = json.load(open(os.path.join(out, "compare", "compare.json")))
     assert (compared["a"]["workdir"], compared["a"]["step"]) == (out, 1)
     assert (compared["b"]["workdir"], compared["b"]["step"]) == (source_dir, 1)
-    assert compared["bootstrap"] == 20 and compared["command"].endswith("--bootstrap=20")
+    assert (compared["bootstrap"], compared["seed"]) == (20, 3)
+    assert compared["command"].endswith("--bootstrap=20 --bootstrap_seed=3")
     assert [r["level"] for r in compared["rows"]] == ["0.5"] and compared["rows"][0]["utterances"] > 0
     assert cr.load_run("A", out).config.training.learning_rate == 3e-4  # compare_runs reads <out> as is
 
