@@ -36,6 +36,7 @@ and settings).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -50,10 +51,12 @@ from absl import app, flags, logging
 import omni_tf  # noqa: F401
 from benchmarks import decodes
 from omni_tf import fileio, metrics
+from omni_tf.configs import experiment
 from omni_tf.data import librispeech
 from omni_tf.supernet import level_set
-from omni_tf.training import checkpoint, sources
+from omni_tf.training import checkpoint, pretrained, sources
 from omni_tf.training import workdir as workdir_lib
+from recipes import end_to_end as e2e
 
 FLAGS = flags.FLAGS
 LEVEL_TOLERANCE = 1e-6
@@ -64,12 +67,14 @@ _STEP = re.compile(r"-(\d+)$")
 @dataclass(frozen=True)
 class Run:
     """One side: ``label`` (A / B), the path given, its training ``workdir`` and the config it trained
-    with."""
+    with; for a shipped dense bundle (``load_bundle``) ``workdir`` is the bundle folder, ``config`` the one
+    it is decoded with and ``bundle`` its ``bundle.json`` (None for a run)."""
 
     label: str
     given: str
     workdir: str
     config: ml_collections.ConfigDict
+    bundle: Mapping[str, Any] | None = None
 
 
 def training_workdir(path: str) -> str:
@@ -96,6 +101,61 @@ def load_run(label: str, path: str) -> Run:
     with open(os.path.join(workdir, workdir_lib.CONFIG_FILE), encoding="utf-8") as f:
         config = ml_collections.ConfigDict(_tuples(json.load(f)))
     return Run(label, path, workdir, config)
+
+
+def is_bundle(path: str) -> bool:
+    """Whether ``path`` names a shipped dense bundle: a folder with ``bundle.json``, or a bundle name under
+    ``omni_tf/resources/pretrained/`` (``pretrained.bundle_dir``)."""
+    return os.path.isfile(os.path.join(pretrained.bundle_dir(path), "bundle.json"))
+
+
+def bundle_config(path: str, data_dir: str, levels: Sequence[float] = ()) -> ml_collections.ConfigDict:
+    """The config a bundle is decoded with: its ``config.json`` (the experiment config it trained with: its
+    data section makes the features its weights expect) without its paths, through
+    ``recipes.end_to_end.bundle_config`` (the bundle's model config, ``training.init_from``: as every run
+    that starts from a bundle), reading the manifests of the prepared ``data_dir``
+    (``experiment.with_data_dir``; ``<data_dir>/<split>.tsv``) with the bundle's own ``spm.model`` and
+    ``cmvn.json`` (its weights emit its tokenizer's ids and expect its CMVN).
+
+    Mode dense (sparsity 0 only) unless ``levels`` holds a level > 0: then mode omni with the level set
+    ``{0} | levels`` (uniform magnitude masks on the dense weights: ``decodes.bundle_supernet``).
+    FileNotFoundError naming a missing bundle folder or file; ValueError for levels outside [0, 1)."""
+    path = pretrained.bundle_dir(path)
+    pretrained.check_bundle(path)
+    with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+        base = ml_collections.ConfigDict(_tuples(json.load(f)))
+    with base.unlocked():
+        base.paths = experiment.get_config().paths
+    c, path, _ = e2e.bundle_config(base, path)
+    with c.unlocked():
+        c.paths.spm_model, c.paths.cmvn = (os.path.join(path, n) for n in pretrained.DATA_FILES)
+        wanted = sorted({0.0, *(float(s) for s in levels)})
+        c.training.mode = "omni" if len(wanted) > 1 else "dense"
+        c.sparsity.levels, c.sparsity.train_levels = tuple(wanted), ()
+    return experiment.with_data_dir(c, data_dir, source="--data_dir")
+
+
+def load_bundle(label: str, path: str, data_dir: str, levels: Sequence[float] = ()) -> Run:
+    """The shipped dense bundle ``path`` (a folder or a name under ``omni_tf/resources/pretrained/``) as a
+    side, decoded with ``bundle_config``. Raises what ``bundle_config`` raises."""
+    folder = os.path.abspath(pretrained.bundle_dir(path))
+    config = bundle_config(folder, data_dir, levels)
+    return Run(label, path, folder, config, pretrained.check_bundle(folder))
+
+
+def bundle_steps(info: Mapping[str, Any]) -> str:
+    """The training steps of a bundle's ``bundle.json``: ``total_steps`` (a chain of bundles), else
+    ``steps`` (``6000+16454`` for a list of stages)."""
+    steps = info.get("total_steps", info.get("steps", "?"))
+    return "+".join(str(s) for s in steps) if isinstance(steps, list | tuple) else str(steps)
+
+
+def side_name(run: Run) -> str:
+    """How tables name a side: the path given, or for a bundle ``bundle <name> (<steps> steps)``."""
+    if run.bundle is None:
+        return run.given
+    name = run.bundle.get("name", os.path.basename(run.workdir))
+    return f"bundle {name} ({bundle_steps(run.bundle)} steps)"
 
 
 def run_levels(config: ml_collections.ConfigDict) -> tuple[float, ...]:
@@ -165,6 +225,16 @@ def checkpoint_step(run: Run) -> int:
     return int(m.group(1)) if m else -1
 
 
+def decode_key(run: Run) -> str:
+    """What a side's cached decodes are keyed by: ``<workdir>@<checkpoint step>`` for a run,
+    ``bundle:<folder>@<sha256 of weights.npz, 16 hex>`` for a bundle (never a run's key; rewritten weights
+    are decoded again)."""
+    if run.bundle is None:
+        return f"{run.workdir}@{checkpoint_step(run)}"
+    with open(os.path.join(run.workdir, "weights.npz"), "rb") as f:
+        return f"bundle:{run.workdir}@{hashlib.sha256(f.read()).hexdigest()[:16]}"
+
+
 def level_name(s: float) -> str:
     return f"{s:g}"
 
@@ -172,12 +242,14 @@ def level_name(s: float) -> str:
 def decode(results: decodes.Results, run: Run, manifest: str, levels: Sequence[float], utterances: int
            ) -> dict[str, dict[str, Any]]:
     """``{level name: {wer, ids, refs, hyps, utterances}}`` of ``run`` on ``manifest`` (its own tokenizer and
-    CMVN), cached in ``results`` under the run's workdir, checkpoint step, manifest, count and level."""
-    key = f"{run.workdir}@{checkpoint_step(run)}|{os.path.abspath(manifest)}|{utterances}"
+    CMVN), cached in ``results`` under ``decode_key`` (a run's workdir and checkpoint step, a bundle's
+    folder and weights), manifest, count and level."""
+    key = f"{decode_key(run)}|{os.path.abspath(manifest)}|{utterances}"
     named = {level_name(s): float(s) for s in levels}
     todo = [n for n in named if results.get("evals", f"{key}/{n}") is None]
     data = decodes.test_batches(run.config, manifest, utterances) if todo else None
-    return decodes.decode_levels(results, run.workdir, key, run.config, named, data)
+    return decodes.decode_levels(results, run.workdir, key, run.config, named, data,
+                                 bundle=run.workdir if run.bundle is not None else "")
 
 
 def paired(level: str, a: Mapping[str, Any], b: Mapping[str, Any]) -> tuple[list, list, list]:
@@ -236,19 +308,22 @@ def markdown(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def report(rows: Sequence[Mapping[str, Any]], a: Run, b: Run, out: str, settings: Mapping[str, Any]) -> str:
-    """Writes ``<out>/compare.md`` and ``compare.json``; returns the markdown."""
-    steps = {r.label: checkpoint_step(r) for r in (a, b)}
-    text = (f"# {a.given} (A) vs {b.given} (B)\n\nA: `{a.workdir}` step {steps['A']}; B: `{b.workdir}` step "
-            f"{steps['B']}. Greedy decoding of the {settings['split']} manifest `{settings['manifest']}` "
+    """Writes ``<out>/compare.md`` and ``compare.json``; returns the markdown. A bundle side is named by its
+    ``bundle.json`` name and steps (``side_name``)."""
+    steps = {r.label: checkpoint_step(r) if r.bundle is None else bundle_steps(r.bundle) for r in (a, b)}
+    where = {r.label: f"`{r.workdir}` step {steps[r.label]}" if r.bundle is None else
+             f"{side_name(r)} `{r.workdir}`" for r in (a, b)}
+    text = (f"# {side_name(a)} (A) vs {side_name(b)} (B)\n\nA: {where['A']}; B: {where['B']}. "
+            f"Greedy decoding of the {settings['split']} manifest `{settings['manifest']}` "
             f"({rows[0]['utterances'] if rows else 0} utterances) at uniform sparsity levels; diff = WER A - "
             f"WER B in points with a 95 % paired bootstrap interval over utterances ({settings['bootstrap']} "
             f"resamples, seed {settings['seed']}); a verdict only when the interval excludes 0.\n\n"
             f"{markdown(rows)}\nCommand: `{settings['command']}`\n")
     fileio.write_text(os.path.join(out, "compare.md"), text)
-    fileio.write_json(os.path.join(out, "compare.json"),
-                      {"a": {"given": a.given, "workdir": a.workdir, "step": steps["A"]},
-                       "b": {"given": b.given, "workdir": b.workdir, "step": steps["B"]},
-                       **settings, "rows": list(rows)})
+    sides = {k: {"given": r.given, "workdir": r.workdir, "step": steps[r.label],
+                 **({} if r.bundle is None else {"bundle": r.bundle.get("name", "")})}
+             for k, r in (("a", a), ("b", b))}
+    fileio.write_json(os.path.join(out, "compare.json"), {**sides, **settings, "rows": list(rows)})
     return text
 
 
@@ -272,7 +347,8 @@ def define_compare_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     flags.DEFINE_list("levels", [], "Uniform sparsity levels compared (default: every level both runs' "
                       "supernets have, the sparsity:S tiers of the recipes' runs included; a pruned run: 0 "
                       "and its target).", flag_values=fv)
-    flags.DEFINE_enum("split", "test", ["test", "dev"], "The split of run A's config both runs decode.",
+    flags.DEFINE_enum("split", "test", ["test", "dev", "test_ood"], "The split of run A's config both runs "
+                      "decode (test_ood: <manifest_dir>/test_ood.tsv, the demo's out-of-domain split).",
                       flag_values=fv)
     flags.DEFINE_integer("test_utterances", 0, "Utterances decoded (the first batches; 0 = the whole split).",
                          flag_values=fv)
@@ -293,9 +369,13 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     same process. The bootstrap's seed is ``--bootstrap_seed``: ``--seed`` is a corpus seed in the
     recipes (``run_demo``, ``make_corpus``, ``pretrain``)."""
     fv = flag_values
-    flags.DEFINE_string("a", None, "Run A: a run_demo / run_recipe output dir (train/omni) or a training "
-                        "workdir (config.json + ckpt/).", flag_values=fv)
+    flags.DEFINE_string("a", None, "Run A: a run_demo / run_recipe output dir (train/omni), a training "
+                        "workdir (config.json + ckpt/), or a shipped dense bundle (a folder with "
+                        "bundle.json, or a name under omni_tf/resources/pretrained/).", flag_values=fv)
     flags.DEFINE_string("b", None, "Run B, as --a.", flag_values=fv)
+    flags.DEFINE_string("data_dir", "", "A prepared dir (<split>.tsv) whose manifests a bundle side decodes "
+                        "(with the bundle's own spm.model / cmvn.json); required when --a or --b is a "
+                        "bundle, refused otherwise.", flag_values=fv)
     flags.DEFINE_string("out", "", "Output directory (default <a>/compare).", flag_values=fv)
     flags.DEFINE_bool("allow_different_data", False, "Compare runs whose test manifest, spm.model or "
                       "cmvn.json differ (each run still decodes A's utterances with its own tokenizer and "
@@ -303,16 +383,35 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     define_compare_flags(fv)
 
 
+def load_sides(a: str, b: str, data_dir: str, levels: Sequence[float] = ()) -> tuple[Run, Run]:
+    """Runs A and B of ``--a`` / ``--b``: a bundle (``is_bundle``) by ``load_bundle`` on ``data_dir``, else
+    ``load_run``. app.UsageError when a side is a bundle and ``data_dir`` is empty, or no side is one and it
+    is set; FileNotFoundError naming ``<data_dir>`` when it is not a folder."""
+    bundles = [p for p in (a, b) if is_bundle(p)]
+    if bundles and not data_dir:
+        raise app.UsageError(f"{' and '.join(bundles)}: a shipped bundle has no data of its own: give "
+                             "--data_dir, a prepared dir holding <split>.tsv")
+    if data_dir and not bundles:
+        raise app.UsageError(f"--data_dir={data_dir} is for a bundle side only: runs --a / --b decode the "
+                             "manifests of their own config")
+    if data_dir and not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"--data_dir {data_dir}: no such folder")
+    return tuple(load_bundle(label, p, data_dir, levels) if is_bundle(p) else load_run(label, p)
+                 for label, p in (("A", a), ("B", b)))
+
+
 def main(argv: list[str]) -> None:
     del argv
     logging.set_verbosity(logging.INFO)
     if not FLAGS.a or not FLAGS.b:
         raise app.UsageError("--a and --b are required")
-    a, b = load_run("A", FLAGS.a), load_run("B", FLAGS.b)
-    out = os.path.abspath(FLAGS.out or os.path.join(FLAGS.a, "compare"))
+    settings = compare_flag_values()
+    a, b = load_sides(FLAGS.a, FLAGS.b, FLAGS.data_dir, settings["levels"])
+    base = FLAGS.a if a.bundle is None else a.workdir
+    out = os.path.abspath(FLAGS.out or os.path.join(base, "compare"))
     command = " ".join(["python -m benchmarks.compare_runs", *sys.argv[1:]])
     print(compare_and_report(a, b, out, command, allow_different_data=FLAGS.allow_different_data,
-                             **compare_flag_values()), flush=True)
+                             **settings), flush=True)
 
 
 if __name__ == "__main__":

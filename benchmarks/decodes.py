@@ -2,8 +2,8 @@
 bootstrap interval: the pieces ``benchmarks/omni_vs_pruned.py`` and ``benchmarks/compare_runs.py`` share.
 
 ``Results`` is a JSON file of finished runs and evaluations, rewritten after each one so an interrupted
-benchmark skips them on the next run; ``decode_levels`` restores a checkpoint only when a level it is asked
-for is not in it yet.
+benchmark skips them on the next run; ``decode_levels`` restores a checkpoint (or loads a shipped dense
+bundle: ``bundle_supernet``) only when a level it is asked for is not in it yet.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import ml_collections
 import omni_tf  # noqa: F401
 from omni_tf import fileio, metrics
 from omni_tf.supernet import Supernet
-from omni_tf.training import evaluation
+from omni_tf.training import evaluation, pretrained
 from recipes import end_to_end as e2e
 
 
@@ -51,9 +51,23 @@ def test_batches(config: ml_collections.ConfigDict, manifest: str, max_utterance
     return e2e.split_batches(c, "test", max_utterances)
 
 
+def bundle_supernet(config: ml_collections.ConfigDict, path: str) -> Supernet:
+    """A fresh supernet of ``config`` holding the shipped dense bundle ``path``'s weights
+    (``pretrained.load_weights``); with masks (mode omni / pruned) every level is ranked by those weights'
+    magnitudes (``update_rankings`` to the final levels: one-shot magnitude pruning of the dense model, Zhu &
+    Gupta 2017 without the gradual schedule). Raises what ``load_weights`` raises."""
+    supernet = Supernet(config)
+    pretrained.load_weights(supernet.model, path)
+    if supernet.masks is not None:
+        supernet.masks.update_rankings()
+    return supernet
+
+
 def decode_levels(results: Results, workdir: str, key: str, config: ml_collections.ConfigDict,
-                  levels: Mapping[str, float], data: tuple[list, Any] | None) -> dict[str, dict[str, Any]]:
-    """Greedy hypotheses and WER of ``workdir``'s latest checkpoint at each ``{name: uniform sparsity}``.
+                  levels: Mapping[str, float], data: tuple[list, Any] | None, bundle: str = ""
+                  ) -> dict[str, dict[str, Any]]:
+    """Greedy hypotheses and WER of ``workdir``'s latest checkpoint (or, with ``bundle``, of that shipped
+    dense bundle's weights: ``bundle_supernet``) at each ``{name: uniform sparsity}``.
 
     Cached in ``results`` as evals ``<key>/<name>``: ``{wer, ids, refs, hyps, utterances}``; the checkpoint
     is restored, and ``data`` (``test_batches``: batches and tokenizer) read, only when one is missing.
@@ -62,8 +76,11 @@ def decode_levels(results: Results, workdir: str, key: str, config: ml_collectio
     """
     todo = {t: s for t, s in levels.items() if results.get("evals", f"{key}/{t}") is None}
     if todo:
-        supernet = Supernet(config)
-        supernet.restore(workdir)
+        if bundle:
+            supernet = bundle_supernet(config, bundle)
+        else:
+            supernet = Supernet(config)
+            supernet.restore(workdir)
         model, masks = supernet.model, supernet.masks
         have = supernet.levels or (0.0,)
         batches, tokenizer = data

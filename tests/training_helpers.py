@@ -30,10 +30,11 @@ def small_model_config() -> ml_collections.ConfigDict:
     return c
 
 
-def make_bundle(directory, config: ml_collections.ConfigDict, spm_model: str = "", cmvn: str = "") -> str:
+def make_bundle(directory, config: ml_collections.ConfigDict, spm_model: str = "", cmvn: str = "",
+                info: dict | None = None) -> str:
     """A shipped-model bundle of ``config``'s model in ``<directory>/bundle`` with recognisable weights (0.125
     plus small noise); ``spm_model`` / ``cmvn``: the files it ships (default: stand-ins in ``directory``,
-    bytes ``b"spm"`` and an empty CMVN)."""
+    bytes ``b"spm"`` and an empty CMVN); ``info``: its bundle.json (default name ``smoke``)."""
     model = build_model(config.model)
     for v in model.trainable_variables:  # recognisably not an initialisation
         v.assign(np.full(v.shape, 0.125, np.float32) + np.random.default_rng(0).normal(size=v.shape) * 0.01)
@@ -46,7 +47,7 @@ def make_bundle(directory, config: ml_collections.ConfigDict, spm_model: str = "
         with open(cmvn, "w") as f:
             f.write('{"mean": [], "std": []}')
     return pretrained.write_bundle(model, config, spm_model, cmvn, os.path.join(directory, "bundle"),
-                                   {"name": "smoke", "cpu_hours": 0.0})
+                                   info or {"name": "smoke", "cpu_hours": 0.0})
 
 
 def train_smoke_run(root: str) -> str:
