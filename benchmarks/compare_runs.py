@@ -1,10 +1,13 @@
 """Do two trained runs differ? WER of both at uniform sparsity levels with paired bootstrap intervals.
 
 Usage (from the repository root; each run is a ``run_demo`` / ``run_recipe`` output dir, whose supernet is
-``<dir>/train/omni``, or a training workdir itself: ``config.json`` + ``ckpt/``):
+``<dir>/train/omni``, or a training workdir itself: ``config.json`` + ``ckpt/``; or a shipped dense bundle,
+below):
   python -m benchmarks.compare_runs --a=runs/demo --b=runs/demo_uniform
   python -m benchmarks.compare_runs --a=runs/demo --b=runs/demo_uniform --levels=0,0.6,0.75,0.9 \\
       --split=test --test_utterances=0 --out=runs/demo/compare
+  python -m benchmarks.compare_runs --a=/path/to/bundle --b=demo_tiny --data_dir=runs/demo/data \\
+      --split=test_ood
 
 What it does: restores the latest checkpoint of each run with the config it was trained with (its
 ``config.json``), decodes greedily (Keras) at each of ``--levels`` (uniform sparsity; default: every level
@@ -28,11 +31,24 @@ from different data, so the difference would not be the training's alone: refuse
 files) unless ``--allow_different_data`` (then a warning), e.g. for a deliberate tokenizer comparison.
 
 A level that is not in a run's supernet level set raises ValueError naming the run and its levels.
+``--split``: test, dev or test_ood (``<manifest_dir>/test_ood.tsv``, the demo's out-of-domain split).
 
-Outputs under ``--out`` (default ``<a>/compare/``): ``decodes.json`` (hypotheses per run, keyed by the
-run's workdir, checkpoint step, manifest, utterance count and level: a rerun decodes nothing it holds, a
-newer checkpoint is decoded again), ``compare.md`` (the table, also printed) and ``compare.json`` (rows
-and settings).
+Shipped dense bundles (``omni_tf/training/pretrained.py``): ``--a`` / ``--b`` may be a folder holding
+``bundle.json`` or a bundle name under ``omni_tf/resources/pretrained/`` (``pretrained.bundle_dir``). A bundle
+has no training run, so ``--data_dir`` (a prepared dir with ``<split>.tsv``) gives the manifests it decodes:
+required when a side is a bundle, refused (app.UsageError) otherwise. Its config (``bundle_config``) is its
+``config.json`` without paths, through ``recipes.end_to_end.bundle_config`` as every run that starts from a
+bundle (the bundle's model config), with ``--data_dir``'s manifests and the bundle's own ``spm.model`` /
+``cmvn.json``; its weights are loaded into a fresh supernet (``pretrained.load_weights``). Default level:
+0 only; ``--levels`` above 0 rank the dense weights by magnitude (uniform masks, no fine-tuning). The
+same-data checks above apply unchanged (a bundle continued from another ships the same spm/cmvn bytes).
+Tables name a bundle side ``bundle <name> (<steps> steps)`` (its ``bundle.json``).
+
+Outputs under ``--out`` (default ``<a>/compare/``; a bundle A: ``runs/compare/<A>_vs_<B>/<split>``):
+``decodes.json`` (hypotheses per run, keyed by the run's workdir, checkpoint step, manifest, utterance count
+and level: a rerun decodes nothing it holds, a newer checkpoint is decoded again; a bundle's by
+``bundle:<folder>@<hash of weights.npz>``, never a run's key), ``compare.md`` (the table, also printed)
+and ``compare.json`` (rows and settings).
 """
 from __future__ import annotations
 
@@ -376,7 +392,8 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     flags.DEFINE_string("data_dir", "", "A prepared dir (<split>.tsv) whose manifests a bundle side decodes "
                         "(with the bundle's own spm.model / cmvn.json); required when --a or --b is a "
                         "bundle, refused otherwise.", flag_values=fv)
-    flags.DEFINE_string("out", "", "Output directory (default <a>/compare).", flag_values=fv)
+    flags.DEFINE_string("out", "", "Output directory (default <a>/compare; a bundle A: "
+                        "runs/compare/<A>_vs_<B>/<split>).", flag_values=fv)
     flags.DEFINE_bool("allow_different_data", False, "Compare runs whose test manifest, spm.model or "
                       "cmvn.json differ (each run still decodes A's utterances with its own tokenizer and "
                       "CMVN).", flag_values=fv)
@@ -400,6 +417,16 @@ def load_sides(a: str, b: str, data_dir: str, levels: Sequence[float] = ()) -> t
                  for label, p in (("A", a), ("B", b)))
 
 
+def default_out(a: Run, b: Run, split: str) -> str:
+    """``--out``'s default: ``<a>/compare`` for a run A; for a bundle A (whose folder is a shipped artifact,
+    not a place for outputs) ``runs/compare/<A>_vs_<B>/<split>`` (bundle.json names, a run's folder name)."""
+    if a.bundle is None:
+        return os.path.join(a.given, "compare")
+    name = {r.label: r.bundle.get("name", os.path.basename(r.workdir)) if r.bundle is not None else
+            os.path.basename(os.path.normpath(r.given)) for r in (a, b)}
+    return os.path.join("runs", "compare", f"{name['A']}_vs_{name['B']}", split)
+
+
 def main(argv: list[str]) -> None:
     del argv
     logging.set_verbosity(logging.INFO)
@@ -407,8 +434,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("--a and --b are required")
     settings = compare_flag_values()
     a, b = load_sides(FLAGS.a, FLAGS.b, FLAGS.data_dir, settings["levels"])
-    base = FLAGS.a if a.bundle is None else a.workdir
-    out = os.path.abspath(FLAGS.out or os.path.join(base, "compare"))
+    out = os.path.abspath(FLAGS.out or default_out(a, b, settings["split"]))
     command = " ".join(["python -m benchmarks.compare_runs", *sys.argv[1:]])
     print(compare_and_report(a, b, out, command, allow_different_data=FLAGS.allow_different_data,
                              **settings), flush=True)

@@ -79,6 +79,8 @@ def test_a_bundle_against_a_run_at_levels_0_and_05(run_dir, tmp_path):
     assert sum(k.startswith(f"{b.workdir}@1|") for k in keys) == 2  # the run: 0 and 0.5
     assert sum(k.startswith(f"bundle:{folder}@") for k in keys) == 2  # 0 (decoded once: a5's is cached), 0.5
     assert not any(k.startswith(folder) for k in keys)  # never a run's key
+    assert cr.default_out(a, b, "test_ood") == "runs/compare/from_run_vs_run0/test_ood"  # not in the bundle
+    assert cr.default_out(b, a, "test") == os.path.join(run_dir, "compare")
     text = cr.report(rows, a5, b, out, {"split": "test", "manifest": "m", "bootstrap": 20, "seed": 0,
                                         "command": "c"})
     assert text.startswith(f"# bundle from_run (1 steps) (A) vs {run_dir} (B)")
