@@ -180,6 +180,12 @@ class Transducer(keras.Model):
         """The masks of ``prunable_kernels()``, same order and names."""
         return [(name, layer.kernel_mask) for name, layer in self._named_kernel_layers()]
 
+    def level_norms(self) -> list:
+        """``[(name, LevelLayerNorm, producer kernel name)]``: every LayerNorm whose input comes from masked
+        computation, with the prunable kernel whose level it takes under ``sparsity.per_level_norm``
+        (``omni_tf/sparsity/level_norms.py`` states the rule)."""
+        return self.encoder.level_norms("encoder")
+
     def unit_groups(self) -> list:
         """Structured unit groups (``omni_tf.sparsity.structured.Group``): per encoder block ``mhsa``
         (heads), ``conv`` (channels), ``ffn`` (hidden units), and ``decoder`` (predictor LSTM hidden units

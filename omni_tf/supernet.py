@@ -40,6 +40,7 @@ from omni_tf.model import build_model
 from omni_tf.sparsity import levels as lv
 from omni_tf.sparsity import sampling
 from omni_tf.sparsity import size as size_lib
+from omni_tf.sparsity.level_norms import LevelNorms
 from omni_tf.sparsity.masking import SupernetMasks
 from omni_tf.sparsity.schedule import LevelSchedule
 from omni_tf.sparsity.structured import StructuredSizeModel
@@ -93,6 +94,7 @@ class SparsitySettings:
     distill_weight: float
     distill_mode: str
     distill_norm: str
+    per_level_norm: bool
     target_sparsity: float
     search_metric: str
     search_population: int
@@ -112,7 +114,7 @@ class SparsitySettings:
             subnets_per_step=int(sp.subnets_per_step), random_kind=str(sp.random_kind),
             train_levels=tuple(float(s) for s in sp.train_levels), distill_weight=float(sp.distill_weight),
             distill_mode=str(sp.distill_mode), distill_norm=str(sp.distill_norm),
-            target_sparsity=float(sp.target_sparsity),
+            per_level_norm=bool(sp.per_level_norm), target_sparsity=float(sp.target_sparsity),
             search_metric=str(sp.search_metric), search_population=int(sp.search_population),
             search_generations=int(sp.search_generations),
             search_mutation_prob=float(sp.search_mutation_prob), search_seed=int(sp.search_seed),
@@ -328,9 +330,12 @@ class Supernet:
         self.schedule: LevelSchedule | None = None
         self.sampler: sampling.Sampler | None = None
         self.distill_weight = s.distill_weight if self.mode == "omni" else 0.0
+        self.level_norms: LevelNorms | None = None  # sparsity.per_level_norm (not in mode dense)
         if self.mode == "dense":
             return
-        self.masks = SupernetMasks(self.model, self.levels, s.block, s.norm, s.granularity)
+        self.level_norms = self._make_level_norms(strategy) if s.per_level_norm else None
+        self.masks = SupernetMasks(self.model, self.levels, s.block, s.norm, s.granularity,
+                                   self.level_norms.selector_pairs() if self.level_norms else ())
         self.schedule = LevelSchedule(self.levels, s.begin_step, s.end_step, s.frequency, s.power,
                                       s.dense_warmup)
         n, k = self.masks.num_kernels, self.masks.num_levels
@@ -340,6 +345,17 @@ class Supernet:
             self.sampler = sampling.make_sampler(s.sampler, n, k, self.seed, s.subnets_per_step,
                                                  random_kind=s.random_kind, levels=self.levels,
                                                  train_levels=s.train_levels)
+
+    def _make_level_norms(self, strategy: tf.distribute.Strategy | None) -> LevelNorms:
+        """Per-level gamma/beta of the model's LayerNorms (``sparsity/level_norms.py``), built where the
+        model was. Raises ValueError for structured granularity."""
+        if self.settings.granularity != "weights":
+            raise ValueError("sparsity.per_level_norm needs sparsity.granularity=weights (structured tiers "
+                             "slice the conv LayerNorm's channels; not supported)")
+        if strategy is None:
+            return LevelNorms(self.model, len(self.levels))
+        with strategy.scope():
+            return LevelNorms(self.model, len(self.levels))
 
     @property
     def kernel_names(self) -> tuple[str, ...]:
@@ -354,6 +370,8 @@ class Supernet:
         objs: dict[str, Any] = {"model": self.model, "level_set": self._record}
         if self.masks is not None:
             objs["masks"] = self.masks
+        if self.level_norms is not None:
+            objs["level_norms"] = self.level_norms
         return objs
 
     def restore(self, workdir: str, extra: Mapping[str, Any] | None = None, max_to_keep: int = 3,
@@ -392,12 +410,20 @@ class Supernet:
                 f"checkpoint {found} was trained with level set {stored.value()} (mode dense if empty), "
                 f"but the config gives {self.levels} (mode {self.mode}); use the training run's "
                 "--config (sparsity.levels, training.mode, sparsity.target_sparsity)")
+        # written without sparsity.per_level_norm: every level starts from the restored gamma/beta
+        shared_norms = self.level_norms is not None and not any(
+            name.startswith("level_norms/") for name, _ in tf.train.list_variables(found))
         reader = keeper
-        if not has_record or read_extra is not None:
+        if not has_record or read_extra is not None or shared_norms:
             read = {**self.checkpoint_objects(), **((extra or {}) if read_extra is None else read_extra)}
-            read = {k: v for k, v in read.items() if has_record or k != "level_set"}
+            read = {k: v for k, v in read.items() if (has_record or k != "level_set")
+                    and not (shared_norms and k == "level_norms")}
             reader = CheckpointKeeper(workdir, read, max_to_keep, strategy)
         path = reader.restore_or_initialize(partial=not extra)
+        if shared_norms:
+            self.level_norms.copy_from_shared()
+            logging.warning("checkpoint %s has no per-level LayerNorm parameters (written without "
+                            "sparsity.per_level_norm): every level starts from its gamma/beta", path)
         return path, keeper
 
     # -- sizes and tiers ---------------------------------------------------------------------------------

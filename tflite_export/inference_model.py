@@ -14,7 +14,10 @@ From a Transducer (in memory; a trained one through ``bake_supernet`` of a resto
 ``StateSpec`` so the recognizer and manifest need no model. Masks are baked: every prunable kernel is
 replaced by ``kernel * mask`` and its mask by ones, so the frozen graph folds to one constant with exact
 zeros.
-The tier model is a fresh ``build_model`` copy; the caller's model is never modified.
+The tier model is a fresh ``build_model`` copy; the caller's model is never modified. With per-level
+LayerNorms (``sparsity.per_level_norm``, ``omni_tf/sparsity/level_norms.py``) the copy's plain LayerNorms get
+the tier's gamma/beta (each norm at its producer kernel's level), so the file has the layout of a model
+without the option and that tier's parameters as constants.
 
 Structured tiers (``survival`` a ``SupernetMasks`` of granularity ``structured``): instead of baking masks,
 ``slice_model`` builds a smaller dense model with the tier's kept units only (per-layer heads, feed-forward
@@ -324,9 +327,9 @@ class BakedTier:
 
 def bake(model, model_config, tier: TierSpec = None, levels: tuple[float, ...] | None = None,
          survival: Mapping[str, np.ndarray] | None = None, block: int | str = 1,
-         clone: bool = True) -> BakedTier:
+         clone: bool = True, norms: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None) -> BakedTier:
     """``build_inference_module`` plus the facts a manifest needs (see ``BakedTier``)."""
-    module = build_inference_module(model, model_config, tier, levels, survival, block, clone)
+    module = build_inference_module(model, model_config, tier, levels, survival, block, clone, norms)
     return BakedTier(module, dict(model_config), tier, tuple(levels) if levels else None, str(block))
 
 
@@ -341,18 +344,26 @@ def bake_supernet(supernet, tier) -> BakedTier:
         supernet.tier(tier)  # validates: level 0 only
         return bake(supernet.model, supernet.model_config, None, block=supernet.settings.block)
     config = supernet.tier(tier)
+    norms = supernet.level_norms.params_at(config) if supernet.level_norms is not None else None
     if not isinstance(tier, Mapping):  # uniform: recorded as a level index in the manifest
         config = next(iter(config.values()))
     structured = supernet.masks.granularity == "structured"  # sliced: the masks object, not its arrays
     return bake(supernet.model, supernet.model_config, config, supernet.levels,
-                supernet.masks if structured else supernet.masks.survival_arrays(), supernet.settings.block)
+                supernet.masks if structured else supernet.masks.survival_arrays(), supernet.settings.block,
+                norms=norms)
 
 
 def build_inference_module(model, model_config, tier: TierSpec = None,
                            levels: tuple[float, ...] | None = None,
                            survival: Mapping[str, np.ndarray] | None = None, block: int | str = 1,
-                           clone: bool = True) -> StreamingInferenceModule:
+                           clone: bool = True,
+                           norms: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None
+                           ) -> StreamingInferenceModule:
     """Tier module from a Transducer; ``tier`` as in ``kernel_masks_for_tier``.
+
+    ``norms``: the tier's per-level LayerNorm parameters (``LevelNorms.params_at``, with
+    ``sparsity.per_level_norm``), written into the clone's plain LayerNorms so the file holds that tier's
+    gamma/beta as constants; needs ``clone``. Raises ValueError for ``norms`` without ``clone``.
 
     ``survival`` may also be a ``SupernetMasks`` (its ``survival_arrays()`` are used); one of granularity
     ``structured`` makes a sliced tier (``slice_model``; ``tier`` is a level index or ``{group: level}``).
@@ -365,8 +376,14 @@ def build_inference_module(model, model_config, tier: TierSpec = None,
         survival = survival.survival_arrays()
     _ensure_built(model)
     masks = kernel_masks_for_tier(model, tier, levels=levels, survival=survival, block=_block_size(block))
+    if norms and not clone:
+        raise ValueError("per-level LayerNorm parameters are written into a clone: pass clone=True")
     if clone:
         model = clone_with_masks(model, model_config, masks)
+        if norms:
+            from omni_tf.sparsity.level_norms import assign_params  # noqa: PLC0415
+
+            assign_params(model, norms)
     else:
         bake_masks(model, masks)
     return StreamingInferenceModule(model)

@@ -20,6 +20,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.distill_weight = 0.0  # > 0: in-place distillation from the dense subnet (training/distill.py)
     c.distill_mode = "add"  # add: label + w*KD | replace: w*KD | mix: (1-w)*label + w*KD
     c.distill_norm = "nodes"  # KD scale: nodes (mean KL per lattice node) | sequence (x (T' + U))
+    # per-level LayerNorm gamma/beta (switchable norms of slimmable nets, Yu et al. 2019 Sec. 3.2): every
+    # encoder LayerNorm takes the level of the kernel producing its input; + (K-1) x 2 x D params per norm,
+    # exported tiers carry their own (sparsity/level_norms.py); granularity weights only
+    c.per_level_norm = False
     c.target_sparsity = 0.7  # mode=pruned: the individually-pruned baseline's level
     c.norm = "l2"  # score of a block (blocks > 1) when ranking: l2 | l1
     c.dense_warmup = True  # omni: train only the dense model before begin_step

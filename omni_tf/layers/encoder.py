@@ -17,6 +17,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 import omni_tf  # noqa: F401
+from omni_tf.layers.level_norm import LevelLayerNorm
 from omni_tf.layers.masked_dense import build_child
 from omni_tf.layers.subsampling import StackingSubsampling
 from omni_tf.layers.transformer import TransformerBlock
@@ -84,7 +85,7 @@ class StreamingEncoder(keras.layers.Layer):
             )
             for i in range(num_layers)
         ]
-        self.final_norm = keras.layers.LayerNormalization(epsilon=1e-5, name="final_norm")
+        self.final_norm = LevelLayerNorm(epsilon=1e-5, name="final_norm")
 
     @property
     def chunk_frames(self) -> int:
@@ -142,6 +143,15 @@ class StreamingEncoder(keras.layers.Layer):
         for i, block in enumerate(self.blocks):
             kernels += block.named_kernels(f"{prefix}/block_{i}")
         return kernels
+
+    def level_norms(self, prefix: str) -> list:
+        """``[(name, LayerNorm, producer kernel name)]`` of every block and the final norm, in model order
+        (the rule: ``omni_tf/sparsity/level_norms.py``)."""
+        out, previous = [], f"{prefix}/subsampling/proj"
+        for i, block in enumerate(self.blocks):
+            out += block.level_norms(f"{prefix}/block_{i}", previous)
+            previous = f"{prefix}/block_{i}/ffn/dense_out"
+        return [*out, (f"{prefix}/final_norm", self.final_norm, previous)]
 
     def unit_groups(self, prefix: str) -> list:
         """Structured unit groups of every block (``TransformerBlock.unit_groups``)."""

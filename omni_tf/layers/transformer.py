@@ -24,6 +24,7 @@ import tf_keras as keras
 import omni_tf  # noqa: F401
 from omni_tf.layers.attention import ChunkedMultiHeadAttention
 from omni_tf.layers.dropout import SeededDropout
+from omni_tf.layers.level_norm import LevelLayerNorm
 from omni_tf.layers.masked_dense import MaskedDense, build_child
 from omni_tf.sparsity.structured import Family, Group, Member
 
@@ -105,7 +106,7 @@ class CausalConvModule(keras.layers.Layer):
             raise ValueError(f"CausalConvModule channels must be >= 1, got {channels}")
         if self.pointwise:
             self.pointwise_in = MaskedDense(2 * self.channels, name="pointwise_in")
-            self.norm = keras.layers.LayerNormalization(epsilon=1e-5, name="norm")
+            self.norm = LevelLayerNorm(epsilon=1e-5, name="norm")
             self.pointwise_out = MaskedDense(self.d_model, name="pointwise_out")
         self.channel_mask = None
 
@@ -218,19 +219,19 @@ class TransformerBlock(keras.layers.Layer):
         self.d_model, self.num_heads, self.ff_dim = int(d_model), int(num_heads), int(ff_dim)
         self.chunk_size, self.left_chunks = int(chunk_size), int(left_chunks)
         self.conv_kernel, self.dropout = int(conv_kernel), float(dropout)
-        self.mhsa_norm = keras.layers.LayerNormalization(epsilon=1e-5, name="mhsa_norm")
+        self.mhsa_norm = LevelLayerNorm(epsilon=1e-5, name="mhsa_norm")
         self.mhsa = ChunkedMultiHeadAttention(
             d_model, num_heads, chunk_size, left_chunks, dropout, head_dim=head_dim, name="mhsa"
         )
         self.head_dim = self.mhsa.head_dim
-        self.conv_norm = keras.layers.LayerNormalization(epsilon=1e-5, name="conv_norm")
+        self.conv_norm = LevelLayerNorm(epsilon=1e-5, name="conv_norm")
         self.conv_pointwise = bool(conv_pointwise)
         self.conv = (
             CausalConvModule(d_model, conv_kernel, conv_pointwise, conv_channels, name="conv")
             if conv_kernel > 0 else None
         )
         self.conv_channels = self.conv.channels if self.conv is not None else None
-        self.ffn_norm = keras.layers.LayerNormalization(epsilon=1e-5, name="ffn_norm")
+        self.ffn_norm = LevelLayerNorm(epsilon=1e-5, name="ffn_norm")
         self.ffn = FeedForward(d_model, ff_dim, dropout, name="ffn")
         self.drop = SeededDropout(self.dropout)
 
@@ -268,6 +269,18 @@ class TransformerBlock(keras.layers.Layer):
         if self.conv is not None:
             kernels += self.conv.named_kernels(f"{prefix}/conv")
         return kernels + self.ffn.named_kernels(f"{prefix}/ffn")
+
+    def level_norms(self, prefix: str, previous: str) -> list[tuple[str, LevelLayerNorm, str]]:
+        """``[(name, LayerNorm, producer kernel name)]`` of the block (``omni_tf/sparsity/level_norms.py``):
+        each norm with the last prunable kernel before it; ``previous`` is the one before the block."""
+        out = [(f"{prefix}/mhsa_norm", self.mhsa_norm, previous)]
+        last = f"{prefix}/mhsa/output"
+        if self.conv is not None:
+            out.append((f"{prefix}/conv_norm", self.conv_norm, last))
+            if self.conv.pointwise:
+                out.append((f"{prefix}/conv/norm", self.conv.norm, f"{prefix}/conv/pointwise_in"))
+                last = f"{prefix}/conv/pointwise_out"
+        return [*out, (f"{prefix}/ffn_norm", self.ffn_norm, last)]
 
     def unit_groups(self, prefix: str, index: int) -> list[Group]:
         """Structured unit groups ``<prefix>/mhsa`` (heads), ``<prefix>/conv`` (channels, pointwise conv

@@ -16,6 +16,10 @@ model's ``unit_groups()`` (``structured.py``: heads, hidden units, channels); a 
 ``{group_name: level}``, the survival tensors are ``int8 [U]`` per family, and a write sets every paired
 kernel's mask (and the layers' unit masks) from the kept units. Samplers, search and size model see only
 names and levels either way.
+
+Per-level LayerNorms (``sparsity.per_level_norm``, ``level_norms.py``): ``norm_selectors`` pairs a norm's
+one-hot level selector with the kernel whose level it follows; every write of masks writes the selectors
+too, so a norm's parameters always belong to the masks in use.
 """
 from __future__ import annotations
 
@@ -47,6 +51,9 @@ class SupernetMasks(tf.Module):
       block: ranking unit along the kernel input dim (``1``, ``4``, ``"1x16"`` ...); granularity weights.
       norm: block score, ``"l2"`` or ``"l1"``; granularity weights.
       granularity: ``"weights"`` (kernels, blocks) or ``"structured"`` (unit groups).
+      norm_selectors: ``[(kernel name, selector float32 [K])]``: one-hot level selectors of per-level
+        LayerNorms (``level_norms.LevelNorms.selector_pairs``), set to the named kernel's level whenever
+        masks are written; granularity weights only.
 
     Tracked state (``tf.train.Checkpoint(masks=this)``): ``survival[name]`` int8 ``[I, O]`` per kernel
     (structured: int8 ``[U]`` per unit family) and ``current_sparsities`` float32 ``[K]`` (the targets of
@@ -55,7 +62,8 @@ class SupernetMasks(tf.Module):
     """
 
     def __init__(self, model: Any, levels: Sequence[float] = lv.DEFAULT_LEVELS, block: int | str = 1,
-                 norm: str = "l2", granularity: str = "weights", name: str = "supernet_masks"):
+                 norm: str = "l2", granularity: str = "weights",
+                 norm_selectors: Sequence[tuple[str, tf.Variable]] = (), name: str = "supernet_masks"):
         super().__init__(name=name)
         self.levels = lv.validate_levels(levels)
         self.block = lv.parse_block(block)
@@ -91,6 +99,7 @@ class SupernetMasks(tf.Module):
             self._model_vars.weights = list(model.weights)
             self.names = tuple(g.name for g in groups)
             shapes = {f.name: (f.num_units,) for g in groups for f in g.families}
+        self._model_vars.norm_selectors = self._check_selectors(norm_selectors)
         top = len(self.levels) - 1
         self.survival = {
             n: tf.Variable(tf.fill(shape, tf.constant(top, tf.int8)), trainable=False,
@@ -100,6 +109,27 @@ class SupernetMasks(tf.Module):
         self.current_sparsities = tf.Variable(tf.zeros([len(self.levels)], tf.float32), trainable=False,
                                               name="current_sparsities",
                                               aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+
+    def _check_selectors(self, pairs: Sequence[tuple[str, tf.Variable]]) -> list[tuple[int, tf.Variable]]:
+        """``[(kernel index, selector)]``; ValueError for structured granularity, an unknown kernel or a
+        selector that is not ``[K]``."""
+        pairs = list(pairs)
+        if pairs and self.granularity != "weights":
+            raise ValueError("SupernetMasks: per-level LayerNorms need granularity 'weights' (structured "
+                             "masks slice the conv LayerNorm's channels)")
+        out = []
+        for kernel, selector in pairs:
+            if kernel not in self.kernel_names:
+                raise ValueError(f"SupernetMasks: norm selector follows unknown kernel {kernel!r}")
+            if tuple(selector.shape) != (len(self.levels),):
+                raise ValueError(f"SupernetMasks: norm selector of {kernel} has shape "
+                                 f"{tuple(selector.shape)}, need ({len(self.levels)},)")
+            out.append((self.kernel_names.index(kernel), selector))
+        return out
+
+    def _write_selectors(self, vec: tf.Tensor) -> None:
+        for i, selector in self._model_vars.norm_selectors:
+            selector.assign(tf.one_hot(vec[i], self.num_levels, dtype=selector.dtype))
 
     @property
     def num_kernels(self) -> int:
@@ -158,6 +188,7 @@ class SupernetMasks(tf.Module):
     def apply_levels(self, level_vector: tf.Tensor) -> None:
         """Writes ``mask_i = survival_i >= level_vector[i]`` for all kernels; ``level_vector`` int ``[N]``."""
         vec = self.level_vector(level_vector)
+        self._write_selectors(vec)
         if self.granularity == "structured":
             for mask_var, value in self._structured_masks(vec):
                 mask_var.assign(value)
@@ -193,7 +224,8 @@ class SupernetMasks(tf.Module):
         self.apply_levels(tf.fill([self.num_kernels], tf.cast(k, tf.int32)))
 
     def apply_dense(self) -> None:
-        """All masks to ones (dense even if ``s_0 > 0``)."""
+        """All masks to ones (dense even if ``s_0 > 0``); per-level LayerNorms at level 0."""
+        self._write_selectors(tf.zeros([self.num_kernels], tf.int32))
         units = [m.variable for g in self.groups for f in g.families for m in f.members if m.is_unit_mask]
         for m in [*self._model_vars.masks, *units]:
             m.assign(tf.ones_like(m))

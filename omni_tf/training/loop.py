@@ -113,6 +113,8 @@ class TrainState:
         self.model, self.masks = self.supernet.model, self.supernet.masks
         self.schedule, self.sampler = self.supernet.schedule, self.supernet.sampler
         self.ctc_weight = s.ctc_weight
+        norms = self.supernet.level_norms  # sparsity.per_level_norm: trained after the model and the head
+        self.level_norm_variables = norms.variables_to_train() if norms is not None else []
         with strategy.scope():
             # Training-only auxiliary CTC head (omni_tf/losses/ctc.py), built after the model so the model's
             # seeded initial weights are the same with and without it.
@@ -124,7 +126,7 @@ class TrainState:
                 head_vars = self.ctc_head.trainable_variables
             self.progress = TrainingProgress(s.max_steps, s.max_minutes)
             self.optimizer = optim.make_optimizer(config.training, self.progress, loss_scale=self.mixed)
-            self.optimizer.build(self.model.trainable_variables + head_vars)
+            self.optimizer.build(self.model.trainable_variables + head_vars + self.level_norm_variables)
             self.counters = TrainCounters()
 
     def extra_objects(self) -> dict[str, Any]:
@@ -231,6 +233,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, source: DataSource,
     restored, keeper = _restore(workdir, state, strategy)
     if restored is None and t.init_from:  # a fresh run from shipped dense weights; resume wins
         n = pretrained.load_weights(state.model, pretrained.bundle_dir(t.init_from))
+        if state.supernet.level_norms is not None:  # a bundle has one gamma/beta per norm: every level's
+            state.supernet.level_norms.copy_from_shared()
         logging.info("initialised %d variables from the shipped model %s", n, t.init_from)
     chief = keeper.chief
     counters, masks, clock = state.counters, state.masks, state.progress
@@ -240,7 +244,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, source: DataSource,
     step_fn = TrainStep(state.model, state.optimizer, strategy, rnnt_loss, counters, masks,
                         state.supernet.distill_weight, t.clip_norm, seed=state.supernet.seed,
                         ctc_head=state.ctc_head, ctc_weight=state.ctc_weight, distill_mode=sp.distill_mode,
-                        distill_norm=sp.distill_norm)
+                        distill_norm=sp.distill_norm, extra_variables=state.level_norm_variables)
     writer = summaries.SummaryWriter(workdir, enabled=chief)
     batches = _Batches(source, strategy, counters)
     # meter: the recent rate (reset at every log line and after this invocation's first step, whose time is

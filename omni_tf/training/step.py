@@ -56,13 +56,16 @@ class TrainStep:
     ``optimizer`` may be a ``keras.mixed_precision.LossScaleOptimizer`` (loss scaling for float16).
     ``element_spec`` (the distributed dataset's, with None batch/time dims) fixes the trace signature;
     without it shapes are relaxed by ``reduce_retracing`` (a few traces). ``seed`` keys the dropout masks.
+    ``extra_variables``: trainable variables outside the model and the head that the model reads (the
+    per-level LayerNorm parameters); the optimizer must be built on ``variables``.
     """
 
     def __init__(self, model: tf.keras.Model, optimizer: Any, strategy: tf.distribute.Strategy,
                  loss_fn: Callable[..., tf.Tensor], counters: TrainCounters, masks: Any | None = None,
                  distill_weight: float = 0.0, clip_norm: float = 0.0, element_spec: Any = None,
                  seed: int = 0, ctc_head: tf.keras.layers.Layer | None = None, ctc_weight: float = 0.0,
-                 distill_mode: str = "add", distill_norm: str = "nodes"):
+                 distill_mode: str = "add", distill_norm: str = "nodes",
+                 extra_variables: Sequence[tf.Variable] = ()):
         distill.check(distill_mode, float(distill_weight), distill_norm)
         self.model, self.optimizer, self.strategy = model, optimizer, strategy
         self.ctc_head = ctc_head if ctc_weight > 0 else None
@@ -73,13 +76,15 @@ class TrainStep:
         self.scaled = isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer)
         self.element_spec = element_spec
         self.seed = int(seed)
+        self.extra_variables = list(extra_variables)
         self._fns: dict[tuple[int, int], Callable] = {}
 
     @property
     def variables(self) -> list[tf.Variable]:
-        """What the optimizer updates: the model's trainable variables, then the CTC head's (if any)."""
+        """What the optimizer updates: the model's trainable variables, then the CTC head's (if any), then
+        ``extra_variables`` (per-level LayerNorm parameters, ``omni_tf/sparsity/level_norms.py``)."""
         head = self.ctc_head.trainable_variables if self.ctc_head is not None else []
-        return list(self.model.trainable_variables) + list(head)
+        return list(self.model.trainable_variables) + list(head) + self.extra_variables
 
     def __call__(self, micro_batches: Sequence[Batch], levels: tf.Tensor) -> dict[str, Any]:
         rows = tuple(tf.unstack(tf.convert_to_tensor(levels, tf.int32)))
