@@ -94,7 +94,8 @@ def run_breakdown() -> dict:
     if state.masks is not None:
         state.masks.update_rankings(state.masks.levels)
     fn = TrainStep(state.model, state.optimizer, strategy, rnnt_loss, state.counters, state.masks,
-                   clip_norm=config.training.clip_norm, ctc_head=state.ctc_head, ctc_weight=state.ctc_weight)
+                   clip_norm=config.training.clip_norm, ctc_head=state.ctc_head, ctc_weight=state.ctc_weight,
+                   extra_variables=state.level_norm_variables)
     it = iter(source.dataset(0))
     batch = {k: tf.constant(v) for k, v in next(it).items()}
     dist = next(iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(batch))))

@@ -7,10 +7,11 @@ built here from the same fields (every ``config.sparsity`` field is read once, i
   pruned baseline of Omni-sparsity DNN, Wu et al. 2021, Sec. 4), none (mode dense);
 - the masks (``SupernetMasks``: block, norm, granularity), the schedule (``LevelSchedule``), the sampler
   (kind, random kind, subnets per step) and the size model (``SizeModel``);
-- what goes into a checkpoint (``checkpoint_objects``: the model, the survival levels and the level set
-  itself) and ``restore(workdir)``: the only restore path, through ``training/checkpoint.py``. A checkpoint
-  trained with another level set (even of the same count: a tier called 0.6 would silently be 0.8 sparse)
-  raises ``LevelSetMismatch`` naming both sets;
+- what goes into a checkpoint (``checkpoint_objects``: the model, the survival levels, the level set
+  itself and, with ``sparsity.per_level_norm``, the per-level LayerNorm parameters) and
+  ``restore(workdir)``: the only restore path, through ``training/checkpoint.py``. A checkpoint trained
+  with another level set (even of the same count: a tier called 0.6 would silently be 0.8 sparse) raises
+  ``LevelSetMismatch`` naming both sets;
 - tiers: ``TierSpec`` (one syntax for every recipe's ``--tiers``: ``name=sparsity:0.75``,
   ``name=bytes:0.35`` = fraction of the dense int8 model's bytes, ``name=level:3`` = index into the level
   set), ``tier(spec)`` -> a validated per-kernel level config, ``budget(spec, metric)`` -> a size budget;
@@ -305,7 +306,8 @@ class Supernet:
 
     Attributes: ``mode``, ``settings`` (``SparsitySettings``), ``levels`` (the level set; ``()`` for dense),
     ``model`` (built), ``masks`` / ``schedule`` / ``sampler`` (None in mode dense), ``distill_weight``
-    (0 unless mode omni).
+    (0 unless mode omni), ``level_norms`` (``sparsity/level_norms.LevelNorms`` with
+    ``sparsity.per_level_norm``, not in mode dense; else None).
     Raises ValueError for an unknown mode, sampler, norm, block or an invalid level set.
     """
 
@@ -388,6 +390,10 @@ class Supernet:
         Raises:
           FileNotFoundError: no checkpoint and ``required``.
           LevelSetMismatch: the checkpoint was trained with another level set (both sets named).
+          ValueError: with ``sparsity.per_level_norm`` and ``extra`` (a training resume), a checkpoint
+            written without the option.
+        With ``sparsity.per_level_norm``, a checkpoint without per-level LayerNorm parameters (written without
+        the option) restores the rest, and every level starts from the restored gamma/beta.
           ValueError: the checkpoint does not match the model (``CheckpointKeeper``).
         """
         objects = {**self.checkpoint_objects(), **(extra or {})}
@@ -413,6 +419,10 @@ class Supernet:
         # written without sparsity.per_level_norm: every level starts from the restored gamma/beta
         shared_norms = self.level_norms is not None and not any(
             name.startswith("level_norms/") for name, _ in tf.train.list_variables(found))
+        if shared_norms and extra:
+            raise ValueError(f"checkpoint {found} was written without sparsity.per_level_norm; a run "
+                             "cannot resume with it turned on (its optimizer has no state for the per-level "
+                             "parameters): use a new workdir (e.g. training.init_from) or drop the option")
         reader = keeper
         if not has_record or read_extra is not None or shared_norms:
             read = {**self.checkpoint_objects(), **((extra or {}) if read_extra is None else read_extra)}

@@ -1,15 +1,18 @@
 """sparsity.per_level_norm: per-level LayerNorm gamma/beta (omni_tf/sparsity/level_norms.py) in the model,
 the masks, training, restore and export."""
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras as keras
 
 import omni_tf  # noqa: F401
+from benchmarks import omni_vs_pruned as ovp
 from omni_tf.layers.level_norm import LevelLayerNorm
 from omni_tf.sparsity.level_norms import assign_params
 from omni_tf.supernet import Supernet
-from omni_tf.training import loop, sources
+from omni_tf.training import loop, pretrained, sources, workdir
 from omni_tf.training.checkpoint import CheckpointKeeper
 from tests.training_helpers import make_bundle, tiny_config
 from tflite_export import convert, inference_model
@@ -157,6 +160,15 @@ def test_restoring_a_checkpoint_without_levels_copies_gamma_beta_to_every_level(
         np.testing.assert_array_equal(_outputs(off, config), _outputs(on, config))
 
 
+def test_resuming_a_run_written_without_levels_with_the_option_is_refused(tmp_path):
+    c = _config(False)
+    c.training.max_steps = 1
+    loop.train(c, str(tmp_path), sources.RandomFeatureSource(16, num_batches=2))
+    c.sparsity.per_level_norm, c.training.max_steps = True, 2
+    with pytest.raises(ValueError, match="cannot resume with it turned on"):
+        loop.train(c, str(tmp_path), sources.RandomFeatureSource(16, num_batches=2))
+
+
 def test_init_from_a_bundle_copies_gamma_beta_to_every_level(tmp_path):
     c = _config(True)
     c.training.init_from = make_bundle(str(tmp_path), tiny_config("dense"))
@@ -167,6 +179,22 @@ def test_init_from_a_bundle_copies_gamma_beta_to_every_level(tmp_path):
     for layer, g in zip(s.level_norms.layers, s.level_norms.gamma_rest, strict=True):
         assert abs(float(layer.gamma.numpy()[0]) - 0.125) < 0.05  # the bundle's, not ones
         np.testing.assert_array_equal(g.numpy(), np.tile(layer.gamma.numpy(), [K - 1, 1]))
+
+
+@pytest.mark.parametrize("per_level", [False, True])
+def test_the_shipped_bundle_loads_with_and_without_the_option(per_level):
+    path = pretrained.bundle_dir("demo_tiny")
+    c = _config(per_level)
+    c.model = pretrained.model_config(path)
+    s = Supernet(c)
+    with np.load(os.path.join(path, "weights.npz")) as data:
+        names = set(data.files)
+    assert pretrained.load_weights(s.model, path) == len(names)  # every shipped weight, nothing else
+    if per_level:
+        s.level_norms.copy_from_shared()
+        for layer, g in zip(s.level_norms.layers, s.level_norms.gamma_rest, strict=True):
+            assert layer.gamma.name in names
+            np.testing.assert_array_equal(g.numpy(), np.tile(layer.gamma.numpy(), [K - 1, 1]))
 
 
 def _encode_tflite(content: bytes, module, window: np.ndarray) -> np.ndarray:
@@ -206,3 +234,15 @@ def test_structured_granularity_is_refused():
     c.sparsity.granularity = "structured"
     with pytest.raises(ValueError, match="per_level_norm"):
         Supernet(c)
+
+
+def test_configs_recorded_before_the_field_still_match_when_it_is_off():
+    off, on = _config(False), _config(True)
+    recorded = off.to_dict()
+    del recorded["sparsity"]["per_level_norm"]  # a config.json written before the field existed
+    assert workdir.config_changes(recorded, off) == []
+    assert workdir.config_changes(recorded, on) == ["sparsity.per_level_norm: '<absent>' -> True"]
+    old = off.copy_and_resolve_references()
+    with old.unlocked():
+        del old.sparsity["per_level_norm"]
+    assert ovp.config_digest(off) == ovp.config_digest(old) != ovp.config_digest(on)

@@ -7,7 +7,8 @@ that changes the trained result differs -> ``ConfigChanged`` naming the fields, 
 ``allow_config_change``. Fields that do not change the result (``RESULT_NEUTRAL``: logging and checkpoint
 cadence, checkpoints kept, where the data is, the ``preset`` / ``variants`` record, whose fields are compared
 themselves) and the budget (``BUDGET``: ``max_steps``, ``max_minutes``; a larger one continues the run) may
-differ. Then ``config.json`` is (re)written atomically.
+differ. A field added later (``ADDED_FIELDS``) at the value that reproduces older runs counts as absent.
+Then ``config.json`` is (re)written atomically.
 
 ``result_fields(config)`` is the same rule as a flat dict, for stage keys (``recipes/stages.py``).
 """
@@ -30,6 +31,10 @@ RESULT_NEUTRAL = ("training.log_every", "training.summary_every", "training.chec
                   "sparsity.search_mutation_prob", "sparsity.search_seed")
 # The budget: a larger one continues training from the checkpoint.
 BUDGET = ("training.max_steps", "training.max_minutes")
+# Fields added after configs were recorded without them, with the value that trains what those configs
+# trained: at that value a field is left out of ``result_fields``, so the recorded configs of older workdirs,
+# stage keys and benchmark digests (``benchmarks/omni_vs_pruned.config_digest``) still match.
+ADDED_FIELDS = {"sparsity.per_level_norm": False}
 
 
 class ConfigChanged(ValueError):
@@ -57,7 +62,8 @@ def result_fields(config: ml_collections.ConfigDict | Mapping[str, Any], budget:
     d = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config
     skip = RESULT_NEUTRAL if budget else RESULT_NEUTRAL + BUDGET
     flat = _flatten(json.loads(json.dumps(d, default=str)))
-    return {k: v for k, v in flat.items() if not _skipped(k, skip)}
+    return {k: v for k, v in flat.items()
+            if not _skipped(k, skip) and not (k in ADDED_FIELDS and v == ADDED_FIELDS[k])}
 
 
 def config_changes(recorded: Mapping[str, Any], config: ml_collections.ConfigDict | Mapping[str, Any]
