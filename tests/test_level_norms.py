@@ -143,6 +143,29 @@ def test_tiers_training_updates_only_the_trained_levels_and_resumes_them(tmp_pat
         assert not np.array_equal(g.numpy()[0], layer.gamma.numpy())  # restored, not copied from level 0
 
 
+def test_sparse_levels_start_from_the_warmed_up_dense_norms(tmp_path):
+    c = _config(True)
+    c.sparsity.sampler, c.sparsity.train_levels = "tiers", (0.5,)  # level 2 never trains
+    c.sparsity.begin_step, c.sparsity.dense_warmup = 1, True  # step 0: dense warm-up
+    c.training.max_steps, c.training.weight_decay, c.training.warmup_steps = 1, 0.0, 0
+    loop.train(c, str(tmp_path), sources.RandomFeatureSource(16, num_batches=2))
+    warm = Supernet(c)
+    warm.restore(str(tmp_path))
+    assert int(warm.level_norms.started.numpy()) == 0
+    dense = [layer.gamma.numpy() for layer in warm.level_norms.layers]
+    assert not np.array_equal(dense[0], np.ones_like(dense[0]))
+    for g in warm.level_norms.gamma_rest:  # not trained, not yet started
+        np.testing.assert_array_equal(g.numpy(), np.ones(g.shape))
+    c.training.max_steps = 2  # resumes: step 1 trains dense + level 1 after copying
+    loop.train(c, str(tmp_path), sources.RandomFeatureSource(16, num_batches=2))
+    s = Supernet(c)
+    s.restore(str(tmp_path))
+    assert int(s.level_norms.started.numpy()) == 1
+    for gamma, layer, g in zip(dense, s.level_norms.layers, s.level_norms.gamma_rest, strict=True):
+        np.testing.assert_array_equal(g.numpy()[1], gamma)  # level 2: the dense gamma after the warm-up
+        assert not np.array_equal(layer.gamma.numpy(), gamma)  # level 0 trained on
+
+
 def test_restoring_a_checkpoint_without_levels_copies_gamma_beta_to_every_level(tmp_path):
     off = _ranked(False)
     for layer in (n for _, n, _ in off.model.level_norms()):

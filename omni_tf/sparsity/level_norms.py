@@ -30,7 +30,9 @@ model's variables, shipped bundles and exported tiers are those of the model wit
 parameters: ``(K-1) x 2 x D`` per LayerNorm (the table is ``K x 2 x D``, level 0 being the model's own).
 At creation, and after restoring weights that have no per-level parameters (a checkpoint written without
 the option, a shipped bundle: ``copy_from_shared``), every level holds the layer's gamma/beta, so the
-model computes exactly what it computes without the option at every level.
+model computes exactly what it computes without the option at every level. Training copies them once more
+when the sparse levels first train (``start_levels``: after the dense warm-up, in which only level 0 learns).
+Decoupled weight decay (``training.weight_decay``) shrinks every row, trained in a step or not.
 """
 from __future__ import annotations
 
@@ -64,6 +66,8 @@ class LevelNorms(tf.Module):
         self.producers: tuple[str, ...] = tuple(p for _, _, p in entries)
         self._layers = _Layers([layer for _, layer, _ in entries])
         self.gamma_rest, self.beta_rest, self.selectors = [], [], []
+        self.started = tf.Variable(tf.constant(0, tf.int64), trainable=False, name="started",
+                                   aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
         onehot0 = tf.one_hot(0, k)
         agg = tf.VariableAggregation.ONLY_FIRST_REPLICA
         for i, layer in enumerate(self._layers.items):
@@ -92,6 +96,16 @@ class LevelNorms(tf.Module):
         for layer, g, b in zip(self._layers.items, self.gamma_rest, self.beta_rest, strict=True):
             g.assign(_tile(layer.gamma, self.num_levels - 1))
             b.assign(_tile(layer.beta, self.num_levels - 1))
+
+    def start_levels(self) -> bool:
+        """Once per run (``started``, checkpointed): every level's gamma/beta <- the layer's own, when the
+        sparse levels first train. During a dense warm-up only level 0 learns, so the other levels start
+        from the warmed-up dense parameters, not from their initial values. True when it copied now."""
+        if int(self.started.numpy()):
+            return False
+        self.copy_from_shared()
+        self.started.assign(1)
+        return True
 
     def params_at(self, levels: Mapping[str, int] | int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """``{norm name: (gamma [D], beta [D])}`` of a tier: a uniform level index or ``{kernel: level}``

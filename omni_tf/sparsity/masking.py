@@ -186,7 +186,8 @@ class SupernetMasks(tf.Module):
         return vec
 
     def apply_levels(self, level_vector: tf.Tensor) -> None:
-        """Writes ``mask_i = survival_i >= level_vector[i]`` for all kernels; ``level_vector`` int ``[N]``."""
+        """Writes ``mask_i = survival_i >= level_vector[i]`` for all kernels (and every norm selector to
+        the one-hot of its kernel's level); ``level_vector`` int ``[N]``."""
         vec = self.level_vector(level_vector)
         self._write_selectors(vec)
         if self.granularity == "structured":

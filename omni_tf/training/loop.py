@@ -258,6 +258,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, source: DataSource,
 
     sampler = state.sampler
     distill = state.supernet.distill_weight > 0
+    level_norms = state.supernet.level_norms  # sparsity.per_level_norm
     step = last_saved = first_step = int(counters.step.numpy())
     skipped: list[tuple[int, list[str]]] = []  # the current run of consecutive skipped updates
     ctc_infeasible = 0  # utterances (this run) whose CTC loss was masked: too few encoder frames
@@ -271,6 +272,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, source: DataSource,
                 masks.update_rankings(targets)
             warmup = bool(state.schedule.in_warmup(schedule_step))
         levels = sample_levels(sampler, step, warmup, distill)
+        if level_norms is not None and not warmup and level_norms.start_levels():
+            logging.info("step %d: per-level LayerNorms start from the dense gamma/beta", step)
         micro = [batches.next() for _ in range(t.grad_accum_steps)]
         step_fn.element_spec = step_fn.element_spec or batches.element_spec
         out = step_fn(micro, levels)
