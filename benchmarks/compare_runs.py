@@ -112,10 +112,12 @@ def _tuples(value: Any) -> Any:
 
 def load_run(label: str, path: str) -> Run:
     """The run at ``path`` (``training_workdir``) with its recorded config; JSON lists become tuples, as
-    every sequence field of the experiment config is one (``sparsity.levels``, ``data.speed_factors``...)."""
+    every sequence field of the experiment config is one (``sparsity.levels``, ``data.speed_factors``...);
+    a field added after the run was recorded gets the value it trained with
+    (``workdir.with_added_fields``)."""
     workdir = training_workdir(path)
     with open(os.path.join(workdir, workdir_lib.CONFIG_FILE), encoding="utf-8") as f:
-        config = ml_collections.ConfigDict(_tuples(json.load(f)))
+        config = ml_collections.ConfigDict(_tuples(workdir_lib.with_added_fields(json.load(f))))
     return Run(label, path, workdir, config)
 
 

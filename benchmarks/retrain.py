@@ -181,7 +181,8 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, s
         with new.unlocked():
             parent[name] = value
         changes[field] = {"source": old, "retrain": value}
-    result = workdir_lib.result_fields(new, budget=True)
+    # either side: a field at its ADDED_FIELDS value is left out of result_fields, yet turning it off changes
+    result = {**workdir_lib.result_fields(config, budget=True), **workdir_lib.result_fields(new, budget=True)}
     if not any(f in result for f in changes):
         raise ValueError(f"--config.{', --config.'.join(changes)}: changes nothing training computes "
                          "(logging, checkpoint cadence, search or record fields): the retrain would repeat "

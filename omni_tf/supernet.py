@@ -391,7 +391,7 @@ class Supernet:
           FileNotFoundError: no checkpoint and ``required``.
           LevelSetMismatch: the checkpoint was trained with another level set (both sets named).
           ValueError: with ``sparsity.per_level_norm`` and ``extra`` (a training resume), a checkpoint
-            written without the option.
+            written without the option; without the option, a checkpoint written with it.
         With ``sparsity.per_level_norm``, a checkpoint without per-level LayerNorm parameters (written without
         the option) restores the rest, and every level starts from the restored gamma/beta.
           ValueError: the checkpoint does not match the model (``CheckpointKeeper``).
@@ -417,8 +417,12 @@ class Supernet:
                 f"but the config gives {self.levels} (mode {self.mode}); use the training run's "
                 "--config (sparsity.levels, training.mode, sparsity.target_sparsity)")
         # written without sparsity.per_level_norm: every level starts from the restored gamma/beta
-        shared_norms = self.level_norms is not None and not any(
-            name.startswith("level_norms/") for name, _ in tf.train.list_variables(found))
+        has_level_norms = any(name.startswith("level_norms/") for name, _ in tf.train.list_variables(found))
+        shared_norms = self.level_norms is not None and not has_level_norms
+        if has_level_norms and self.level_norms is None:  # its sparse levels would silently use level 0's
+            raise ValueError(f"checkpoint {found} was trained with sparsity.per_level_norm=true, but the "
+                             "config gives false: its sparse levels need their own LayerNorm parameters; use "
+                             "the training run's --config (sparsity.per_level_norm)")
         if shared_norms and extra:
             raise ValueError(f"checkpoint {found} was written without sparsity.per_level_norm; a run "
                              "cannot resume with it turned on (its optimizer has no state for the per-level "

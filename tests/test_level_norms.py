@@ -1,5 +1,6 @@
 """sparsity.per_level_norm: per-level LayerNorm gamma/beta (omni_tf/sparsity/level_norms.py) in the model,
 the masks, training, restore and export."""
+import json
 import os
 
 import numpy as np
@@ -8,6 +9,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 import omni_tf  # noqa: F401
+from benchmarks import compare_runs, retrain
 from benchmarks import omni_vs_pruned as ovp
 from omni_tf.layers.level_norm import LevelLayerNorm
 from omni_tf.sparsity.level_norms import assign_params
@@ -269,3 +271,31 @@ def test_configs_recorded_before_the_field_still_match_when_it_is_off():
     with old.unlocked():
         del old.sparsity["per_level_norm"]
     assert ovp.config_digest(off) == ovp.config_digest(old) != ovp.config_digest(on)
+
+
+def test_a_checkpoint_with_levels_is_refused_by_a_config_without_them(tmp_path):
+    on = _ranked(True)
+    CheckpointKeeper(str(tmp_path), on.checkpoint_objects()).save(0)
+    with pytest.raises(ValueError, match="per_level_norm=true"):  # its tiers would use level 0's norms
+        Supernet(_config(False)).restore(str(tmp_path))
+
+
+def test_exporting_a_model_with_levels_without_its_norms_is_refused():
+    s = _ranked(True)
+    with pytest.raises(ValueError, match="bake_supernet"):  # the clone would hold level 0's gamma/beta
+        inference_model.build_inference_module(s.model, s.model_config, 1, s.levels,
+                                               s.masks.survival_arrays())
+
+
+def test_runs_recorded_before_the_field_load_and_retrain_with_it(tmp_path):
+    recorded = json.loads(_config(False).to_json_best_effort())
+    del recorded["sparsity"]["per_level_norm"]  # a config.json written before the field existed
+    (tmp_path / workdir.CONFIG_FILE).write_text(json.dumps(recorded))
+    run = compare_runs.load_run("A", str(tmp_path))
+    assert run.config.sparsity.per_level_norm is False
+    assert Supernet(run.config).level_norms is None
+    new, changes = retrain.apply_overrides(run.config, {"sparsity.per_level_norm": "true"})
+    assert new.sparsity.per_level_norm and changes == {"sparsity.per_level_norm": {"source": False,
+                                                                                  "retrain": True}}
+    _, changes = retrain.apply_overrides(new, {"sparsity.per_level_norm": "false"})  # turning it off changes
+    assert changes == {"sparsity.per_level_norm": {"source": True, "retrain": False}}

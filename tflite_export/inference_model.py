@@ -363,7 +363,8 @@ def build_inference_module(model, model_config, tier: TierSpec = None,
 
     ``norms``: the tier's per-level LayerNorm parameters (``LevelNorms.params_at``, with
     ``sparsity.per_level_norm``), written into the clone's plain LayerNorms so the file holds that tier's
-    gamma/beta as constants; needs ``clone``. Raises ValueError for ``norms`` without ``clone``.
+    gamma/beta as constants; needs ``clone``. Raises ValueError for ``norms`` without ``clone``, or for a
+    model with per-level LayerNorms attached and no ``norms``.
 
     ``survival`` may also be a ``SupernetMasks`` (its ``survival_arrays()`` are used); one of granularity
     ``structured`` makes a sliced tier (``slice_model``; ``tier`` is a level index or ``{group: level}``).
@@ -378,6 +379,10 @@ def build_inference_module(model, model_config, tier: TierSpec = None,
     masks = kernel_masks_for_tier(model, tier, levels=levels, survival=survival, block=_block_size(block))
     if norms and not clone:
         raise ValueError("per-level LayerNorm parameters are written into a clone: pass clone=True")
+    if not norms and any(layer.num_levels for _, layer, _ in model.level_norms()):
+        # the clone's LayerNorms would hold level 0's gamma/beta whatever the tier
+        raise ValueError("the model has per-level LayerNorms (sparsity.per_level_norm): pass the tier's "
+                         "norms (LevelNorms.params_at), or use bake_supernet")
     if clone:
         model = clone_with_masks(model, model_config, masks)
         if norms:

@@ -11,6 +11,8 @@ differ. A field added later (``ADDED_FIELDS``) at the value that reproduces olde
 Then ``config.json`` is (re)written atomically.
 
 ``result_fields(config)`` is the same rule as a flat dict, for stage keys (``recipes/stages.py``).
+``with_added_fields(recorded)`` completes a recorded config written before an ``ADDED_FIELDS`` field existed
+with that field's neutral value, so code that reads the field can run it (``benchmarks/compare_runs.py``).
 """
 from __future__ import annotations
 
@@ -64,6 +66,20 @@ def result_fields(config: ml_collections.ConfigDict | Mapping[str, Any], budget:
     flat = _flatten(json.loads(json.dumps(d, default=str)))
     return {k: v for k, v in flat.items()
             if not _skipped(k, skip) and not (k in ADDED_FIELDS and v == ADDED_FIELDS[k])}
+
+
+def with_added_fields(recorded: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of the nested ``recorded`` config dict with every ``ADDED_FIELDS`` field it lacks set to the
+    value that reproduces what it trained (a config written before the field existed). Raises KeyError
+    when the field's section is missing (not an experiment config)."""
+    out = json.loads(json.dumps(recorded, default=str))
+    for dotted, neutral in ADDED_FIELDS.items():
+        *sections, name = dotted.split(".")
+        node = out
+        for section in sections:
+            node = node[section]
+        node.setdefault(name, neutral)
+    return out
 
 
 def config_changes(recorded: Mapping[str, Any], config: ml_collections.ConfigDict | Mapping[str, Any]
