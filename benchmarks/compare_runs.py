@@ -140,8 +140,8 @@ def bundle_config(path: str, data_dir: str, levels: Sequence[float] = ()) -> ml_
     FileNotFoundError naming a missing bundle folder or file; ValueError for levels outside [0, 1)."""
     path = pretrained.bundle_dir(path)
     pretrained.check_bundle(path)
-    with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
-        base = ml_collections.ConfigDict(_tuples(json.load(f)))
+    with open(os.path.join(path, "config.json"), encoding="utf-8") as f:  # maybe older than ADDED_FIELDS
+        base = ml_collections.ConfigDict(_tuples(workdir_lib.with_added_fields(json.load(f))))
     with base.unlocked():
         base.paths = experiment.get_config().paths
     c, path, _ = e2e.bundle_config(base, path)

@@ -299,3 +299,9 @@ def test_runs_recorded_before_the_field_load_and_retrain_with_it(tmp_path):
                                                                                   "retrain": True}}
     _, changes = retrain.apply_overrides(new, {"sparsity.per_level_norm": "false"})  # turning it off changes
     assert changes == {"sparsity.per_level_norm": {"source": True, "retrain": False}}
+
+
+def test_the_shipped_bundle_config_written_before_the_field_builds_a_supernet(tmp_path):
+    c = compare_runs.bundle_config("demo_tiny", str(tmp_path), levels=(0.5,))  # its config.json lacks it
+    assert c.sparsity.per_level_norm is False
+    assert Supernet(c).level_norms is None
