@@ -16,10 +16,24 @@ _SIZES: dict[str, int] = {}
 small_config = small_model_config
 
 
+# Weights for which this model's 1x4 sparse dynamic-int8 file equals the dense one without XNNPACK
+# (test_sparse_int8_kept_only_where_it_agrees_and_records_delegate_option); seeds 0 and 1 are not.
+MODEL_SEED = 2
+
+
 @pytest.fixture(scope="module")
 def model():
-    tf.random.set_seed(0)
+    # Keras initializers without a seed draw one from Keras' seed generator (Python's ``random``, seeded
+    # per process, unless set here), not from tf.random.set_seed: the weights would differ per run.
+    tf.keras.utils.set_random_seed(MODEL_SEED)
     return build_model(small_config())
+
+
+def _block_encoded(content: bytes) -> list[str]:
+    """Names of the sparse constants stored in blocks that ops read directly (no DENSIFY in front)."""
+    model = convert.read_model(content)
+    return [t.name.decode() for sub in model.subgraphs for t in sub.tensors
+            if t.sparsity is not None and t.sparsity.blockMap is not None and len(t.sparsity.blockMap)]
 
 
 def _zeros_feeds(runner):
@@ -167,6 +181,9 @@ def test_sparse_int8_kept_only_where_it_agrees_and_records_delegate_option(model
         module = inference_model.build_inference_module(model, small_config(), tier=2, levels=LEVELS,
                                                         block=block)
         dense = convert.convert_module(module, "dynamic_int8", sparse="never").content
+        if block == "1x4":  # the premise of the last assert, a property of the weights (MODEL_SEED)
+            blocked = _block_encoded(convert.tflite_internal.mlir_sparsify(dense))
+            assert not blocked, f"every sparse weight should be behind DENSIFY: {blocked}; MODEL_SEED?"
         for policy in ("auto", "always"):
             result = convert.convert_module(module, "dynamic_int8", sparse=policy)
             delegates = result.interpreter_options["use_default_delegates"]
@@ -183,5 +200,8 @@ def test_sparse_int8_kept_only_where_it_agrees_and_records_delegate_option(model
                 assert "sparse file needs default delegates (XNNPACK) off" in result.notes
                 delegates_off += 1
     # LiteRT 2.3.0: this model's 1x4 sparse dynamic-int8 file (DENSIFY ops) fails with XNNPACK and is right
-    # without it, so "always" takes it with delegates off.
+    # without it, so "always" takes it with delegates off. Only for some weights: the sparsifier stores a
+    # quantized FC weight in 1x16 blocks (no DENSIFY) when >80 % of its zeros fall in all-zero 1x16 blocks,
+    # which depends on where the 1x4 mask lands; for seeds 0 and 1 it does so for the joiner output
+    # [16, 24], and the builtin kernels then compute join log-probs 0.11-0.22 (relative) off the dense file.
     assert delegates_off >= 1
