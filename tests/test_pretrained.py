@@ -239,3 +239,16 @@ def test_init_from_with_another_vocabulary_is_an_error_not_a_run(tmp_path):
     config.training.init_from, config.training.max_steps = path, 1
     with pytest.raises(ValueError, match=rf"shipped weights in {path} do not fit this model"):
         loop.train(config, str(tmp_path / "run"), sources.RandomFeatureSource(20))
+
+
+def test_lineage_chains_a_parent_trained_in_stages():
+    # demo_tiny's bundle.json records its two stages' steps as a list; a continued bundle adds its own
+    parent = {"name": "demo_tiny", "steps": [6000, 16454], "cpu_hours": 2.49, "command": ["s1", "s2"]}
+    info = pretrained.lineage("/b/demo_tiny", parent, cpu_s=1800.0, steps=1000)
+    assert info["total_steps"] == 6000 + 16454 + 1000
+    assert info["cpu_hours"] == 2.99 and info["run_cpu_hours"] == 0.5
+    assert info["parent"] == {"name": "demo_tiny", "path": "/b/demo_tiny", "command": ["s1", "s2"],
+                              "cpu_hours": 2.49, "steps": [6000, 16454], "parent": None}
+    child = {**parent, **info, "steps": 1000}  # a grandchild counts the whole chain
+    assert pretrained.lineage("/b/c", child, 0.0, 5)["total_steps"] == 6000 + 16454 + 1000 + 5
+    assert pretrained.chain_steps({"steps": 7}) == 7 and pretrained.chain_steps({}) == 0

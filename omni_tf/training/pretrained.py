@@ -140,3 +140,21 @@ def load_weights(model, path: str) -> int:
     for name, var in zip(names, variables, strict=True):
         var.assign(stored[name].astype(var.dtype.as_numpy_dtype))
     return len(names)
+
+
+def chain_steps(info: Mapping[str, Any]) -> int:
+    """Optimizer steps behind a bundle (its ``bundle.json`` ``info``): ``total_steps`` when recorded, else
+    ``steps``, which a bundle trained in stages records per stage (a list: demo_tiny's ``[6000, 16454]``)."""
+    steps = info.get("total_steps", info.get("steps")) or 0
+    return int(sum(steps)) if isinstance(steps, (list, tuple)) else int(steps)
+
+
+def lineage(parent_path: str, parent: Mapping[str, Any], cpu_s: float, steps: int | None) -> dict[str, Any]:
+    """The ``bundle.json`` fields of a bundle trained on from the bundle ``parent_path`` (``parent``: its
+    ``bundle.json``; ``recipes/synthetic/pretrain.py --init_from``): ``parent`` (its name, path, command,
+    cpu_hours, steps and own ``parent``), ``cpu_hours`` (the parent's plus this run's ``cpu_s`` seconds, in
+    hours), ``run_cpu_hours`` and ``total_steps`` (the chain's steps: ``chain_steps(parent)`` + ``steps``)."""
+    return {"cpu_hours": round(float(parent.get("cpu_hours") or 0.0) + cpu_s / 3600.0, 3),
+            "run_cpu_hours": round(cpu_s / 3600.0, 3), "total_steps": chain_steps(parent) + int(steps or 0),
+            "parent": {"name": parent.get("name"), "path": os.path.abspath(parent_path),
+                       **{k: parent.get(k) for k in ("command", "cpu_hours", "steps", "parent")}}}

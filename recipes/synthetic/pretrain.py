@@ -80,17 +80,6 @@ def corpus_spec() -> synthetic.CorpusSpec:
                                 within_train_of=FLAGS.demo_seed, extra_train_text=FLAGS.extra_text)
 
 
-def lineage(parent_path: str, parent: dict, cpu_s: float, steps: int | None) -> dict:
-    """The bundle.json fields of a run continued from the bundle ``parent_path`` (``parent``: its
-    bundle.json): ``parent`` (its name, path, command, cpu_hours, steps and own ``parent``), ``cpu_hours``
-    (the parent's plus this run's ``cpu_s``), ``run_cpu_hours`` and ``total_steps`` (the chain's steps)."""
-    parent_steps = parent.get("total_steps", parent.get("steps")) or 0
-    return {"cpu_hours": round(float(parent.get("cpu_hours") or 0.0) + cpu_s / 3600.0, 3),
-            "run_cpu_hours": round(cpu_s / 3600.0, 3), "total_steps": parent_steps + (steps or 0),
-            "parent": {"name": parent.get("name"), "path": os.path.abspath(parent_path),
-                       **{k: parent.get(k) for k in ("command", "cpu_hours", "steps", "parent")}}}
-
-
 def train_and_account(config, workdir: str, runs_path: str) -> tuple[dict, float]:
     """One resumed training run; returns (loop metrics, CPU seconds summed over every run so far)."""
     runs = []
@@ -137,7 +126,7 @@ def main(argv: list[str]) -> None:
             "eval_split": "the pretraining corpus's test split (demo-train speakers/sentences only)",
             "corpus": corpus_spec().to_dict(), "demo_seed": FLAGS.demo_seed}
     if FLAGS.init_from:
-        info.update(lineage(parent_path, parent, cpu_s, metrics.get("step")))
+        info.update(pretrained.lineage(parent_path, parent, cpu_s, metrics.get("step")))
     pretrained.write_bundle(model, config, *sources.spm_cmvn_paths(config), target, info)
     print(json.dumps(info, indent=1), f"\nwrote the bundle {target}", flush=True)
 
