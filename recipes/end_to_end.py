@@ -110,7 +110,7 @@ def shipped_config(config: ml_collections.ConfigDict, bundle: str, keep: Sequenc
 
     The bundle's model config replaces ``config.model``, ``training.init_from`` names the bundle and the
     ``finetune`` config variant is added unless ``config`` has it (``experiment.with_variant``: no dense
-    warm-up, the sparsity ramp over 2-50 % of ``training.max_steps``, peak learning rate 1e-3 after 50
+    warm-up, the sparsity ramp over 2-50 % of ``training.max_steps``, peak learning rate 2e-3 after 50
     steps; fields set explicitly keep their value: those named in ``keep``, e.g. ``training.learning_rate``
     from ``--config.training.learning_rate`` (``config_overrides``), and a caller's settings). The one
     place a run is made to start from shipped weights: ``use_shipped`` (``run_demo --init=shipped``) and

@@ -171,7 +171,7 @@ def test_unknown_variant_raises_naming_the_known_ones():
 def test_finetune_variant_values_relative_to_max_steps():
     c = experiment.get_config("tiny,demo,finetune")  # max_steps 2500 (demo)
     assert c.variants == ("demo", "finetune")
-    assert (c.training.learning_rate, c.training.warmup_steps, c.sparsity.dense_warmup) == (1e-3, 50, False)
+    assert (c.training.learning_rate, c.training.warmup_steps, c.sparsity.dense_warmup) == (2e-3, 50, False)
     assert (c.sparsity.begin_step, c.sparsity.end_step, c.sparsity.frequency) == (50, 1250, 80)
     paper = experiment.get_config("paper,librispeech,finetune")  # 280000 steps: 2 % and 50 % of them
     sp = paper.sparsity

@@ -69,7 +69,7 @@ def test_use_shipped_takes_the_bundle_tokenizer_cmvn_and_model(tmp_path):
     c, shipped_dir = e2e.use_shipped(Stages(out, log=lambda s: None), out, config, str(data), path)
     assert c.model.num_layers == 2 and c.training.init_from == path
     assert c.variants == ("finetune", "smoke") and config.variants == ("smoke",)  # the finetune schedule
-    assert c.training.learning_rate == 1e-3 and not c.sparsity.dense_warmup and config.sparsity.dense_warmup
+    assert c.training.learning_rate == 2e-3 and not c.sparsity.dense_warmup and config.sparsity.dense_warmup
     assert c.paths.manifest_dir == shipped_dir and not c.paths.train_manifest  # <manifest_dir>/train.tsv
     assert open(os.path.join(shipped_dir, "spm.model"), "rb").read() == b"spm"
     assert json.load(open(os.path.join(shipped_dir, "cmvn.json"))) == {"mean": [], "std": []}
@@ -147,7 +147,7 @@ def test_config_overrides_lists_the_command_line_config_fields():
                                     sys_argv=["prog"])
     bare(["prog"])
     assert e2e.config_overrides(bare) == ()
-    assert e2e.shipped_config(bare.config, "demo_tiny")[0].training.learning_rate == 1e-3  # finetune's
+    assert e2e.shipped_config(bare.config, "demo_tiny")[0].training.learning_rate == 2e-3  # finetune's
 
 
 @pytest.mark.parametrize("field", ["spm_model", "cmvn"])
@@ -252,3 +252,17 @@ def test_lineage_chains_a_parent_trained_in_stages():
     child = {**parent, **info, "steps": 1000}  # a grandchild counts the whole chain
     assert pretrained.lineage("/b/c", child, 0.0, 5)["total_steps"] == 6000 + 16454 + 1000 + 5
     assert pretrained.chain_steps({"steps": 7}) == 7 and pretrained.chain_steps({}) == 0
+
+
+def test_bundle_config_names_no_path_of_the_training_machine(tmp_path):
+    config = tiny_config()
+    config.paths.manifest_dir = str(tmp_path / "data")
+    config.paths.spm_model = str(tmp_path / "data" / "spm.model")
+    config.training.init_from = str(tmp_path / "parent")
+    path = make_bundle(str(tmp_path), config)
+    with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+        written = json.load(f)
+    assert set(written["paths"].values()) == {""} and written["training"]["init_from"] == ""
+    assert str(tmp_path) not in json.dumps(written)
+    assert written["model"] == json.loads(config.model.to_json())  # the model config is kept whole
+    assert config.paths.manifest_dir == str(tmp_path / "data")  # the caller's config is not changed

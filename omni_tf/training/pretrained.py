@@ -103,6 +103,9 @@ def write_bundle(model, config: ml_collections.ConfigDict, spm_model: str, cmvn:
     """Writes the bundle of ``model`` into ``out_dir`` (replacing one there); ``info`` goes to bundle.json.
 
     ``bundle.json`` is written last: a bundle without it is unfinished (``check_bundle`` refuses it).
+    ``config.json`` is ``config`` without the writing machine's files: every ``paths`` field and
+    ``training.init_from`` are emptied (the bundle carries its spm.model and cmvn.json; its ancestry is in
+    ``info``), so a shipped bundle names no path of the machine that trained it.
     """
     os.makedirs(out_dir, exist_ok=True)
     stale = os.path.join(out_dir, "bundle.json")
@@ -115,7 +118,11 @@ def write_bundle(model, config: ml_collections.ConfigDict, spm_model: str, cmvn:
     os.replace(tmp, os.path.join(out_dir, "weights.npz"))
     fileio.copy_file(spm_model, os.path.join(out_dir, "spm.model"))
     fileio.copy_file(cmvn, os.path.join(out_dir, "cmvn.json"))
-    fileio.write_text(os.path.join(out_dir, "config.json"), config.to_json_best_effort(indent=1))
+    portable = ml_collections.ConfigDict(config.to_dict())
+    for field in portable.paths:
+        portable.paths[field] = ""
+    portable.training.init_from = ""
+    fileio.write_text(os.path.join(out_dir, "config.json"), portable.to_json_best_effort(indent=1))
     fileio.write_json(stale, dict(info))
     return out_dir
 

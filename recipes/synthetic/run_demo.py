@@ -11,8 +11,8 @@ Usage (from the repository root):
 
 Flags besides those above: --num_utterances (8000) and --seed (0) of the corpus; --ood_utterances (200; 0 =
 no out-of-domain split); --pretrained (--init=shipped: a bundle name under omni_tf/resources/pretrained/ or a
-path; demo_tiny); --quantization (dynamic_int8) and --sparse (auto) of the export; --parity_utterances (100)
-and --eval_utterances (0 = all) of the parity check and the level table.
+path; demo_tiny_extra, see docs/RESULTS.md 2d); --quantization (dynamic_int8) and --sparse (auto) of the
+export; --parity_utterances (100) and --eval_utterances (0 = all) of the parity check and the level table.
 
 Stages (``<out>/stages/<name>.json`` records each finished one; running the same command again reuses them,
 an interrupted stage resumes (corpus: the FLAC files already written; training: its checkpoint), a larger
@@ -25,7 +25,7 @@ command per --out at a time (a lock)), in order:
   shipped   (--init=shipped) <out>/data_shipped: the manifests with the shipped model's spm.model / cmvn.json;
             the config gets the shipped model's config and the `finetune` variant (no dense warm-up,
             sparsity ramp over 2-50 % of max_steps, then fine-tuning at frozen masks; peak learning rate
-            1e-3 after 50 warm-up steps) and the `tier_sandwich` variant (dense + every tier's subnet each
+            2e-3 after 50 warm-up steps) and the `tier_sandwich` variant (dense + every tier's subnet each
             step, the sparse ones distilled from the dense one; omni_tf/configs/experiment.py), unless
             --config names them already; a field given as --config.* keeps its value, the others of the
             variant still apply: --config.sparsity.sampler=uniform alone trains the dense teacher beside
@@ -74,12 +74,12 @@ flags.DEFINE_enum("init", "shipped", ["scratch", "shipped"],
                   "model start from the shipped dense model (--pretrained), with its tokenizer, CMVN and "
                   "model config (--config.model.* is then ignored), and the config gets the finetune "
                   "variant (no dense warm-up, sparsity ramp over 2-50 % of max_steps, then fine-tuning "
-                  "at frozen masks, peak learning rate 1e-3 after 50 warm-up steps) and the tier_sandwich "
+                  "at frozen masks, peak learning rate 2e-3 after 50 warm-up steps) and the tier_sandwich "
                   "variant (dense + every tier each step, tiers distilled from the dense subnet); "
                   "--config.* fields given explicitly keep their values, the variants' others still "
                   "apply (--config.sparsity.sampler=uniform --config.sparsity.distill_weight=0 for one "
                   "level per step).")
-flags.DEFINE_string("pretrained", "demo_tiny", "--init=shipped: a bundle name under "
+flags.DEFINE_string("pretrained", "demo_tiny_extra", "--init=shipped: a bundle name under "
                     "omni_tf/resources/pretrained/ or a path (recipes/synthetic/pretrain.py writes one).")
 flags.DEFINE_integer("ood_utterances", 200, "Utterances of the out-of-domain test split reported beside the "
                      "test split (0 = none).")
