@@ -16,7 +16,9 @@ built here from the same fields (every ``config.sparsity`` field is read once, i
   ``name=bytes:0.35`` = fraction of the dense int8 model's bytes, ``name=level:3`` = index into the level
   set), ``tier(spec)`` -> a validated per-kernel level config, ``budget(spec, metric)`` -> a size budget;
   ``with_tier_levels(config, tiers)`` makes every ``sparsity:S`` tier a level of the set (and the tiers the
-  ``tiers`` samplers' ``train_levels``) before training.
+  ``tiers`` samplers' ``train_levels``) before training; with such a sampler it raises ValueError for a tier
+  it would not train (a ``bytes:`` tier without ``--config.sparsity.train_levels``, or a given
+  ``train_levels`` lacking a tier's level).
 
 Usage::
 

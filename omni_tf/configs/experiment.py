@@ -4,7 +4,8 @@ Use with ``config_flags.DEFINE_config_file("config", "omni_tf/configs/experiment
 and override fields on the command line, e.g. ``--config.training.max_steps=100``.
 ``get_config("tiny,smoke")`` is the runlocal-style smoke variant (a few steps, small batches); an unknown
 variant raises with the known ones;
-``get_config("paper,librispeech")`` is the LibriSpeech 960 h schedule (``recipes/librispeech/run.py``);
+``get_config("paper,librispeech")`` is the LibriSpeech 960 h schedule with the tier sandwich and in-place
+distillation (``recipes/librispeech/run.py``);
 ``get_config("tiny,demo")`` is the ~20-minute 2-core synthetic demo (``recipes/synthetic/run_demo.py``;
 measurements behind every value in docs/TUNING.md); ``get_config("tiny,demo,finetune")`` its schedule for a
 run that starts from a trained dense model and ``tier_sandwich`` the supernet training of such a run

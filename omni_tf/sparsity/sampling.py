@@ -16,7 +16,8 @@ and a resumed run replays exactly. Names (``make_sampler``):
   ``SupernetMasks.apply_dense``).
 - ``tiers``: the sandwich over the deployed tiers: the dense subnet and every tier's subnet, every step, so
   each tier gets as many updates as its individually pruned model would (``sparsity.train_levels``); with
-  distillation, the config variant ``tier_sandwich`` (``run_demo --init=shipped``'s default).
+  distillation, the config variant ``tier_sandwich`` (``run_demo --init=shipped``'s default; the
+  ``librispeech`` variant applies it too).
 - ``tiers_random``: dense, the sparsest tier and one other tier drawn at random (3 subnets per step
   whatever the number of tiers; the sandwich rule of Yu & Huang 2019, Sec. 3.2, over the tiers).
   A tier sparsity ``s`` that is a level is that uniform level; one between two levels ``lo < s < hi`` is a
