@@ -7,7 +7,8 @@ checkpoint in --out and stops at --max_minutes or training.max_steps):
       --config.training.max_steps=60000 --num_utterances=40000
   python -m recipes.synthetic.pretrain --out=/tmp/pt --num_utterances=60 --config.training.max_steps=3 \
       --eval_utterances=8 --bundle_dir=/tmp/pt/bundle                                      # smoke run
-  # continue the shipped demo_tiny on a corpus whose train split also holds the extra sentence pool:
+  # continue the shipped demo_tiny on a corpus whose train split also holds the extra sentence pool
+  # (demo_tiny_extra's exact command: docs/RESULTS.md 2d):
   nice python -m recipes.synthetic.pretrain --out=runs/pretrain_extra --init_from=demo_tiny --extra_text \
       --name=demo_tiny_extra --max_minutes=60 --config.training.max_steps=100000
 
