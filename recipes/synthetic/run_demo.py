@@ -33,7 +33,9 @@ command per --out at a time (a lock)), in order:
             one level per step. --init=scratch samples one uniform level per step (the demo variant)
   train     the omni supernet within --max_minutes (progress line with rate and ETA; the learning rate
             and the sparsity ramp end with the budget, omni_tf/training/progress.py); its level set is
-            config.sparsity.levels plus every --tiers sparsity (a sparsity:S tier is a trained level)
+            config.sparsity.levels plus every --tiers sparsity (a sparsity:S tier is a trained level);
+            with --init=shipped's tiers sampler a bytes:F tier needs --config.sparsity.train_levels
+            (else an error naming the tier)
   budgets   each tier's budget in the size metric of --quantization (config.sparsity.search_metric):
             --tiers name=sparsity:S (a uniform config of sparsity S), name=bytes:F (F x the dense int8
             bytes) or name=level:K (uniform level K)
