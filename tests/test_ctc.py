@@ -127,3 +127,45 @@ def test_ctc_head_config_round_trip():
     head = CtcHead(8, 5)
     again = CtcHead.from_config(head.get_config())
     assert (again.enc_dim, again.vocab_size) == (8, 5)
+
+
+def test_training_warns_once_when_most_utterances_cannot_be_ctc_aligned():
+    warnings = []
+    original = loop.logging.warning
+    loop.logging.warning = lambda msg, *args: warnings.append(msg % args)
+    try:
+        assert not loop._warn_ctc_infeasible(10, 100, 8)  # 10 %: at the threshold, no warning
+        assert not warnings
+        assert loop._warn_ctc_infeasible(82, 100, 8)
+        assert not loop._warn_ctc_infeasible(0, 0, 4)  # nothing seen yet
+    finally:
+        loop.logging.warning = original
+    assert len(warnings) == 1
+    assert "82 of 100 utterances so far (82 %)" in warnings[0] and "one per 8 feature frames" in warnings[0]
+    assert "training.ctc_weight=0" in warnings[0]
+
+
+def test_training_loop_reports_the_infeasible_fraction_and_warns_early(tmp_path):
+    warnings = []
+    original = loop.logging.warning
+    loop.logging.warning = lambda msg, *args: warnings.append(msg % args)
+    try:
+        results = {}
+        # 4x subsampling: 8-12 feature frames give 2-3 encoder frames, too few for most 1-6 labels; 200+
+        # frames are always enough for one label
+        for name, frames, labels in (("short", (8, 12), 6), ("long", (200, 220), 1)):
+            config = tiny_config("dense")
+            config.training.ctc_weight, config.training.max_steps, config.training.log_every = 0.3, 2, 1
+            source = sources.RandomFeatureSource(16, num_batches=2, min_frames=frames[0],
+                                                 max_frames=frames[1], max_labels=labels)
+            results[name] = loop.train(config, str(tmp_path / name), source)
+            results[name + "_warnings"] = len(warnings)
+    finally:
+        loop.logging.warning = original
+    short, long = results["short"], results["long"]
+    assert short["ctc_infeasible_fraction"] == short["ctc_infeasible_utterances"] / 8 > 0.1
+    assert long["ctc_infeasible_utterances"] == 0 and long["ctc_infeasible_fraction"] == 0.0
+    early = [w for w in warnings if w.startswith("auxiliary CTC:")]
+    assert len(early) == 1 and "one per 4 feature frames" in early[0]  # once, from the short run only
+    assert results["short_warnings"] == results["long_warnings"]
+

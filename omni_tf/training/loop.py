@@ -207,6 +207,24 @@ def _log_nonfinite(out: dict[str, Any], step: int) -> list[str]:
     return bad
 
 
+CTC_INFEASIBLE_WARN = 0.1  # warn once when more than this fraction of utterances cannot be CTC-aligned
+
+
+def _warn_ctc_infeasible(infeasible: int, utts: int, subsampling_factor: int) -> bool:
+    """Logs a warning (and returns True) when more than ``CTC_INFEASIBLE_WARN`` of the ``utts`` utterances
+    seen so far had fewer encoder frames than their labels need, i.e. the auxiliary CTC loss is 0 for them and
+    ``training.ctc_weight`` buys little but its cost; else returns False. The cure is denser encoder frames
+    (a lower ``model.subsampling_factor``) or fewer, larger label pieces (a bigger vocabulary)."""
+    fraction = infeasible / max(utts, 1)
+    if fraction <= CTC_INFEASIBLE_WARN:
+        return False
+    logging.warning("auxiliary CTC: %d of %d utterances so far (%.0f %%) have fewer encoder frames (one per "
+                    "%d feature frames) than their labels need, so their CTC loss is 0; lower "
+                    "model.subsampling_factor, use larger pieces, or set training.ctc_weight=0",
+                    infeasible, utts, 100.0 * fraction, subsampling_factor)
+    return True
+
+
 def _stop_after_skips(max_skips: int, skipped: list[tuple[int, list[str]]]) -> None:
     """Raises ``NonFiniteError`` when the last ``max_skips`` (> 0) steps were all skipped; ``skipped`` holds
     (step, utterance ids) of the current run of consecutive skips."""
@@ -262,6 +280,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, source: DataSource,
     step = last_saved = first_step = int(counters.step.numpy())
     skipped: list[tuple[int, list[str]]] = []  # the current run of consecutive skipped updates
     ctc_infeasible = 0  # utterances (this run) whose CTC loss was masked: too few encoder frames
+    ctc_utts, ctc_warned = 0, False
     clock.update(step, trained_seconds())
     while (stopped_by := clock.done(step)) is None:
         schedule_step = int(clock.schedule_step.numpy())
@@ -284,6 +303,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, source: DataSource,
         _stop_after_skips(t.max_consecutive_skips, skipped)
         utts, frames = int(out["utts"]), int(out["frames"])
         ctc_infeasible += int(out["ctc_infeasible"])
+        ctc_utts += int(out["utts"])
+        if state.ctc_head is not None and not ctc_warned and step % t.log_every == 0:
+            ctc_warned = _warn_ctc_infeasible(ctc_infeasible, ctc_utts, config.model.subsampling_factor)
         meter.add(1, utts, frames)
         total_meter.add(1, utts, frames)
         if step == first_step + 1:
@@ -313,6 +335,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, source: DataSource,
                "checkpoint": path or keeper.latest, "restored_from": restored, **rates}
     if state.ctc_head is not None:
         metrics["ctc_infeasible_utterances"] = ctc_infeasible
+        metrics["ctc_infeasible_fraction"] = ctc_infeasible / max(ctc_utts, 1)
         if ctc_infeasible:
             logging.warning("%d utterance passes had fewer encoder frames than CTC needs; their CTC loss "
                             "was 0 (RNN-T loss unaffected)", ctc_infeasible)
