@@ -51,7 +51,12 @@ def test_init_from_continues_a_bundle_with_its_spm_and_cmvn_and_chains_bundle_js
     assert info["parent"]["command"] == "python -m recipes.synthetic.pretrain --out=/somewhere"
     assert info["cpu_hours"] == round(1.5 + info["run_cpu_hours"], 3) and info["run_cpu_hours"] > 0
     config = json.loads((child / "config.json").read_text())
-    assert config["training"]["mode"] == "dense" and config["training"]["init_from"] == parent
+    # the run started from the parent (its workdir's config); the bundle's own config.json names no path of
+    # this machine (write_bundle), its ancestry is bundle.json's "parent"
+    trained = json.loads((out / "train" / "config.json").read_text())
+    assert trained["training"]["init_from"] == parent and trained["training"]["mode"] == "dense"
+    assert config["training"]["mode"] == "dense" and config["training"]["init_from"] == ""
+    assert set(config["paths"].values()) == {""}
     assert "finetune" not in config["variants"] and config["model"]["vocab_size"] == 16
     # The same command with a larger step budget resumes from <out>/train (stages reused).
     second = subprocess.run([*cmd[:-2], "--config.training.max_steps=3", cmd[-1]], cwd=ROOT, env=env,
