@@ -162,7 +162,7 @@ def test_crash_and_restart_equals_uninterrupted_with_dropout_and_specaugment(tmp
              lambda s, out: full_losses.setdefault(s, float(out["loss"])))
 
     class Crash(Exception):
-        pass
+        """Stands for kill -9 between two checkpoints."""
 
     def crash_at_3(step, out):
         resumed_losses[step] = float(out["loss"])
