@@ -5,7 +5,7 @@ Usage (from the repository root; each run is a ``run_demo`` / ``run_recipe`` out
 below):
   python -m benchmarks.compare_runs --a=runs/demo --b=runs/demo_uniform
   python -m benchmarks.compare_runs --a=runs/demo --b=runs/demo_uniform --levels=0,0.6,0.75,0.9 \\
-      --split=test --test_utterances=0 --out=runs/demo/compare
+      --split=test --max_utterances=0 --out=runs/demo/compare
   python -m benchmarks.compare_runs --a=/path/to/bundle --b=demo_tiny --data_dir=runs/demo/data \\
       --split=test_ood
 
@@ -276,7 +276,7 @@ def paired(level: str, a: Mapping[str, Any], b: Mapping[str, Any]) -> tuple[list
     if sorted(a["ids"]) != sorted(b["ids"]):
         raise ValueError(f"level {level}: runs A and B decoded different utterances ({len(a['ids'])} vs "
                          f"{len(b['ids'])}; their data configs batch the split differently: use "
-                         "--test_utterances=0)")
+                         "--max_utterances=0)")
     by_id = {i: (r, h) for i, r, h in zip(b["ids"], b["refs"], b["hyps"], strict=True)}
     for i, ref in zip(a["ids"], a["refs"], strict=True):
         if metrics.normalize(ref) != metrics.normalize(by_id[i][0]):
@@ -346,19 +346,19 @@ def report(rows: Sequence[Mapping[str, Any]], a: Run, b: Run, out: str, settings
 
 
 def compare_and_report(a: Run, b: Run, out: str, command: str, levels: Sequence[float] = (),
-                       split: str = "test", test_utterances: int = 0, bootstrap: int = 1000, seed: int = 0,
+                       split: str = "test", max_utterances: int = 0, bootstrap: int = 1000, seed: int = 0,
                        allow_different_data: bool = False) -> str:
     """``compare`` then ``report`` (the settings recorded with ``command``, the command line that ran it);
     returns the markdown. Raises what ``compare`` raises."""
-    rows = compare(a, b, levels, out, split, test_utterances, bootstrap, seed, allow_different_data)
+    rows = compare(a, b, levels, out, split, max_utterances, bootstrap, seed, allow_different_data)
     settings = {"split": split, "manifest": sources.manifest_path(a.config, split),
-                "test_utterances": test_utterances, "bootstrap": bootstrap, "seed": seed,
+                "max_utterances": max_utterances, "bootstrap": bootstrap, "seed": seed,
                 "allow_different_data": allow_different_data, "command": command}
     return report(rows, a, b, out, settings)
 
 
 def define_compare_flags(flag_values: flags.FlagValues = FLAGS) -> None:
-    """The flags of what is decoded and how it is compared: ``--levels``, ``--split``, ``--test_utterances``,
+    """The flags of what is decoded and how it is compared: ``--levels``, ``--split``, ``--max_utterances``,
     ``--bootstrap``, ``--bootstrap_seed`` (also ``benchmarks.retrain --compare``'s; ``compare_flag_values``
     reads them)."""
     fv = flag_values
@@ -368,8 +368,8 @@ def define_compare_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     flags.DEFINE_enum("split", "test", ["test", "dev", "test_ood"], "The split of run A's config both runs "
                       "decode (test_ood: <manifest_dir>/test_ood.tsv, the demo's out-of-domain split).",
                       flag_values=fv)
-    flags.DEFINE_integer("test_utterances", 0, "Utterances decoded (the first batches; 0 = the whole split).",
-                         flag_values=fv)
+    flags.DEFINE_integer("max_utterances", 0, "Decode only the first utterances of --split (whole batches; "
+                         "0 = the whole split).", flag_values=fv)
     flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples per WER difference.", flag_values=fv)
     flags.DEFINE_integer("bootstrap_seed", 0, "Seed of the bootstrap resamples.", flag_values=fv)
 
@@ -377,7 +377,7 @@ def define_compare_flags(flag_values: flags.FlagValues = FLAGS) -> None:
 def compare_flag_values(flag_values: flags.FlagValues = FLAGS) -> dict[str, Any]:
     """The parsed ``define_compare_flags`` as ``compare_and_report`` keyword arguments."""
     fv = flag_values
-    return {"levels": [float(s) for s in fv.levels], "split": fv.split, "test_utterances": fv.test_utterances,
+    return {"levels": [float(s) for s in fv.levels], "split": fv.split, "max_utterances": fv.max_utterances,
             "bootstrap": fv.bootstrap, "seed": fv.bootstrap_seed}
 
 

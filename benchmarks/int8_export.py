@@ -2,10 +2,10 @@
 
 Usage (from the repository root; the demo's output directory as example):
   python -m benchmarks.int8_export --config=omni_tf/configs/experiment.py:tiny,demo \\
-      --workdir=runs/demo2/train/omni --data_dir=runs/demo2/data --calib_utterances=20 --eval_utterances=200
+      --workdir=runs/demo2/train/omni --data_dir=runs/demo2/data --calib_utterances=20 --dev_utterances=200
 
 One dense-level tier, calibrated on the first ``--calib_utterances`` dev utterances and judged on the next
-``--eval_utterances``. Rows: the ai-edge-quantizer modes of ``tflite_export/convert.py`` (dynamic int8, the
+``--dev_utterances``. Rows: the ai-edge-quantizer modes of ``tflite_export/convert.py`` (dynamic int8, the
 reference; weight-only int8; dynamic int4), full int8 calibrated with the library's default moving-average
 ranges (default float groups), and full int8 with min/max ranges (``convert.calibrate``) and no / the
 default / the default + residual + attention-score float groups. Columns:
@@ -39,7 +39,7 @@ config_flags.DEFINE_config_file("config", "omni_tf/configs/experiment.py:tiny,de
 flags.DEFINE_string("workdir", "runs/demo/train/omni", "Training workdir (checkpoint in <workdir>/ckpt).")
 flags.DEFINE_string("data_dir", "runs/demo/data", "Prepared directory (dev.tsv, cmvn.json, spm.model).")
 flags.DEFINE_integer("calib_utterances", 20, "Dev utterances for calibration.")
-flags.DEFINE_integer("eval_utterances", 200, "Dev utterances (after the calibration ones) for WER/tokens.")
+flags.DEFINE_integer("dev_utterances", 200, "Dev utterances (after the calibration ones) for parity / WER.")
 flags.DEFINE_string("output", "", "Also write the Markdown table here.")
 
 DEFAULT = list(convert.INT8_KEEP_FLOAT)
@@ -88,7 +88,7 @@ def main(argv):
     spm, cmvn = sources.spm_cmvn_paths(config)
     mean, std = features_lib.load_cmvn(cmvn)
     rows = read_manifest(sources.manifest_path(config, "dev"))
-    rows = rows[: FLAGS.calib_utterances + FLAGS.eval_utterances]
+    rows = rows[: FLAGS.calib_utterances + FLAGS.dev_utterances]
     feats = [audio_features(r["path"], config.data, mean, std) for r in rows]
     calib, evaluate = feats[: FLAGS.calib_utterances], feats[FLAGS.calib_utterances:]
     refs = [r["text"] for r in rows[FLAGS.calib_utterances:]]

@@ -3,11 +3,11 @@
 Usage (from the repository root; ``--data_dir`` is a prepared corpus, e.g. ``runs/demo/data`` of
 ``make demo``; run one job at a time, niced, it trains for hours at the longer budgets):
   nice -n 10 python -m benchmarks.omni_vs_pruned --data_dir=runs/demo/data --out=runs/compare \
-      --budgets=800,2500,6000 --tiers=speaker=sparsity:0.6,phone=sparsity:0.75,wearable=sparsity:0.9
+      --step_budgets=800,2500,6000 --tiers=speaker=sparsity:0.6,phone=sparsity:0.75,wearable=sparsity:0.9
   nice -n 10 python -m benchmarks.omni_vs_pruned --data_dir=runs/demo/data --pretrained=BUNDLE \
-      --out=runs/compare_shipped --budgets=800,2500      # both sides from a shipped dense model
+      --out=runs/compare_shipped --step_budgets=800,2500      # both sides from a shipped dense model
   nice -n 10 python -m benchmarks.omni_vs_pruned --data_dir=runs/demo/data --out=runs/compare \
-      --budgets=800,2500 --omni_variants=base,uniform,tiers_random,tiers_random_kd  # omni strategies
+      --step_budgets=800,2500 --omni_variants=base,uniform,tiers_random,tiers_random_kd  # omni strategies
   python -m benchmarks.omni_vs_pruned --smoke --compute_unit=steps --out=/tmp/compare_smoke  # ~1 min
 
 Sides and protocols (the comparison of the Omni-sparsity DNN paper, Wu et al. 2021: one supernet vs one
@@ -107,7 +107,7 @@ config_flags.DEFINE_config_file("config", f"{experiment.__file__}:tiny,demo", "E
                                 lock_config=True)
 flags.DEFINE_string("data_dir", None, "Prepared corpus: train.tsv, dev.tsv, test.tsv, cmvn.json, spm.model.")
 flags.DEFINE_string("out", None, "Output directory (reused: finished runs and evaluations are skipped).")
-flags.DEFINE_list("budgets", ["800", "2500"], "Steps per model, ascending.")
+flags.DEFINE_list("step_budgets", ["800", "2500"], "Training steps per model, ascending (not a size budget).")
 define_tiers_flag(["speaker=sparsity:0.6", "phone=sparsity:0.75", "wearable=sparsity:0.9"],
                   "Device tiers, each a uniform sparsity (added to omni's level set).", kinds=("sparsity",))
 flags.DEFINE_list("omni_variants", ["base"], "Omni training strategies compared against the same "
@@ -126,9 +126,9 @@ flags.DEFINE_string("pretrained", "", "Start both sides from this shipped dense 
                     "read the bundle's spm.model / cmvn.json: --data_dir's own when they are the same "
                     "bytes, else a copy of its manifests with the bundle's files in <out>/data_shipped. "
                     "Empty: random initial weights (training.seed).")
-flags.DEFINE_bool("smoke", False, "One-layer model (other config fields as given), tiny corpus (made under "
-                  "--out when --data_dir is unset), budgets 1,2: the whole driver in about a minute (with "
-                  "--compute_unit=steps every compute run is a steps run).")
+flags.DEFINE_bool("smoke", False, "One-layer model (other config fields as given), tiny corpus (made "
+                  "under --out when --data_dir is unset), step budgets 1,2: the whole driver in about a "
+                  "minute (with --compute_unit=steps every compute run is a steps run).")
 # --out is checked in main, not marked required: the tests import this module into a process whose global
 # FLAGS other recipes' tests parse, and a required-flag validator here would fail their parsing.
 
@@ -579,7 +579,7 @@ def main(argv: list[str]) -> None:
         config, data_dir = pretrained_inputs(FLAGS.config, data_dir, FLAGS.pretrained, out, keep)
     else:
         config = with_data(FLAGS.config, data_dir)
-    budgets = [int(b) for b in FLAGS.budgets]
+    budgets = [int(b) for b in FLAGS.step_budgets]
     if FLAGS.smoke:
         config, budgets = smoke_config(config), [1, 2]
     tiers = tier_sparsities(FLAGS.tiers)

@@ -1,13 +1,13 @@
 """Learning curves of every omni variant and the individually pruned models in one ``omni_vs_pruned`` output.
 
-``omni_vs_pruned`` plots the budgets and variants of its own invocation; its ``results.json`` keeps every
-run and evaluation of the ``--out`` across invocations (e.g. ``--budgets=200,500`` with two variants, then
-``--budgets=1500`` with a third). This draws all of them: per tier, test WER vs steps per model for the
-pruned models (protocol ``steps``) and for each omni variant found (runs ``omni_s{B}`` = ``base``,
-``omni_<variant>_s{B}``).
+``omni_vs_pruned`` plots the step budgets and variants of its own invocation; its ``results.json`` keeps
+every run and evaluation of the ``--out`` across invocations (e.g. ``--step_budgets=200,500`` with two
+variants, then ``--step_budgets=1500`` with a third). This draws all of them: per tier, test WER vs steps
+per model for the pruned models (protocol ``steps``) and for each omni variant found (runs ``omni_s{B}`` =
+``base``, ``omni_<variant>_s{B}``).
 
 Usage:
-  python -m benchmarks.plot_curves --results=runs/compare_shipped/results.json --out=curves_all.png
+  python -m benchmarks.plot_curves --results=runs/compare_shipped/results.json --output=curves_all.png
 """
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def main(argv: list[str]) -> None:
     budgets = {int(r["steps"]) for name, r in data["runs"].items()
                if name.startswith("omni") and "steps" in r}
     by_tier = curves(data["evals"], budgets)
-    tiers = [t for t in FLAGS.tiers if t in by_tier] or sorted(by_tier)
+    tiers = [t for t in FLAGS.tier_names if t in by_tier] or sorted(by_tier)
     fig, axes = plt.subplots(1, len(tiers), figsize=(4.4 * len(tiers), 4), squeeze=False)
     for ax, tier in zip(axes[0], tiers, strict=True):
         for series, points in by_tier[tier].items():
@@ -73,7 +73,7 @@ def main(argv: list[str]) -> None:
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(FLAGS.out, dpi=90)
+    fig.savefig(FLAGS.output, dpi=90)
     for tier in tiers:
         print(tier, by_tier[tier])
 
@@ -81,6 +81,7 @@ def main(argv: list[str]) -> None:
 if __name__ == "__main__":
     flags.DEFINE_string("results", None, "results.json of a benchmarks/omni_vs_pruned.py --out.",
                         required=True)
-    flags.DEFINE_string("out", None, "PNG to write.", required=True)
-    flags.DEFINE_list("tiers", ["speaker", "phone", "wearable"], "Tiers to plot, in this order.")
+    flags.DEFINE_string("output", None, "PNG file to write.", required=True)
+    flags.DEFINE_list("tier_names", ["speaker", "phone", "wearable"], "Names of the tiers to plot, in this "
+                      "order (names only: not --tiers' name=kind:value items).")
     app.run(main)

@@ -2,7 +2,7 @@
 
 Usage (from the repository root):
   python -m benchmarks.retrain --from=runs/demo_scratch --out=runs/ab/ctc02 \\
-      --config.training.ctc_weight=0.2 [--compare] [--levels=0,0.6] [--split=test] [--test_utterances=0]
+      --config.training.ctc_weight=0.2 [--compare] [--levels=0,0.6] [--split=test] [--max_utterances=0]
   python -m benchmarks.retrain --from=runs/demo_scratch --out=runs/ab/lr3e-4 \\
       --config.training.learning_rate=3e-4 --config.sparsity.train_levels=0.6,0.9 --compare
 
@@ -36,7 +36,7 @@ loop's metrics (step, stopped_by, ...).
 ``--compare``: then ``compare_runs.compare_and_report`` with A = the retrain, B = the source (same test
 utterances, each with its own tokenizer and CMVN, which are the same files here), printing the table and
 writing ``<out>/compare/`` (``compare.md``, ``compare.json``, ``decodes.json``); ``--levels``, ``--split``,
-``--test_utterances``, ``--bootstrap``, ``--bootstrap_seed`` mean what they mean in ``compare_runs`` and need
+``--max_utterances``, ``--bootstrap``, ``--bootstrap_seed`` mean what they mean in ``compare_runs`` and need
 ``--compare``.
 """
 from __future__ import annotations
@@ -64,7 +64,7 @@ FLAGS = flags.FLAGS
 OVERRIDE_PREFIX = "--config."
 RECORD_FILE = "retrain.json"
 DATA_SECTION = "paths"
-COMPARE_FLAGS = ("levels", "split", "test_utterances", "bootstrap", "bootstrap_seed")
+COMPARE_FLAGS = ("levels", "split", "max_utterances", "bootstrap", "bootstrap_seed")
 _SCALARS = {bool: flags.BooleanParser(), int: flags.IntegerParser(), float: flags.FloatParser()}
 
 

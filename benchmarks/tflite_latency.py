@@ -1,10 +1,10 @@
 """LiteRT latency per tier on this CPU: per-signature median, streaming RTF (1 thread), memory, GFLOP/s.
 
 Usage (from the repository root):
-  python -m benchmarks.tflite_latency --bundle_dir=WORK/tflite            # every tier of an export
+  python -m benchmarks.tflite_latency --export_dir=WORK/tflite            # every tier of an export
   python -m benchmarks.tflite_latency --preset=tiny --seconds=10 --utterances=3   # fresh tiny model tiers
 
-Without ``--bundle_dir`` a freshly initialized model of ``--preset`` is exported in-process as (``--only``
+Without ``--export_dir`` a freshly initialized model of ``--preset`` is exported in-process as (``--only``
 selects a subset): dense float32, float16, dynamic-range int8, full int8 (calibrated on the streaming
 loop over the benchmark's own features, ``parity.collect_representative``), weight-only int8 and dynamic
 int4, then at 80% sparsity float32 and float16 with 1x4 blocks and dynamic int8 with 1x16 blocks (sparse
@@ -44,8 +44,8 @@ from tflite_export import bundle, convert, inference_model, parity
 from tflite_export.recognizer import LiteRTRecognizer
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("bundle_dir", "", "Export directory with <tier>/model.tflite + manifest.json.")
-flags.DEFINE_string("preset", "tiny", "Model preset for the fresh model (without --bundle_dir).")
+flags.DEFINE_string("export_dir", "", "Export directory with <tier>/model.tflite + manifest.json.")
+flags.DEFINE_string("preset", "tiny", "Model preset for the fresh model (without --export_dir).")
 flags.DEFINE_float("seconds", 10.0, "Length of each random utterance.")
 flags.DEFINE_integer("utterances", 3, "Utterances for the streaming RTF.")
 flags.DEFINE_integer("runs", 200, "Calls per signature for the medians.")
@@ -238,10 +238,10 @@ def main(argv):
     peak = matmul_peak_gflops()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        if FLAGS.bundle_dir:
-            items = [(os.path.join(FLAGS.bundle_dir, m["tier"]), m["signatures"], m["interpreter_options"],
+        if FLAGS.export_dir:
+            items = [(os.path.join(FLAGS.export_dir, m["tier"]), m["signatures"], m["interpreter_options"],
                       m["sparsity"].get("prunable_sparsity"), m.get("conversion_notes", []))
-                     for m in bundle.load_bundle(FLAGS.bundle_dir)]
+                     for m in bundle.load_bundle(FLAGS.export_dir)]
         else:
             items = fresh_tiers(tmp, feats)
         fc_shapes = {}

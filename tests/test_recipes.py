@@ -188,7 +188,7 @@ def test_librispeech_run_end_to_end_and_rerun_reuses_stages(tmp_path):
          "--config=omni_tf/configs/experiment.py:tiny,smoke",
          *[a for a in cmd if a.startswith("--config.model.")], "--config.sparsity.levels=(0.0,0.5,0.9)",
          f"--workdir={out / 'train' / 'omni'}", f"--data_dir={out / 'data'}", "--split=dev-other",
-         f"--out={tmp_path / 'export'}", f"--budgets=b:{budget}", "--quantization=float32",
+         f"--out={tmp_path / 'export'}", f"--budgets=b:{budget}", "--quantizations=float32",
          "--config.sparsity.search_population=3", "--config.sparsity.search_generations=1",
          "--search_max_batches=1", "--dev_utterances=2", "--tiers=u9=sparsity:0.9"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

@@ -4,7 +4,7 @@ Usage (from the repository root; WORK = the training workdir with ckpt/, DATA = 
 <split>.tsv (--split, default dev), cmvn.json, spm.model):
   python -m recipes.librispeech.export --config=omni_tf/configs/experiment.py:tiny --workdir=WORK \
       --data_dir=DATA --out=WORK/tflite --tiers=s0=level:0,s50=sparsity:0.5,s90=level:6 \
-      --quantization=dynamic_int8,float32
+      --quantizations=dynamic_int8,float32
   python -m recipes.librispeech.export ... --search_json=WORK/search.json     # per-kernel configs from search
   python -m recipes.librispeech.export ... --budgets=phone:1500000,watch:600000  # budgets -> searched config
   python -m recipes.librispeech.export ... --budgets=phone:1500000 --nobudget_search  # -> densest uniform
@@ -13,8 +13,8 @@ Usage (from the repository root; WORK = the training workdir with ckpt/, DATA = 
 
 ``--tiers`` (the syntax of every recipe, ``recipes/tier_flags.py``): ``name=level:K`` is the uniform level
 index K of the supernet's level set (mode pruned: (0, target)), ``name=sparsity:S`` the uniform level of
-sparsity S (one of the set). ``--budgets`` are in the size metric of the (first) ``--quantization``
-(``config.sparsity.search_metric``; search population / generations: ``config.sparsity.search_*``).
+sparsity S (one of the set). ``--budgets`` are in the size metric of the ``--quantizations`` (all of one
+metric: ``config.sparsity.search_metric``; search population / generations: ``config.sparsity.search_*``).
 ``--search_json`` is ``{tier: {kernel_name: level}}`` or ``{tier: {"config": {...}}}``. A checkpoint trained
 with another level set than ``--config`` gives is refused (the error names both). Output:
 ``<out>/<tier>_<quantization>/{model.tflite, manifest.json, spm.model, android_benchmark.sh}``, plus
@@ -57,13 +57,14 @@ flags.DEFINE_string("split", "dev", "Manifest <split>.tsv (in --data_dir) for pa
 flags.DEFINE_string("out", "", "Bundle directory (default <workdir>/tflite).")
 define_tiers_flag([], "Uniform tiers (default: every level of the level set).", kinds=("level", "sparsity"))
 flags.DEFINE_string("search_json", "", "JSON {tier: per-kernel level config} from the search recipe.")
-flags.DEFINE_list("budgets", [], "name:budget,... in the size metric of --quantization "
+flags.DEFINE_list("budgets", [], "name:budget,... in the size metric of --quantizations "
                   "(sparsity.search_metric), each resolved by the per-layer search (dev RNN-T loss) or, "
                   "with --nobudget_search, the densest uniform level.")
 flags.DEFINE_bool("budget_search", True, "Resolve --budgets by searching per-layer levels.")
 flags.DEFINE_integer("search_max_batches", 8, "Budget search: dev batches for the fitness (0 = all).")
-flags.DEFINE_list("quantization", ["dynamic_int8"], f"Any of {convert.QUANT_MODES}, or auto: per tier "
-                  "the smallest file passing parity with encode latency <= 1.2x the fastest passing mode.")
+flags.DEFINE_list("quantizations", ["dynamic_int8"], f"Export modes, each tier in every one: any of "
+                  f"{convert.QUANT_MODES}, or auto: per tier the smallest file passing parity with encode "
+                  "latency <= 1.2x the fastest passing mode (the other recipes' --quantization is one mode).")
 flags.DEFINE_integer("dev_utterances", 20, "Dev utterances for parity / WER / latency.")
 flags.DEFINE_integer("calib_utterances", 20, "Dev utterances whose streaming loop calibrates full int8 "
                      "(the ones after the parity set when <split>.tsv has them).")
@@ -115,10 +116,10 @@ def tier_specs(config, supernet: Supernet) -> dict[str, object]:
             for name, value in json.load(f).items():
                 specs[name] = {k: int(v) for k, v in value.get("config", value).items()}
     if FLAGS.budgets:
-        metrics = {supernet.budget_metric(q) for q in FLAGS.quantization}
+        metrics = {supernet.budget_metric(q) for q in FLAGS.quantizations}
         if len(metrics) > 1:
-            raise app.UsageError(f"--budgets: the modes {FLAGS.quantization} size budgets in different "
-                                 f"metrics {sorted(metrics)}; export them in separate runs or set "
+            raise app.UsageError(f"--budgets: the --quantizations {FLAGS.quantizations} size budgets in "
+                                 f"different metrics {sorted(metrics)}; export them in separate runs or set "
                                  "--config.sparsity.search_metric")
         metric = metrics.pop()
         budgets = {name: float(b) for name, _, b in (item.partition(":") for item in FLAGS.budgets)}
@@ -153,7 +154,7 @@ def dev_data(config, data_dir: str):
     feats = [audio_features(r["path"], config.data, mean, std) for r in rows]
     calib_rows = all_rows[FLAGS.dev_utterances: FLAGS.dev_utterances + FLAGS.calib_utterances]
     calib = None
-    if {"int8", bundle.AUTO} & set(FLAGS.quantization) and calib_rows:
+    if {"int8", bundle.AUTO} & set(FLAGS.quantizations) and calib_rows:
         calib = [audio_features(r["path"], config.data, mean, std) for r in calib_rows]
     return feats, [r["text"] for r in rows], tokenizer, (mean, std), calib
 
@@ -189,7 +190,7 @@ def export(config, out: str) -> int:
     failed = []
     for name, spec in tier_specs(config, supernet).items():
         baked = inference_model.bake_supernet(supernet, spec)
-        for quant in FLAGS.quantization:
+        for quant in FLAGS.quantizations:
             tier = f"{name}_{quant}"
             options = bundle.ExportOptions(quant, FLAGS.sparse, FLAGS.series, FLAGS.calib_utterances,
                                            int8_keep_float=tuple(FLAGS.int8_keep_float),
