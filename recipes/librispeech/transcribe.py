@@ -3,7 +3,7 @@
 Usage (from the repository root; TIER = ``<export out>/<tier>`` with model.tflite, manifest.json, spm.model):
   python -m recipes.librispeech.transcribe --tier_dir=TIER --audio=x.flac,y.flac
       # prints "<path>\\t<TRANSCRIPT>" per file
-  python -m recipes.librispeech.transcribe --tier_dir=TIER --librispeech_dir=LibriSpeech/dev-clean \\
+  python -m recipes.librispeech.transcribe --tier_dir=TIER --librispeech_tree=LibriSpeech/dev-clean \\
       --output=hyp.txt
       # Kaldi-style "<utt_id> <TRANSCRIPT>" lines (stdout without --output), progress on stderr,
       # WER against the tree's *.trans.txt at the end (stderr)
@@ -40,10 +40,11 @@ from tflite_export.recognizer import LiteRTRecognizer, frontend_config
 FLAGS = flags.FLAGS
 flags.DEFINE_string("tier_dir", None, "Exported tier directory (model.tflite, manifest.json, spm.model).")
 flags.DEFINE_list("audio", [], "Audio files to transcribe (comma separated).")
-flags.DEFINE_string("librispeech_dir", "", "Transcribe every utterance of this LibriSpeech-layout tree.")
+flags.DEFINE_string("librispeech_tree", "", "Transcribe every utterance of this LibriSpeech-layout tree: the "
+                    "corpus root or any directory below it (e.g. one split).")
 flags.DEFINE_string("output", "", "Write Kaldi-style lines here (default stdout).")
 flags.DEFINE_integer("num_threads", 1, "LiteRT interpreter threads.")
-flags.DEFINE_integer("max_utterances", 0, "Stop after this many utterances of --librispeech_dir (0 = all).")
+flags.DEFINE_integer("max_utterances", 0, "Stop after this many utterances of --librispeech_tree (0 = all).")
 flags.mark_flag_as_required("tier_dir")
 
 
@@ -147,15 +148,15 @@ def transcribe_tree(tx: TierTranscriber, root: str, output: str, limit: int = 0)
 
 def main(argv):
     del argv
-    if not FLAGS.audio and not FLAGS.librispeech_dir:
-        raise app.UsageError("give --audio=FILE[,FILE] or --librispeech_dir=DIR")
+    if not FLAGS.audio and not FLAGS.librispeech_tree:
+        raise app.UsageError("give --audio=FILE[,FILE] or --librispeech_tree=DIR")
     tx = TierTranscriber(FLAGS.tier_dir, FLAGS.num_threads)
     done = 0
     if FLAGS.audio:
         done, skipped = transcribe_files(tx, FLAGS.audio)
         print(skip_summary(done, skipped), file=sys.stderr)
-    if FLAGS.librispeech_dir:
-        done += transcribe_tree(tx, FLAGS.librispeech_dir, FLAGS.output, FLAGS.max_utterances)["utterances"]
+    if FLAGS.librispeech_tree:
+        done += transcribe_tree(tx, FLAGS.librispeech_tree, FLAGS.output, FLAGS.max_utterances)["utterances"]
     return 0 if done else 1
 
 
