@@ -26,7 +26,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("librispeech_dir", "", "Existing corpus root; empty: generate one (--corpus).")
 flags.DEFINE_string("split", "train", "Split of --librispeech_dir to read.")
 flags.DEFINE_enum("corpus", "espeak", ["espeak", "tone"], "Generated corpus: espeak-ng or tones.")
-flags.DEFINE_integer("num_utterances", 400, "Utterances in the generated corpus.")
+flags.DEFINE_integer("num_utterances", 400, "Size of the generated corpus: utterances over all splits.")
 flags.DEFINE_integer("epochs", 2, "Timed epochs per mode (after one warm-up epoch).")
 flags.DEFINE_string("work_dir", "", "Where corpus, manifest and cache go; default: a temp dir.")
 

@@ -36,8 +36,11 @@ from tflite_export.recognizer import audio_features, module_runners
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "omni_tf/configs/experiment.py:tiny,demo", "Experiment config.",
                                 lock_config=False)
-flags.DEFINE_string("workdir", "runs/demo/train/omni", "Training workdir (checkpoint in <workdir>/ckpt).")
-flags.DEFINE_string("data_dir", "runs/demo/data", "Prepared directory (dev.tsv, cmvn.json, spm.model).")
+flags.DEFINE_string("workdir", "runs/demo/train/omni", "Training workdir (checkpoints in <workdir>/ckpt, "
+                    "TensorBoard logs, metrics).")
+flags.DEFINE_string("data_dir", "runs/demo/data", "Prepared directory: <split>.tsv manifests, cmvn.json, "
+                    "spm.model (experiment.with_data_dir: a --config.paths.* file given too wins unless the "
+                    "program names that file).")
 flags.DEFINE_integer("calib_utterances", 20, "Dev utterances for calibration.")
 flags.DEFINE_integer("dev_utterances", 200, "Dev utterances (after the calibration ones) for parity / WER.")
 flags.DEFINE_string("output", "", "Also write the Markdown table here.")

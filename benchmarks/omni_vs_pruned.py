@@ -105,7 +105,9 @@ from recipes.tier_flags import define_tiers_flag
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", f"{experiment.__file__}:tiny,demo", "Experiment config.",
                                 lock_config=True)
-flags.DEFINE_string("data_dir", None, "Prepared corpus: train.tsv, dev.tsv, test.tsv, cmvn.json, spm.model.")
+flags.DEFINE_string("data_dir", None, "Prepared directory: <split>.tsv manifests, cmvn.json, "
+                    "spm.model (experiment.with_data_dir: a --config.paths.* file given too wins unless the "
+                    "program names that file).")
 flags.DEFINE_string("out", None, "Output directory (reused: finished runs and evaluations are skipped).")
 flags.DEFINE_list("step_budgets", ["800", "2500"], "Training steps per model, ascending (not a size budget).")
 define_tiers_flag(["speaker=sparsity:0.6", "phone=sparsity:0.75", "wearable=sparsity:0.9"],

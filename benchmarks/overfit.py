@@ -34,7 +34,7 @@ flags.DEFINE_float("max_seconds", 600.0, "wall-clock limit")
 flags.DEFINE_integer("eval_every", 25, "greedy-decode every N steps")
 flags.DEFINE_integer("num_utts", 10, "utterances")
 flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate")
-flags.DEFINE_string("preset", "tiny", "model preset")
+flags.DEFINE_string("preset", "tiny", "Model preset.")
 
 
 def make_data(num_utts: int, seed: int = 0) -> dict[str, tf.Tensor]:

@@ -26,14 +26,16 @@ from omni_tf.training import evaluation, sources
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "omni_tf/configs/experiment.py:tiny", "Experiment config.",
                                 lock_config=True)
-flags.DEFINE_string("workdir", None, "Training workdir (checkpoints in <workdir>/ckpt).")
-flags.DEFINE_string("data_dir", "", "Prepared directory (<split>.tsv, cmvn.json, spm.model); "
-                    "a --config.paths.* file given too is read instead (experiment.with_data_dir).")
+flags.DEFINE_string("workdir", None, "Training workdir (checkpoints in <workdir>/ckpt, "
+                    "TensorBoard logs, metrics).")
+flags.DEFINE_string("data_dir", "", "Prepared directory: <split>.tsv manifests, cmvn.json, "
+                    "spm.model (experiment.with_data_dir: a --config.paths.* file given too wins unless the "
+                    "program names that file).")
 flags.DEFINE_string("split", "dev", "Split to evaluate: dev / test (config.paths.<split>_manifest, default "
                     "<data_dir>/<split>.tsv) or any <data_dir>/<split>.tsv (e.g. test-other).")
 flags.DEFINE_list("configs", [], "JSON files of {kernel: level}; each adds a row named after the file.")
 flags.DEFINE_integer("beam", 0, "Beam width; 0 = greedy.")
-flags.DEFINE_integer("max_batches", 0, "Evaluate only the first N batches (0 = all).")
+flags.DEFINE_integer("max_batches", 0, "Only the first N batches of the split are read (0 = all).")
 flags.DEFINE_string("out_dir", "", "Output directory (default <workdir>/eval).")
 flags.mark_flags_as_required(["workdir"])
 

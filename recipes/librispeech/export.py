@@ -49,9 +49,11 @@ from tflite_export.recognizer import audio_features
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "omni_tf/configs/experiment.py:tiny", "Experiment config.",
                                 lock_config=True)
-flags.DEFINE_string("workdir", "", "Training workdir (checkpoint in <workdir>/ckpt).")
-flags.DEFINE_string("data_dir", "", "Prepared directory (<split>.tsv, cmvn.json, spm.model); "
-                    "a --config.paths.* file given too is read instead (experiment.with_data_dir).")
+flags.DEFINE_string("workdir", "", "Training workdir (checkpoints in <workdir>/ckpt, "
+                    "TensorBoard logs, metrics).")
+flags.DEFINE_string("data_dir", "", "Prepared directory: <split>.tsv manifests, cmvn.json, "
+                    "spm.model (experiment.with_data_dir: a --config.paths.* file given too wins unless the "
+                    "program names that file).")
 flags.DEFINE_string("split", "dev", "Manifest <split>.tsv (in --data_dir) for parity, int8 calibration and "
                     "the budget search: dev for the synthetic corpus, e.g. dev-other for LibriSpeech.")
 flags.DEFINE_string("out", "", "Bundle directory (default <workdir>/tflite).")
@@ -73,7 +75,10 @@ flags.DEFINE_list("int8_keep_float", list(convert.INT8_KEEP_FLOAT),
                   "(empty: none).")
 flags.DEFINE_float("max_wer_rel_increase", parity.MAX_WER_REL_INCREASE,
                    "Parity gate for float16/int8 tiers: TFLite WER <= Keras WER * (1 + this).")
-flags.DEFINE_enum("sparse", "auto", ["auto", "never", "always"], "Sparse tensor encoding.")
+flags.DEFINE_enum("sparse", "auto", ["auto", "never", "always"],
+                  "Sparse encoding of the tier files: auto = only where smaller, right and "
+                  "XNNPACK-runnable; always = also int8 files that need XNNPACK off (smaller, 3-5x "
+                  "slower).")
 flags.DEFINE_bool("random_init", False, "Export a freshly initialized model (smoke test, no checkpoint).")
 flags.DEFINE_string("series", "omni", "Series name in the report / Pareto plot (e.g. individually-pruned).")
 

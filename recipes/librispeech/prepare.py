@@ -28,14 +28,14 @@ from absl import app, flags
 from omni_tf.data.prepare import PrepareError, run
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("librispeech_dir", None, "Corpus root holding split directories.")
+flags.DEFINE_string("librispeech_dir", None, "LibriSpeech-layout corpus root (split directories below it).")
 flags.DEFINE_string("out_dir", None, "Where manifests, reports and cmvn.json go.")
 flags.DEFINE_list("splits", [], "Split directory names to scan; default: all found.")
 flags.DEFINE_list("train_split", [], "Splits for CMVN; default 'train', else all 'train-*'.")
 flags.DEFINE_float("min_duration_s", -1.0, "Shortest usable utterance; < 0: chunk + lookahead + window.")
 flags.DEFINE_enum("check", "full", ["full", "header"], "full: decode every file; header: header + last block")
 flags.DEFINE_integer("num_workers", 2, "Threads probing audio files.")
-flags.DEFINE_integer("cmvn_max_utterances", 0, "Use only the first N train utterances for CMVN (0 = all).")
+flags.DEFINE_integer("cmvn_max_utterances", 0, "Train utterances for the global CMVN: the first N (0 = all).")
 flags.DEFINE_bool("strict", False, "Exit non-zero if any input is bad.")
 flags.DEFINE_bool("convert_audio", False, "Accept audio that is not 16 kHz mono: down-mix and resample it "
                   "(soxr) when decoded, listed per file in the reports; default: reject and report it.")

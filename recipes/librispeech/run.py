@@ -35,17 +35,18 @@ from recipes.stages import Stages
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", f"{experiment.__file__}:paper,librispeech", "Experiment config.",
                                 lock_config=True)
-flags.DEFINE_string("librispeech_dir", None, "LibriSpeech root (split directories below it).")
+flags.DEFINE_string("librispeech_dir", None, "LibriSpeech-layout corpus root (split directories below it).")
 flags.DEFINE_string("out", None, "Output directory (reused across runs).")
 flags.DEFINE_list("train_splits", ["train-clean-100", "train-clean-360", "train-other-500"], "Train splits.")
 flags.DEFINE_string("dev_split", "dev-other", "Split for search fitness and int8 calibration.")
 flags.DEFINE_string("test_split", "test-other", "Split for WER and TFLite parity.")
 flags.DEFINE_integer("max_steps", 0, "Overrides config.training.max_steps when > 0 (both given with "
                      "different values: an error).")
-flags.DEFINE_float("max_minutes", 0.0, "Wall-clock budget of the omni training (0 = none; "
+flags.DEFINE_float("max_minutes", 0.0, "Wall-clock budget of the omni training stage (0 = none; "
                    "--config.training.max_minutes alone sets it too).")
 e2e.define_flags(flags)
-flags.DEFINE_integer("cmvn_max_utterances", 20000, "Train utterances for global CMVN (0 = all).")
+flags.DEFINE_integer("cmvn_max_utterances", 20000,
+                     "Train utterances for the global CMVN: the first N (0 = all).")
 flags.mark_flags_as_required(["librispeech_dir", "out"])
 
 

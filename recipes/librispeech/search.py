@@ -34,15 +34,18 @@ from recipes.tier_flags import define_tiers_flag
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "omni_tf/configs/experiment.py:tiny", "Experiment config.",
                                 lock_config=True)
-flags.DEFINE_string("workdir", None, "Training workdir (checkpoints in <workdir>/ckpt).")
-flags.DEFINE_string("data_dir", "", "Prepared directory (dev.tsv, cmvn.json, spm.model); "
-                    "a --config.paths.* file given too is read instead (experiment.with_data_dir).")
+flags.DEFINE_string("workdir", None, "Training workdir (checkpoints in <workdir>/ckpt, "
+                    "TensorBoard logs, metrics).")
+flags.DEFINE_string("data_dir", "", "Prepared directory: <split>.tsv manifests, cmvn.json, "
+                    "spm.model (experiment.with_data_dir: a --config.paths.* file given too wins unless the "
+                    "program names that file).")
 define_tiers_flag(["speaker=sparsity:0.6", "phone=sparsity:0.75", "wearable=sparsity:0.9"], "Tier budgets.")
-flags.DEFINE_list("budgets", [], "name:absolute budget in the size metric's units (overrides --tiers).")
+flags.DEFINE_list("budgets", [], "name:size budget,... in the size metric of --quantization "
+                  "(sparsity.search_metric); overrides --tiers.")
 flags.DEFINE_enum("quantization", "dynamic_int8", list(BUDGET_METRIC),
                   "Export mode the budgets are for (its size metric when sparsity.search_metric=auto).")
 flags.DEFINE_enum("fitness", "loss", ["loss", "wer"], "Dev-subset RNN-T loss (fast) or greedy WER.")
-flags.DEFINE_integer("max_batches", 8, "Dev batches used for the fitness (0 = all).")
+flags.DEFINE_integer("max_batches", 8, "Only the first N batches of the split are read (0 = all).")
 flags.DEFINE_string("out_dir", "", "Output directory (default <workdir>/search).")
 flags.mark_flags_as_required(["workdir"])
 

@@ -37,9 +37,11 @@ from omni_tf.training import loop, sources, workdir
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "omni_tf/configs/experiment.py:tiny", "Experiment config.",
                                 lock_config=True)
-flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard logs, metrics.")
-flags.DEFINE_string("data_dir", "", "Prepared directory (train.tsv, dev.tsv, cmvn.json, spm.model); "
-                    "a --config.paths.* file given too is read instead (experiment.with_data_dir).")
+flags.DEFINE_string("workdir", None, "Training workdir (checkpoints in <workdir>/ckpt, "
+                    "TensorBoard logs, metrics).")
+flags.DEFINE_string("data_dir", "", "Prepared directory: <split>.tsv manifests, cmvn.json, "
+                    "spm.model (experiment.with_data_dir: a --config.paths.* file given too wins unless the "
+                    "program names that file).")
 flags.DEFINE_integer("random_features", 0, "If > 0: train on this many random-feature batches per epoch.")
 flags.DEFINE_integer("random_batch_size", 4, "Utterances per random-feature batch.")
 flags.DEFINE_bool("allow_config_change", False, "Continue a workdir whose checkpoint was trained with a "

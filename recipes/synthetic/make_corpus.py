@@ -17,7 +17,8 @@ from omni_tf.data import synthetic
 _DEFAULT = synthetic.CorpusSpec()
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out_dir", None, "Output directory (gets train/ dev/ test/, SPEAKERS.TXT, corpus.json).")
-flags.DEFINE_integer("num_utterances", _DEFAULT.num_utterances, "Total utterances over all splits.")
+flags.DEFINE_integer("num_utterances", _DEFAULT.num_utterances,
+                     "Size of the generated corpus: utterances over all splits.")
 flags.DEFINE_float("hours", _DEFAULT.hours, "If > 0: about this many hours in total instead of a count.")
 flags.DEFINE_integer("seed", _DEFAULT.seed, "Seed; the same flags give the same files.")
 flags.DEFINE_float("dev_fraction", _DEFAULT.dev_fraction, "Share of utterances (and speakers) for dev.")

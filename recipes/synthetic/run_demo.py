@@ -66,9 +66,9 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", f"{experiment.__file__}:tiny,demo", "Experiment config.",
                                 lock_config=True)
 flags.DEFINE_string("out", None, "Output directory (reused across runs).")
-flags.DEFINE_float("max_minutes", 10.0, "Wall-clock budget of the omni training stage "
-                   "(--config.training.max_minutes alone sets it too).")
-flags.DEFINE_integer("num_utterances", 8000, "Corpus size (7200 train utterances, 5.4 h at the default).")
+flags.DEFINE_float("max_minutes", 10.0, "Wall-clock budget of the omni training stage (0 = none; "
+                   "--config.training.max_minutes alone sets it too).")
+flags.DEFINE_integer("num_utterances", 8000, "Size of the generated corpus: utterances over all splits.")
 flags.DEFINE_integer("seed", 0, "Corpus seed.")
 e2e.define_flags(flags)
 flags.DEFINE_enum("init", "shipped", ["scratch", "shipped"],
