@@ -284,14 +284,15 @@ def config_digest(config: ml_collections.ConfigDict) -> str:
     """The digest ``results.json`` keys a run's config with: 16 hex digits of the sha256 of its JSON, without
     the ``variants`` record (how the config was made, not what it trains: the fields the variants set are
     in the JSON themselves, and runs cached before the record existed keep their digest) and without a field
-    added later at the value that reproduces older runs (``workdir.ADDED_FIELDS``: their digests stay)."""
+    added later at the value that reproduces older runs (``workdir.ADDED_FIELDS``: their digests stay; not
+    those digests held before the field was registered, ``workdir.HASHED_ADDED_FIELDS``)."""
     record = copy.deepcopy(config)
     with record.unlocked():
         if "variants" in record:
             del record["variants"]
-        for dotted, neutral in workdir_lib.ADDED_FIELDS.items():  # as before the field existed
+        for dotted, neutral in workdir_lib.unhashed_added_fields().items():  # as before the field existed
             section, field = dotted.split(".")
-            if record[section].get(field) == neutral:
+            if json.loads(json.dumps(record[section].get(field))) == neutral:
                 del record[section][field]
     return hashlib.sha256(record.to_json_best_effort(indent=1, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -62,6 +62,80 @@ def test_a_workdir_recorded_before_the_variants_record_resumes(tmp_path):
     assert any(c.startswith("sparsity.dense_warmup") for c in workdir.config_changes(old, finetune))
 
 
+def _old_record(config):
+    """``config`` as a config.json written before every ADDED_FIELDS field existed (and with the dead
+    ``training.eval_every`` the first sessions' configs held)."""
+    old = json.loads(config.to_json_best_effort())
+    for dotted in workdir.ADDED_FIELDS:
+        section, name = dotted.split(".")
+        del old[section][name]
+    old["training"]["eval_every"] = 0
+    return old
+
+
+def _other(value):
+    """A value other than ``value`` of the same kind."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int | float):
+        return value * 2 + 1
+    if isinstance(value, str):
+        return value + "x"
+    return tuple(value)[:-1]
+
+
+def test_a_workdir_recorded_before_the_added_fields_resumes_at_their_neutral_values(tmp_path):
+    config = experiment.get_config("tiny,smoke")
+    with config.unlocked():
+        config.sparsity.search_dev_utterances = workdir.ADDED_FIELDS["sparsity.search_dev_utterances"]
+    old = _old_record(config)
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    os.makedirs(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "ckpt-1.index").write_bytes(b"")
+    assert workdir.config_changes(old, config) == []
+    workdir.claim(str(tmp_path), config).release()
+    completed = workdir.with_added_fields(old)  # what compare_runs reads such a run with
+    assert completed["training"]["ctc_weight"] == 0.0
+    assert completed["sparsity"]["train_levels"] == [0.6, 0.75, 0.9]
+    assert workdir.config_changes(completed, config) == []
+
+
+def test_the_default_search_subset_is_a_change_for_a_workdir_recorded_before_it():
+    config = experiment.get_config("tiny,smoke")  # 256 dev utterances; the search used 64 before the field
+    assert workdir.config_changes(_old_record(config), config) == [
+        "sparsity.search_dev_utterances: '<absent>' -> 256"]
+
+
+@pytest.mark.parametrize("dotted", sorted(workdir.ADDED_FIELDS))
+def test_an_added_field_at_another_value_is_a_change(tmp_path, dotted):
+    config = experiment.get_config("tiny,smoke")
+    section, name = dotted.split(".")
+    with config.unlocked():
+        config.sparsity.search_dev_utterances = workdir.ADDED_FIELDS["sparsity.search_dev_utterances"]
+        config[section][name] = _other(workdir.ADDED_FIELDS[dotted])
+    old = _old_record(experiment.get_config("tiny,smoke"))
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    os.makedirs(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "ckpt-1.index").write_bytes(b"")
+    changes = workdir.config_changes(old, config)
+    assert changes == [f"{dotted}: '<absent>' -> {json.loads(json.dumps(config[section][name]))!r}"]
+    with pytest.raises(workdir.ConfigChanged, match=dotted.replace(".", r"\.")):
+        workdir.claim(str(tmp_path), config)
+
+
+def test_added_fields_are_config_fields_and_hashes_keep_those_they_held():
+    c = experiment.get_config("tiny")
+    assert list(workdir.ADDED_FIELDS) == sorted(workdir.ADDED_FIELDS)  # one entry per line, sorted
+    assert list(workdir.HASHED_ADDED_FIELDS) == sorted(workdir.HASHED_ADDED_FIELDS)
+    assert set(workdir.HASHED_ADDED_FIELDS) < set(workdir.ADDED_FIELDS)
+    for dotted in workdir.ADDED_FIELDS:
+        section, name = dotted.split(".")
+        assert name in c[section], dotted
+    fields = workdir.result_fields(c)  # stage keys: as before these fields were registered
+    assert set(workdir.HASHED_ADDED_FIELDS) <= set(fields)
+    assert "sparsity.per_level_norm" not in fields and "training.eval_every" not in fields
+
+
 def test_second_train_process_on_a_workdir_fails_naming_the_holder(tmp_path):
     env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "3"}
     hold = ("import sys\nfrom omni_tf import fileio\nwith fileio.DirLock(sys.argv[1]):\n"
