@@ -125,7 +125,7 @@ def bundle_config(config: ml_collections.ConfigDict, bundle: str
                   ) -> tuple[ml_collections.ConfigDict, str, dict[str, Any]]:
     """(a copy of ``config`` with the bundle's model config and ``training.init_from`` = its path, the path,
     its ``bundle.json``): ``shipped_config`` without a schedule variant (``recipes/synthetic/pretrain.py
-    --init_from`` continues dense pretraining with the command line's schedule). Raises FileNotFoundError
+    --pretrained`` continues dense pretraining with the command line's schedule). Raises FileNotFoundError
     naming a missing bundle folder or file."""
     path = pretrained.bundle_dir(bundle)
     info = pretrained.check_bundle(path)

@@ -1,4 +1,5 @@
-"""recipes/synthetic/pretrain.py --init_from / --extra_text: a smoke run continuing a tiny bundle."""
+"""recipes/synthetic/pretrain.py --pretrained / --extra_text: a smoke run continuing a tiny bundle; --name and
+the refusal to write over a folder the run did not write."""
 import filecmp
 import json
 import os
@@ -28,14 +29,17 @@ def _parent_bundle(directory) -> str:
     return path
 
 
-def test_init_from_continues_a_bundle_with_its_spm_and_cmvn_and_chains_bundle_json(tmp_path):
+ENV = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def test_pretrained_continues_a_bundle_with_its_spm_and_cmvn_and_chains_bundle_json(tmp_path):
     parent = _parent_bundle(str(tmp_path))
     out, child = tmp_path / "pt", tmp_path / "child"
-    cmd = [sys.executable, "-m", "recipes.synthetic.pretrain", f"--out={out}", f"--init_from={parent}",
-           "--extra_text", "--num_utterances=24", "--eval_utterances=2", "--max_minutes=0",
+    cmd = [sys.executable, "-m", "recipes.synthetic.pretrain", f"--out={out}", f"--pretrained={parent}",
+           "--name=child", "--extra_text", "--num_utterances=24", "--eval_utterances=2", "--max_minutes=0",
            "--config=omni_tf/configs/experiment.py:tiny,smoke", "--config.training.max_steps=2",
            f"--bundle_dir={child}"]
-    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = ENV
     first = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stderr[-3000:]
     data = out / "data_shipped"
@@ -47,7 +51,11 @@ def test_init_from_continues_a_bundle_with_its_spm_and_cmvn_and_chains_bundle_js
     assert corpus["spec"]["extra_train_text"] is True and corpus["spec"]["within_train_of"] == 0
     info = json.loads((child / "bundle.json").read_text())
     assert info["steps"] == 2 and info["total_steps"] == 702
-    assert info["parent"]["path"] == parent and info["parent"]["steps"] == 700
+    assert info["name"] == "child" and info["parent"]["steps"] == 700
+    assert info["parent"]["path"] == "bundle"  # the parent folder's name: no path of this machine
+    assert info["command"].startswith(
+        "python -m recipes.synthetic.pretrain --out=P --pretrained=bundle --name=child --extra_text ")
+    assert info["command"].endswith(" --bundle_dir=B") and str(tmp_path) not in json.dumps(info)
     assert info["parent"]["command"] == "python -m recipes.synthetic.pretrain --out=/somewhere"
     assert info["cpu_hours"] == round(1.5 + info["run_cpu_hours"], 3) and info["run_cpu_hours"] > 0
     config = json.loads((child / "config.json").read_text())
@@ -68,3 +76,23 @@ def test_init_from_continues_a_bundle_with_its_spm_and_cmvn_and_chains_bundle_js
     same = subprocess.run([*cmd[:-1], f"--bundle_dir={parent}"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=300)
     assert same.returncode != 0 and "would be overwritten" in same.stderr
+    other = subprocess.run([*cmd[:3], f"--out={tmp_path / 'pt2'}", *cmd[4:]], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=300)  # another run's bundle: refused
+    assert other.returncode != 0 and f"written to {child}, which already holds a bundle" in other.stderr
+    assert not (tmp_path / "pt2" / "corpus").exists()  # before any work
+
+
+def test_name_is_required_and_a_shipped_bundle_is_not_replaced(tmp_path):
+    cmd = [sys.executable, "-m", "recipes.synthetic.pretrain", f"--out={tmp_path / 'pt'}",
+           "--num_utterances=24"]
+    unnamed = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert unnamed.returncode != 0 and "--name" in unnamed.stderr
+    shipped = os.path.join(ROOT, "omni_tf", "resources", "pretrained", "demo_tiny")
+    before = os.stat(os.path.join(shipped, "weights.npz")).st_mtime_ns
+    named = subprocess.run([*cmd, "--name=demo_tiny"], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                           timeout=300)
+    assert named.returncode != 0
+    assert f"written to {shipped}, which already holds a bundle" in named.stderr
+    assert "--overwrite" in named.stderr
+    assert os.stat(os.path.join(shipped, "weights.npz")).st_mtime_ns == before
+    assert not (tmp_path / "pt" / "corpus").exists()

@@ -247,7 +247,7 @@ def test_lineage_chains_a_parent_trained_in_stages():
     info = pretrained.lineage("/b/demo_tiny", parent, cpu_s=1800.0, steps=1000)
     assert info["total_steps"] == 6000 + 16454 + 1000
     assert info["cpu_hours"] == 2.99 and info["run_cpu_hours"] == 0.5
-    assert info["parent"] == {"name": "demo_tiny", "path": "/b/demo_tiny", "command": ["s1", "s2"],
+    assert info["parent"] == {"name": "demo_tiny", "path": "demo_tiny", "command": ["s1", "s2"],
                               "cpu_hours": 2.49, "steps": [6000, 16454], "parent": None}
     child = {**parent, **info, "steps": 1000}  # a grandchild counts the whole chain
     assert pretrained.lineage("/b/c", child, 0.0, 5)["total_steps"] == 6000 + 16454 + 1000 + 5
@@ -266,3 +266,35 @@ def test_bundle_config_names_no_path_of_the_training_machine(tmp_path):
     assert str(tmp_path) not in json.dumps(written)
     assert written["model"] == json.loads(config.model.to_json())  # the model config is kept whole
     assert config.paths.manifest_dir == str(tmp_path / "data")  # the caller's config is not changed
+
+
+def test_lineage_names_no_path_of_the_writing_machine(tmp_path, monkeypatch):
+    parent = {"name": "demo_tiny", "steps": 10}
+    shipped = pretrained.bundle_dir("demo_tiny")  # the checkout's own copy, wherever the checkout is
+    want = "omni_tf/resources/pretrained/demo_tiny"
+    assert pretrained.lineage(shipped, parent, 0.0, 1)["parent"]["path"] == want
+    monkeypatch.chdir(tmp_path)
+    os.symlink(os.path.dirname(shipped), tmp_path / "link")  # another spelling of the same folder
+    assert pretrained.bundle_reference("link/demo_tiny/") == want
+    assert pretrained.lineage(str(tmp_path / "runs" / "b1"), parent, 0.0, 1)["parent"]["path"] == "b1"
+    assert pretrained.bundle_reference("runs/b1/") == "b1"
+
+
+def test_a_bundle_is_not_written_over_a_folder_its_writer_did_not_write(tmp_path):
+    record = str(tmp_path / "out" / "bundle_target.json")
+    shipped = pretrained.bundle_dir("demo_tiny_extra")
+    with pytest.raises(FileExistsError, match=rf"written to {shipped}, which already holds a bundle"):
+        pretrained.check_bundle_target(shipped, record, overwrite=False)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("x")
+    with pytest.raises(FileExistsError, match=r"other, which already holds files"):
+        pretrained.check_bundle_target(str(tmp_path / "other"), record, overwrite=False)
+    pretrained.check_bundle_target(str(tmp_path / "other"), record, overwrite=True)
+    pretrained.check_bundle_target(str(tmp_path / "new"), record, overwrite=False)  # absent: fine
+    (tmp_path / "empty").mkdir()
+    pretrained.check_bundle_target(str(tmp_path / "empty"), record, overwrite=False)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "bundle_target.json").write_text(json.dumps({"bundle_dir": str(tmp_path / "other")}))
+    pretrained.check_bundle_target(str(tmp_path / "other") + "/", record, overwrite=False)  # its own: a rerun
+    with pytest.raises(FileExistsError, match="demo_tiny_extra"):
+        pretrained.check_bundle_target(shipped, record, overwrite=False)

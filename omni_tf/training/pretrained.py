@@ -20,7 +20,9 @@ training loop for every ``training.init_from`` run on a manifest source). ``run_
 
 Errors: a missing directory or file raises FileNotFoundError naming it; a model whose variables do not match
 the weights (names or shapes) raises ValueError listing the first differences; a SentencePiece model or CMVN
-other than the bundle's raises ValueError naming both files.
+other than the bundle's raises ValueError naming both files; ``check_bundle_target`` raises FileExistsError
+naming a folder a new bundle would replace that its writer did not write. A bundle.json names other bundles
+(its parent) by ``bundle_reference``, never by a path of the machine that wrote it.
 """
 from __future__ import annotations
 
@@ -127,6 +129,23 @@ def write_bundle(model, config: ml_collections.ConfigDict, spm_model: str, cmvn:
     return out_dir
 
 
+def check_bundle_target(target: str, own_record: str, overwrite: bool) -> None:
+    """Whether a bundle may be written into ``target``: raises FileExistsError naming ``target`` and what it
+    holds when it exists (a file, or a folder with anything in it: a shipped bundle, another run's) unless
+    ``overwrite``, or unless ``own_record`` (a JSON file ``{"bundle_dir": ...}`` the writer keeps) names it:
+    the writer's own earlier bundle, which a rerun replaces."""
+    if overwrite or not os.path.exists(target) or (os.path.isdir(target) and not os.listdir(target)):
+        return
+    if os.path.isfile(own_record):
+        with open(own_record, encoding="utf-8") as f:
+            if os.path.realpath(json.load(f)["bundle_dir"]) == os.path.realpath(target):
+                return
+    what = ("a bundle" if os.path.isfile(os.path.join(target, "bundle.json"))
+            else "files" if os.path.isdir(target) else "a file of that name")
+    raise FileExistsError(f"the bundle would be written to {target}, which already holds {what} this run did "
+                          f"not write ({own_record} does not name it)")
+
+
 def load_weights(model, path: str) -> int:
     """Assigns the bundle's weights (float16 -> the variable's dtype) to ``model``; returns the count.
 
@@ -156,12 +175,24 @@ def chain_steps(info: Mapping[str, Any]) -> int:
     return int(sum(steps)) if isinstance(steps, (list, tuple)) else int(steps)
 
 
+def bundle_reference(path: str) -> str:
+    """How a bundle.json names another bundle without the writing machine's paths: a bundle under
+    ``RESOURCE_DIR`` by its path relative to the repository (``omni_tf/resources/pretrained/demo_tiny``, which
+    ``--pretrained`` reads from the repository root), any other by its folder's name."""
+    real, resources = os.path.realpath(path), os.path.realpath(RESOURCE_DIR)
+    if os.path.commonpath([real, resources]) == resources and real != resources:
+        repository = os.path.dirname(os.path.dirname(os.path.dirname(resources)))
+        return os.path.relpath(real, repository).replace(os.sep, "/")
+    return os.path.basename(os.path.normpath(real))
+
+
 def lineage(parent_path: str, parent: Mapping[str, Any], cpu_s: float, steps: int | None) -> dict[str, Any]:
     """The ``bundle.json`` fields of a bundle trained on from the bundle ``parent_path`` (``parent``: its
-    ``bundle.json``; ``recipes/synthetic/pretrain.py --init_from``): ``parent`` (its name, path, command,
-    cpu_hours, steps and own ``parent``), ``cpu_hours`` (the parent's plus this run's ``cpu_s`` seconds, in
-    hours), ``run_cpu_hours`` and ``total_steps`` (the chain's steps: ``chain_steps(parent)`` + ``steps``)."""
+    ``bundle.json``; ``recipes/synthetic/pretrain.py --pretrained``): ``parent`` (its name, path as
+    ``bundle_reference`` gives it, command, cpu_hours, steps and own ``parent``), ``cpu_hours`` (the parent's
+    plus this run's ``cpu_s`` seconds, in hours), ``run_cpu_hours`` and ``total_steps`` (the chain's steps:
+    ``chain_steps(parent)`` + ``steps``)."""
     return {"cpu_hours": round(float(parent.get("cpu_hours") or 0.0) + cpu_s / 3600.0, 3),
             "run_cpu_hours": round(cpu_s / 3600.0, 3), "total_steps": chain_steps(parent) + int(steps or 0),
-            "parent": {"name": parent.get("name"), "path": os.path.abspath(parent_path),
+            "parent": {"name": parent.get("name"), "path": bundle_reference(parent_path),
                        **{k: parent.get(k) for k in ("command", "cpu_hours", "steps", "parent")}}}
