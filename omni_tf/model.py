@@ -213,8 +213,14 @@ class Transducer(keras.Model):
         return cls(**config)
 
 
-def build_model(model_config: Mapping) -> Transducer:
-    """The one model factory (train, evaluate, search, export); variables exist on return."""
+def build_model(model_config: Mapping, seed: int | None = None) -> Transducer:
+    """The one model factory (train, evaluate, search, export); variables exist on return.
+
+    ``seed``: when given, ``keras.utils.set_random_seed(seed)`` first, so the initial weights are the same in
+    every run (``tf.random.set_seed`` alone leaves Keras initializers seeded per process, not per seed).
+    """
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
     model = Transducer(model_config)
     build_child(model, None)
     return model
