@@ -101,8 +101,8 @@ def check_target(target: str, out: str) -> None:
 
 def portable_command(argv: list[str]) -> str:
     """The pretrain command line of ``argv`` (``sys.argv``) for bundle.json: --out / --bundle_dir values
-    replaced by ``PLACEHOLDERS``, --config.paths.* by ``<path>``, --pretrained's by
-    ``pretrained.bundle_reference``."""
+    replaced by ``PLACEHOLDERS``, --config.paths.* by ``<path>``, a --pretrained path by
+    ``pretrained.bundle_reference`` (a name stays)."""
     words, i = [], 1
     while i < len(argv):
         flag, eq, value = argv[i].partition("=")
@@ -110,8 +110,12 @@ def portable_command(argv: list[str]) -> str:
         if takes_value and not eq and i + 1 < len(argv):  # "--out X"
             value, i = argv[i + 1], i + 1
         if takes_value:
-            value = (PLACEHOLDERS.get(flag) or ("<path>" if flag.startswith("--config.paths.")
-                                                else pretrained.bundle_reference(value)))
+            if flag in PLACEHOLDERS:
+                value = PLACEHOLDERS[flag]
+            elif flag.startswith("--config.paths."):
+                value = "<path>"
+            elif os.sep in value:  # --pretrained as a path; a name stays as given
+                value = pretrained.bundle_reference(value)
             words.append(f"{flag}={value}")
         else:
             words.append(argv[i])
