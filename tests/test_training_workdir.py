@@ -81,7 +81,7 @@ def _other(value):
         return value * 2 + 1
     if isinstance(value, str):
         return value + "x"
-    return tuple(value)[:-1]
+    return tuple(value)[:-1] if len(value) else (1.0,)
 
 
 def test_a_workdir_recorded_before_the_added_fields_resumes_at_their_neutral_values(tmp_path):
