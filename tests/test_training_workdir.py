@@ -96,7 +96,7 @@ def test_a_workdir_recorded_before_the_added_fields_resumes_at_their_neutral_val
     workdir.claim(str(tmp_path), config).release()
     completed = workdir.with_added_fields(old)  # what compare_runs reads such a run with
     assert completed["training"]["ctc_weight"] == 0.0
-    assert completed["sparsity"]["train_levels"] == [0.6, 0.75, 0.9]
+    assert completed["sparsity"]["train_levels"] == (0.6, 0.75, 0.9)
     assert workdir.config_changes(completed, config) == []
 
 

@@ -126,13 +126,13 @@ def with_added_fields(recorded: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of the nested ``recorded`` config dict with every ``ADDED_FIELDS`` field it lacks set to the
     value that reproduces what it trained (a config written before the field existed). Raises KeyError
     when the field's section is missing (not an experiment config)."""
-    out = _jsonable(recorded)
+    out = json.loads(json.dumps(recorded, default=str))
     for dotted, neutral in ADDED_FIELDS.items():
         *sections, name = dotted.split(".")
         node = out
         for section in sections:
             node = node[section]
-        node.setdefault(name, _jsonable(neutral))
+        node.setdefault(name, neutral)
     return out
 
 
