@@ -26,6 +26,8 @@ HELP_EXCEPTIONS: dict[tuple[str, str], str] = {
     ("recipes/synthetic/pretrain.py", "max_minutes"): "its default (60) is a budget, not 'none'",
     ("recipes/synthetic/pretrain.py", "num_utterances"): "the pretraining corpus's size",
     ("recipes/synthetic/pretrain.py", "out"): "says what its work directory holds",
+    ("recipes/synthetic/pretrain.py", "overwrite"): "it replaces a bundle folder this --out did not write",
+    ("recipes/synthetic/pretrain.py", "pretrained"): "the bundle it continues (run_demo's: --init=shipped's)",
     # The same prepared directory; these say when it is read at all.
     ("benchmarks/compare_runs.py", "data_dir"): "read only for a bundle side (refused otherwise)",
     ("benchmarks/train_step.py", "data_dir"): "read only with --breakdown (else random features)",
