@@ -35,9 +35,14 @@ for. An item is one of
   in-place distillation, ``distill_weight=0.5``, ``distill_mode=mix``, ``omni_tf/training/distill.py``).
 - ``name=field:value+field:value``: a new name (lower case, digits, ``_``; not ``base`` nor a registered
   name) for the given ``sparsity`` fields, each value parsed as the field's type (bool ``true``/``false``;
-  tuple fields cannot be set), e.g. ``kd03=sampler:tiers_random+distill_weight:0.3+distill_mode:mix``.
-Named variants train runs ``omni_<name>_s{B}``. Unknown names, fields or samplers, and distillation settings
-``omni_tf.training.distill.check`` refuses, raise ValueError naming them. With several variants, protocol
+  of the tuple fields only ``tier_weights``, its numbers separated by ``/`` in ``train_levels`` order, i.e.
+  ascending tier sparsity), e.g. ``kd03=sampler:tiers_random+distill_weight:0.3+distill_mode:mix`` or
+  ``tiersw=sampler:tiers+distill_weight:0.5+distill_mode:mix+tier_weights:1/1/2`` (the sparsest of three
+  tiers at twice the weight).
+Named variants train runs ``omni_<name>_s{B}``. Unknown names, fields or samplers, distillation settings
+``omni_tf.training.distill.check`` refuses and ``tier_weights`` that do not fit the sampler or the tiers
+(``omni_tf.sparsity.sampling.check_tier_weights``, checked before any run trains) raise ValueError naming
+them. With several variants, protocol
 ``compute`` splits each variant's own CPU time, so each variant has its own pruned compute runs (named by
 their steps, hence shared when two variants give the same steps); the table's ``omni`` column says which
 variant each row compares against.
@@ -144,6 +149,9 @@ OMNI_VARIANTS: dict[str, dict[str, Any]] = {
     "tiers_random": {"sampler": "tiers_random"},
     "tiers_random_kd": {"sampler": "tiers_random", "distill_weight": 0.5, "distill_mode": "mix"},
 }
+# Tuple fields a variant may set, written with '/' between the values (--omni_variants is a comma list):
+# sparsity.levels / train_levels come from --tiers and --config.
+VARIANT_TUPLE_FIELDS = ("tier_weights",)
 SMOKE_MODEL = {"d_model": 32, "num_layers": 1, "num_heads": 2, "ff_dim": 64, "vocab_size": 30,
                "pred_hidden": 32, "joint_dim": 32, "pred_embed_dim": 16, "subsampling_factor": 8}
 
@@ -204,7 +212,14 @@ def _field_value(sparsity: ml_collections.ConfigDict, field: str, text: str, ite
         raise ValueError(f"--omni_variants {item!r}: sparsity has no field {field!r}")
     old = sparsity[field]
     if isinstance(old, (tuple, list)):
-        raise ValueError(f"--omni_variants {item!r}: tuple field sparsity.{field} cannot be set by a variant")
+        if field not in VARIANT_TUPLE_FIELDS:
+            raise ValueError(f"--omni_variants {item!r}: tuple field sparsity.{field} cannot be set by a "
+                             f"variant (only {', '.join(VARIANT_TUPLE_FIELDS)})")
+        try:
+            return tuple(float(x) for x in text.split("/")) if text else ()
+        except ValueError:
+            raise ValueError(f"--omni_variants {item!r}: sparsity.{field} wants numbers separated by '/' "
+                             f"(e.g. {field}:1/1/2), got {text!r}") from None
     try:
         if isinstance(old, bool):
             if text.lower() not in ("true", "false"):

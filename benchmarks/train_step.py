@@ -73,7 +73,7 @@ def build(mode: str):
 def run_steps(fn, batch, sampler, start: int, n: int) -> float:
     t0 = time.perf_counter()
     for s in range(start, start + n):
-        out = fn([batch], loop.sample_levels(sampler, s, warmup=False, distill=False))
+        out = fn([batch], *loop.sample_levels(sampler, s, warmup=False, distill=False))
         float(out["loss"])
     return (time.perf_counter() - t0) / n
 
@@ -99,9 +99,9 @@ def run_breakdown() -> dict:
     it = iter(source.dataset(0))
     batch = {k: tf.constant(v) for k, v in next(it).items()}
     dist = next(iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(batch))))
-    levels = loop.sample_levels(state.sampler, 1, warmup=False, distill=False)
-    result = profile.breakdown(state, lambda: fn([dist], levels), batch, levels, lambda: next(it), rnnt_loss,
-                               FLAGS.repeats)
+    levels, weights = loop.sample_levels(state.sampler, 1, warmup=False, distill=False)
+    result = profile.breakdown(state, lambda: fn([dist], levels, weights), batch, levels, lambda: next(it),
+                               rnnt_loss, FLAGS.repeats)
     rate = profile.matmul_rate(FLAGS.matmul_n)
     result.update({"matmul_flops_per_s": rate, "fraction_of_matmul_rate": result["step_flops_per_s"] / rate,
                    "batch_shape": {k: list(v.shape) for k, v in batch.items()}, "mode": FLAGS.mode,

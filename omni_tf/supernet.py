@@ -79,7 +79,9 @@ class LevelSetMismatch(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class SparsitySettings:
-    """``config.sparsity`` as typed values (see ``omni_tf/configs/sparsity.py`` for each field's meaning)."""
+    """``config.sparsity`` as typed values (see ``omni_tf/configs/sparsity.py`` for each field's meaning).
+    Raises ValueError for ``tier_weights`` that do not fit the sampler and ``train_levels``
+    (``sampling.check_tier_weights``), so a config that sets them wrong fails wherever it is used."""
 
     levels: tuple[float, ...]
     block: str
@@ -94,6 +96,7 @@ class SparsitySettings:
     subnets_per_step: int
     random_kind: str
     train_levels: tuple[float, ...]
+    tier_weights: tuple[float, ...]
     distill_weight: float
     distill_mode: str
     distill_norm: str
@@ -107,6 +110,9 @@ class SparsitySettings:
     search_fitness: str
     search_dev_utterances: int
 
+    def __post_init__(self):
+        sampling.check_tier_weights(self.sampler, self.train_levels, self.tier_weights)
+
     @classmethod
     def from_config(cls, sp: ml_collections.ConfigDict) -> SparsitySettings:
         return cls(
@@ -115,7 +121,8 @@ class SparsitySettings:
             begin_step=int(sp.begin_step), end_step=int(sp.end_step), frequency=int(sp.frequency),
             power=float(sp.power), dense_warmup=bool(sp.dense_warmup), sampler=str(sp.sampler),
             subnets_per_step=int(sp.subnets_per_step), random_kind=str(sp.random_kind),
-            train_levels=tuple(float(s) for s in sp.train_levels), distill_weight=float(sp.distill_weight),
+            train_levels=tuple(float(s) for s in sp.train_levels), tier_weights=tuple(sp.tier_weights),
+            distill_weight=float(sp.distill_weight),
             distill_mode=str(sp.distill_mode), distill_norm=str(sp.distill_norm),
             per_level_norm=bool(sp.per_level_norm), target_sparsity=float(sp.target_sparsity),
             search_metric=str(sp.search_metric), search_population=int(sp.search_population),
@@ -210,7 +217,7 @@ def parse_tiers(items: Sequence[str], kinds: Sequence[str] = TIER_KINDS) -> dict
     return out
 
 
-TIER_SAMPLERS = ("tiers", "tiers_random")  # the samplers that train ``sparsity.train_levels``
+TIER_SAMPLERS = sampling.TIER_SAMPLERS  # the samplers that train ``sparsity.train_levels``
 TRAIN_LEVELS_FLAG = "--config.sparsity.train_levels"
 
 
@@ -237,6 +244,8 @@ def with_tier_levels(config: ml_collections.ConfigDict, tiers: Mapping[str, Tier
       trained in its place; give the sparsities to train for it with ``--config.sparsity.train_levels``
       (e.g. the uniform sparsity whose size is about the budget), or make it a ``sparsity:`` tier;
     - an explicit ``train_levels`` (in ``keep``) lacks the sparsity of a ``sparsity:`` / ``level:`` tier.
+    With any sampler it raises ValueError (``SparsitySettings``) when ``sparsity.tier_weights`` does not fit
+    the resulting ``train_levels`` (one weight per entry, in its order: ascending when made from the tiers).
     """
     sparsities = sorted({float(spec.value) for spec in tiers.values() if spec.kind == "sparsity"})
     c = copy.deepcopy(config)
@@ -249,6 +258,7 @@ def with_tier_levels(config: ml_collections.ConfigDict, tiers: Mapping[str, Tier
         explicit = "sparsity.train_levels" in keep
         if not explicit and tiers and len(known) == len(tiers):
             c.sparsity.train_levels = tuple(sorted(set(known.values())))
+    SparsitySettings.from_config(c.sparsity)  # sparsity.tier_weights against the final train_levels
     if c.sparsity.sampler not in TIER_SAMPLERS:
         return c
     unknown = [f"{t}={spec}" for t, spec in tiers.items() if t not in known]
@@ -348,7 +358,7 @@ class Supernet:
         else:
             self.sampler = sampling.make_sampler(s.sampler, n, k, self.seed, s.subnets_per_step,
                                                  random_kind=s.random_kind, levels=self.levels,
-                                                 train_levels=s.train_levels)
+                                                 train_levels=s.train_levels, tier_weights=s.tier_weights)
 
     def _make_level_norms(self, strategy: tf.distribute.Strategy | None) -> LevelNorms:
         """Per-level gamma/beta of the model's LayerNorms (``sparsity/level_norms.py``), built where the

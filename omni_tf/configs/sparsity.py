@@ -17,6 +17,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.sampler = "sandwich"  # sandwich | uniform | per_layer | tiers | tiers_random (sampling.py)
     c.subnets_per_step = 1  # random subnets on top of densest+sparsest for sandwich
     c.train_levels = (0.6, 0.75, 0.9)  # tiers / tiers_random: the deployed tiers' sparsities (demo --tiers)
+    # tiers / tiers_random: loss weight of each train_levels entry (same order; the dense subnet weighs 1);
+    # a step's subnet s is scaled by w_s / sum(w) over its subnets (per-subnet loss weighting of a
+    # weight-sharing supernet; sampling.py). () = every subnet 1: the plain mean over subnets
+    c.tier_weights = ()
     c.distill_weight = 0.0  # > 0: in-place distillation from the dense subnet (training/distill.py)
     c.distill_mode = "add"  # add: label + w*KD | replace: w*KD | mix: (1-w)*label + w*KD
     c.distill_norm = "nodes"  # KD scale: nodes (mean KL per lattice node) | sequence (x (T' + U))

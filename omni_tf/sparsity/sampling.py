@@ -3,7 +3,8 @@
 Dimension key: ``M`` subnets per step (static per sampler), ``N`` prunable kernels, ``K`` levels.
 
 A sampler is called with the global step and returns int32 ``[M, N]`` level indices (row ``m`` is one
-subnet, to apply with ``SupernetMasks.apply_levels(row)``). Randomness is stateless:
+subnet, to apply with ``SupernetMasks.apply_levels(row)``); ``row_weights(step)`` gives the rows' loss
+weights, float32 ``[M]`` (all 1 except with ``tier_weights``, below). Randomness is stateless:
 ``tf.random.stateless_uniform(seed=[seed, step])``, so the draw at a step depends only on ``(seed, step)``
 and a resumed run replays exactly. Names (``make_sampler``):
 
@@ -24,6 +25,13 @@ and a resumed run replays exactly. Names (``make_sampler``):
   per-kernel mix: each kernel takes ``hi`` with probability ``(s - lo) / (hi - lo)`` (drawn from
   ``(seed, step)``), a subnet of about the tier's size in the space the per-layer search explores.
 
+Tier loss weights (``sparsity.tier_weights``, ``tiers`` / ``tiers_random`` only): one positive weight per
+``train_levels`` entry, the dense row weighing 1; ``row_weights`` gives each row its tier's weight, and the
+train step scales subnet ``s``'s loss by ``w_s / sum(w)`` over the rows of that step
+(``omni_tf/training/step.py``) instead of ``1 / M``, so a tier can get more of every update than the mean
+over subnets gives it. The idea is the per-subnet loss weighting of weight-sharing supernet training (a
+weighted instead of a plain sum of the sampled subnets' losses); the default ``()`` is the plain mean.
+
 In-place distillation (Yu & Huang 2019): the densest subnet learns from the labels and serves as the teacher;
 every other subnet learns from the labels and ``KL(teacher || student)`` (``sparsity.distill_mode``,
 ``omni_tf/training/distill.py``). ``distill_weights(levels, w)`` returns the per-row weight, 0 for rows that
@@ -33,10 +41,44 @@ step.
 """
 from __future__ import annotations
 
+import math
+
 import tensorflow as tf
 
 SAMPLERS = ("sandwich", "uniform", "per_layer", "fixed", "dense", "tiers", "tiers_random")
 RANDOM_KINDS = ("per_layer", "uniform")
+TIER_SAMPLERS = ("tiers", "tiers_random")  # the samplers that train ``sparsity.train_levels``
+
+
+def check_tier_weights(sampler: str, train_levels: tuple[float, ...], tier_weights: tuple[float, ...]
+                       ) -> dict[float, float]:
+    """``{tier sparsity: loss weight}`` of ``sparsity.tier_weights`` (one weight per ``train_levels``
+    entry, same order; ``()``: ``{}``, every row weighs 1).
+
+    Raises ValueError naming ``sparsity.tier_weights`` and the bad value when weights are given with a
+    sampler other than ``tiers`` / ``tiers_random``, their count is not that of ``train_levels``, one is
+    not a finite number > 0, or one tier sparsity is listed twice with two different weights.
+    """
+    weights = tuple(tier_weights)
+    if not weights:
+        return {}
+    if sampler not in TIER_SAMPLERS:
+        raise ValueError(f"sparsity.tier_weights={weights} needs sparsity.sampler one of {TIER_SAMPLERS}, "
+                         f"got {sampler!r}; use () with this sampler")
+    if len(weights) != len(train_levels):
+        raise ValueError(f"sparsity.tier_weights={weights} has {len(weights)} weights, but "
+                         f"sparsity.train_levels={tuple(train_levels)} has {len(train_levels)} tiers: give "
+                         "one weight per tier, in the same order")
+    table: dict[float, float] = {}
+    for level, w in zip(train_levels, weights, strict=True):
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w <= 0:
+            raise ValueError(f"sparsity.tier_weights={weights}: weight {w!r} of tier {level} must be a "
+                             "finite number > 0")
+        if float(level) in table and table[float(level)] != float(w):
+            raise ValueError(f"sparsity.tier_weights={weights}: tier {level} is listed twice in "
+                             f"sparsity.train_levels={tuple(train_levels)} with different weights")
+        table[float(level)] = float(w)
+    return table
 
 
 class Sampler:
@@ -55,6 +97,11 @@ class Sampler:
 
     def __call__(self, step: int | tf.Tensor) -> tf.Tensor:
         raise NotImplementedError
+
+    def row_weights(self, step: int | tf.Tensor) -> tf.Tensor:
+        """Loss weight float32 ``[num_subnets]`` of each row of ``self(step)``: all 1 (the plain mean)."""
+        del step
+        return tf.ones([self.num_subnets], tf.float32)
 
     def _random(self, step: int | tf.Tensor, count: int, kind: str, salt: int = 0) -> tf.Tensor:
         """``count`` random subnets int32 ``[count, N]`` from the stateless seed ``(seed + salt, step)``."""
@@ -134,11 +181,13 @@ class FixedSampler(Sampler):
 class TierSampler(Sampler):
     """Rows: dense (level 0), then every tier (``tiers``) or the sparsest tier + one random other tier
     (``tiers_random``). ``levels``: the supernet's sparsities (ascending); ``train_levels``: tier sparsities
-    within ``[levels[0], levels[-1]]``. Raises ValueError for an empty or out-of-range ``train_levels``."""
+    within ``[levels[0], levels[-1]]``; ``tier_weights``: their loss weights (``check_tier_weights``; ``()``:
+    all 1). Raises ValueError for an empty or out-of-range ``train_levels`` or bad ``tier_weights``."""
 
     def __init__(self, num_kernels: int, levels: tuple[float, ...], train_levels: tuple[float, ...],
-                 seed: int = 0, random_tier: bool = False):
+                 seed: int = 0, random_tier: bool = False, tier_weights: tuple[float, ...] = ()):
         super().__init__(num_kernels, len(levels), seed)
+        table = check_tier_weights("tiers_random" if random_tier else "tiers", train_levels, tier_weights)
         self.levels = tuple(float(x) for x in levels)
         tiers = sorted({float(x) for x in train_levels})
         if not tiers:
@@ -148,6 +197,7 @@ class TierSampler(Sampler):
                 raise ValueError(f"sparsity.train_levels value {t} outside the level range "
                                  f"[{self.levels[0]}, {self.levels[-1]}]")
         self.train_levels = tuple(tiers)
+        self.tier_weights = tuple(table.get(t, 1.0) for t in tiers)  # in train_levels' (sorted) order
         self.random_tier = bool(random_tier)
 
     @property
@@ -187,17 +237,26 @@ class TierSampler(Sampler):
         tiers = tf.concat([self._tier_row(step, i) for i in range(len(self.train_levels))], axis=0)
         return tf.concat([self._constant_row(0), tf.gather(tiers, self.tier_indices(step))], axis=0)
 
+    def row_weights(self, step: int | tf.Tensor) -> tf.Tensor:
+        """float32 ``[num_subnets]``: 1 for the dense row, then the weight of each tier ``self(step)`` trains
+        (``tier_weights``; a pure function of (seed, step), like the rows)."""
+        tiers = tf.constant(self.tier_weights, tf.float32)
+        return tf.concat([tf.ones([1], tf.float32), tf.gather(tiers, self.tier_indices(step))], axis=0)
+
 
 def make_sampler(name: str, num_kernels: int, num_levels: int, seed: int = 0, subnets_per_step: int = 1,
                  target_level: int = 0, random_kind: str = "per_layer", levels: tuple[float, ...] = (),
-                 train_levels: tuple[float, ...] = ()) -> Sampler:
+                 train_levels: tuple[float, ...] = (), tier_weights: tuple[float, ...] = ()) -> Sampler:
     """Sampler by name (see module docstring). ``subnets_per_step`` is the number of random subnets
     (on top of densest + sparsest for ``sandwich``); ``target_level`` is the ``fixed`` level; ``levels``
-    (the supernet's sparsities, ``num_levels`` of them) and ``train_levels`` feed ``tiers*``."""
-    if name in ("tiers", "tiers_random"):
+    (the supernet's sparsities, ``num_levels`` of them), ``train_levels`` and ``tier_weights`` feed
+    ``tiers*`` (ValueError from ``check_tier_weights`` for weights with another sampler)."""
+    check_tier_weights(name, train_levels, tier_weights)
+    if name in TIER_SAMPLERS:
         if len(levels) != num_levels:
             raise ValueError(f"sampler {name!r} needs the {num_levels} level sparsities, got {levels!r}")
-        return TierSampler(num_kernels, levels, train_levels, seed, random_tier=name == "tiers_random")
+        return TierSampler(num_kernels, levels, train_levels, seed, random_tier=name == "tiers_random",
+                           tier_weights=tier_weights)
     if name == "sandwich":
         return SandwichSampler(num_kernels, num_levels, seed, subnets_per_step, random_kind)
     if name in ("uniform", "per_layer"):

@@ -141,20 +141,26 @@ class TrainState:
         return {**self.supernet.checkpoint_objects(), **self.extra_objects()}
 
 
-def sample_levels(sampler: sampling.Sampler | None, step: int, warmup: bool, distill: bool) -> np.ndarray:
-    """Level matrix ``[S, N]`` int32 of the subnets trained at ``step``; a pure function of (seed, step).
+def sample_levels(sampler: sampling.Sampler | None, step: int, warmup: bool, distill: bool
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(level matrix ``[S, N]`` int32, loss weights ``[S]`` float32) of the subnets trained at ``step``; a
+    pure function of (config, step), so a resumed run replays both.
 
     Dense mode: one ignored row. During the dense warm-up: only the dense subnet. With distillation the
-    dense subnet (the teacher) is prepended unless row 0 already is dense.
+    dense subnet (the teacher) is prepended unless row 0 already is dense. The weights are the sampler's
+    ``row_weights`` (``sparsity.tier_weights`` for the tiers samplers, else all 1); a prepended teacher row
+    and the warm-up's dense row weigh 1.
     """
     if sampler is None:
-        return np.zeros([1, 1], np.int32)
+        return np.zeros([1, 1], np.int32), np.ones([1], np.float32)
     if warmup:
-        return np.zeros([1, sampler.num_kernels], np.int32)
+        return np.zeros([1, sampler.num_kernels], np.int32), np.ones([1], np.float32)
     rows = sampler(step).numpy().astype(np.int32)
+    weights = sampler.row_weights(step).numpy().astype(np.float32)
     if distill and (rows[0] != 0).any():
         rows = np.concatenate([np.zeros([1, sampler.num_kernels], np.int32), rows])
-    return rows
+        weights = np.concatenate([np.ones([1], np.float32), weights])
+    return rows, weights
 
 
 # -- phase 3: loop ------------------------------------------------------------------------------------------
@@ -290,12 +296,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, source: DataSource,
             if not np.array_equal(targets, masks.current_sparsities.numpy()):
                 masks.update_rankings(targets)
             warmup = bool(state.schedule.in_warmup(schedule_step))
-        levels = sample_levels(sampler, step, warmup, distill)
+        levels, weights = sample_levels(sampler, step, warmup, distill)
         if level_norms is not None and not warmup and level_norms.start_levels():
             logging.info("step %d: per-level LayerNorms start from the dense gamma/beta", step)
         micro = [batches.next() for _ in range(t.grad_accum_steps)]
         step_fn.element_spec = step_fn.element_spec or batches.element_spec
-        out = step_fn(micro, levels)
+        out = step_fn(micro, levels, weights)
         step += 1
         clock.update(step, trained_seconds())
         applied = bool(out["applied"])

@@ -7,7 +7,9 @@ One call = one optimizer update (or one skipped update). For each sampled subnet
 ``[N]``, row ``s`` of ``levels [S, N]``) the masks are written in cross-replica context
 (``SupernetMasks.apply_levels``) and every micro-batch runs forward + backward on every replica; gradients
 are summed in place. Each utterance's loss is divided by the global number of utterances in its micro-batch,
-by M and by S, so the cross-replica sum is the mean loss of the step, whatever the replica count. With
+by M and weighted by ``w_s / sum(w)`` (``weights [S]``, float32, the subnets' loss weights: all 1, i.e. 1/S,
+unless ``sparsity.tier_weights``), so the cross-replica sum is the weighted mean loss of the step over its
+subnets, whatever the replica count. ``subnet_loss`` stays each subnet's unweighted mean loss. With
 ``distill_weight > 0`` row 0 must be the dense subnet (the teacher): the other subnets learn from its
 joiner (and CTC-head) distributions under stop-gradient, combined with the label loss per ``distill_mode``
 (``omni_tf/training/distill.py``). With a ``ctc_head`` (``omni_tf/losses/ctc.py``) every subnet's label loss
@@ -45,10 +47,14 @@ def _all_finite(tensors: Sequence[tf.Tensor]) -> tf.Tensor:
 
 
 class TrainStep:
-    """Callable ``(micro_batches, levels [S, N] int32) -> dict`` running one update under ``strategy``.
+    """Callable ``(micro_batches, levels [S, N] int32, weights [S] float32 = all 1) -> dict`` running one
+    update under ``strategy``.
 
     ``micro_batches`` is a tuple of M distributed batches (dicts with features, feature_lengths, tokens,
-    token_lengths, ids). Returns cross-replica scalars ``loss`` (step mean), ``subnet_loss [S]``,
+    token_lengths, ids). ``weights``: the subnets' positive loss weights (``Sampler.row_weights``); subnet
+    ``s``'s loss is scaled by ``weights[s] / sum(weights)`` (module docstring). Returns cross-replica scalars
+    ``loss`` (the unweighted mean of ``subnet_loss``, comparable across weightings), ``subnet_loss [S]``
+    (each subnet's mean loss, unweighted),
     ``grad_norm`` (before clipping), ``applied`` (bool), ``utts`` and ``frames`` (global counts),
     ``ctc_infeasible`` (utterances whose CTC loss was masked, global count; 0 without a head), plus
     ``per_utt_loss`` / ``ids``: lists of this process's per-replica tensors (to name bad utterances).
@@ -86,23 +92,30 @@ class TrainStep:
         head = self.ctc_head.trainable_variables if self.ctc_head is not None else []
         return list(self.model.trainable_variables) + list(head) + self.extra_variables
 
-    def __call__(self, micro_batches: Sequence[Batch], levels: tf.Tensor) -> dict[str, Any]:
+    def __call__(self, micro_batches: Sequence[Batch], levels: tf.Tensor,
+                 weights: tf.Tensor | None = None) -> dict[str, Any]:
         rows = tuple(tf.unstack(tf.convert_to_tensor(levels, tf.int32)))
+        weights = tf.ones([len(rows)], tf.float32) if weights is None else tf.convert_to_tensor(weights,
+                                                                                                  tf.float32)
+        if weights.shape != (len(rows),):
+            raise ValueError(f"weights must be [S] = [{len(rows)}] (one per levels row), got {weights.shape}")
         key = (len(micro_batches), len(rows))
         if key not in self._fns:  # one trace per (M, S): batch dims are None in the signature
             if self.element_spec is None:
                 self._fns[key] = tf.function(self._step, reduce_retracing=True, autograph=False)
             else:
                 row_spec = tf.TensorSpec(rows[0].shape, tf.int32)
-                signature = [(self.element_spec,) * key[0], (row_spec,) * key[1]]
+                signature = [(self.element_spec,) * key[0], (row_spec,) * key[1],
+                             tf.TensorSpec([key[1]], tf.float32)]
                 self._fns[key] = tf.function(self._step, input_signature=signature, autograph=False)
-        return self._fns[key](tuple(micro_batches), rows)
+        return self._fns[key](tuple(micro_batches), rows, weights)
 
     # -- replica functions -------------------------------------------------------------------------------
     def _forward_backward(self, batch: Batch, grads: list[tf.Tensor] | None,
-                          teacher: tuple[tf.Tensor, ...] | None, scale: float, seed: tf.Tensor):
-        """One subnet on one micro-batch on this replica; ``scale = 1 / (M * S)``. ``teacher``: the dense
-        subnet's (joiner logits, [CTC logits]) on this micro-batch, for a student; None for the teacher.
+                          teacher: tuple[tf.Tensor, ...] | None, scale: tf.Tensor, seed: tf.Tensor):
+        """One subnet on one micro-batch on this replica; ``scale = w_s / (M * sum(w))`` (float32 scalar).
+        ``teacher``: the dense subnet's (joiner logits, [CTC logits]) on this micro-batch, for a student; None
+        for the teacher.
         ``seed [2]`` of the (step, subnet, micro-batch), folded with the replica id for the dropout masks."""
         ctx = tf.distribute.get_replica_context()
         n_local = tf.cast(tf.shape(batch["tokens"])[0], tf.float32)
@@ -157,10 +170,13 @@ class TrainStep:
         self.optimizer.apply_gradients(pairs, skip_gradients_aggregation=True)
 
     # -- the step (cross-replica context inside tf.function) ----------------------------------------------
-    def _step(self, micro_batches: tuple[Batch, ...], levels: tuple[tf.Tensor, ...]) -> dict[str, Any]:
+    def _step(self, micro_batches: tuple[Batch, ...], levels: tuple[tf.Tensor, ...], weights: tf.Tensor
+              ) -> dict[str, Any]:
         st = self.strategy
         num_subnets, num_micro = len(levels), len(micro_batches)
-        scale = 1.0 / (num_micro * num_subnets)
+        total_weight = tf.reduce_sum(weights)
+        # with all weights 1 this is exactly the float32 1 / (M * S) of a plain mean
+        scales = weights / (total_weight * float(num_micro))
         grads, teachers, subnet_losses = None, [None] * num_micro, []
         utts = frames = infeasible = None
         per_utt_losses, ids = [], []
@@ -173,8 +189,8 @@ class TrainStep:
             for i, batch in enumerate(micro_batches):
                 teacher = teachers[i] if (s > 0 and self.distill_weight > 0) else None
                 seed = fold(fold(step_seed, s), i)
-                grads, loss, outputs, per_utt, n, f, bad = st.run(self._forward_backward,
-                                                                  args=(batch, grads, teacher, scale, seed))
+                grads, loss, outputs, per_utt, n, f, bad = st.run(
+                    self._forward_backward, args=(batch, grads, teacher, scales[s], seed))
                 if s == 0 and self.distill_weight > 0:
                     teachers[i] = outputs
                 loss_s = loss if loss_s is None else st.run(tf.add, args=(loss_s, loss))
@@ -185,7 +201,8 @@ class TrainStep:
                     per_utt_losses.append(per_utt)
                     ids.append(batch["ids"])
             subnet_losses.append(loss_s)
-        stacked = st.run(lambda *x: tf.stack(x) * float(num_subnets), args=tuple(subnet_losses))
+        unweight = total_weight / weights  # S when all weights are 1
+        stacked = st.run(lambda *x: tf.stack(x) * unweight, args=tuple(subnet_losses))
         grads, finite, norm, sub, utts, frames, infeasible = st.run(
             self._reduce, args=(grads, stacked, utts, frames, infeasible))
         first = st.experimental_local_results
