@@ -50,8 +50,8 @@ ADDED_FIELDS = {
     "sparsity.per_level_norm": False,
     "sparsity.search_dev_utterances": 64,  # the end-to-end search's fitness subset
     "sparsity.search_fitness": "loss",
-    "sparsity.train_levels": (0.6, 0.75, 0.9),  # read only by the tiers samplers, added with it
     "sparsity.tier_weights": (),  # every subnet weighs 1: the plain mean over subnets
+    "sparsity.train_levels": (0.6, 0.75, 0.9),  # read only by the tiers samplers, added with it
     "training.adam_epsilon": 1e-9,
     "training.ctc_weight": 0.0,
     "training.eden_progress": 0.3,  # read only by decay=eden, added with it
