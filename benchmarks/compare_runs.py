@@ -69,7 +69,6 @@ from benchmarks import decodes
 from omni_tf import fileio, metrics
 from omni_tf.configs import experiment
 from omni_tf.data import librispeech
-from omni_tf.sparsity import sampling
 from omni_tf.supernet import level_set
 from omni_tf.training import checkpoint, pretrained, sources
 from omni_tf.training import workdir as workdir_lib
@@ -77,6 +76,7 @@ from recipes import end_to_end as e2e
 
 FLAGS = flags.FLAGS
 LEVEL_TOLERANCE = 1e-6
+DECODE_SAMPLER = "uniform"  # a bundle side's sampler: any that reads no train_levels (nothing is sampled)
 TABLE_COLUMNS = ("level", "WER A", "WER B", "diff A-B [95% CI]", "verdict")
 _STEP = re.compile(r"-(\d+)$")
 
@@ -138,9 +138,9 @@ def bundle_config(path: str, data_dir: str, levels: Sequence[float] = ()) -> ml_
 
     Mode dense (sparsity 0 only) unless ``levels`` holds a level > 0: then mode omni with the level set
     ``{0} | levels`` (uniform magnitude masks on the dense weights: ``decodes.bundle_supernet``). The tiers
-    the bundle's run trained do not apply: ``train_levels`` and ``tier_weights`` are emptied and a tiers
-    sampler becomes ``uniform`` (decoding samples nothing). FileNotFoundError naming a missing bundle
-    folder or file; ValueError for levels outside [0, 1)."""
+    the bundle's run trained do not apply: ``train_levels`` and ``tier_weights`` are emptied and the sampler
+    is ``DECODE_SAMPLER`` (decoding samples nothing; a tiers sampler would need train_levels).
+    FileNotFoundError naming a missing bundle folder or file; ValueError for levels outside [0, 1)."""
     path = pretrained.bundle_dir(path)
     pretrained.check_bundle(path)
     with open(os.path.join(path, "config.json"), encoding="utf-8") as f:  # maybe older than ADDED_FIELDS
@@ -152,11 +152,10 @@ def bundle_config(path: str, data_dir: str, levels: Sequence[float] = ()) -> ml_
         c.paths.spm_model, c.paths.cmvn = (os.path.join(path, n) for n in pretrained.DATA_FILES)
         wanted = sorted({0.0, *(float(s) for s in levels)})
         c.training.mode = "omni" if len(wanted) > 1 else "dense"
-        # the levels asked, not the tiers the bundle trained: its train_levels go, and with them what reads
-        # them (every Supernet checks tier_weights against train_levels; a tiers sampler needs some)
+        # the levels asked, not the tiers the bundle's run trained: its train_levels go, and with them what
+        # reads them (every Supernet checks tier_weights against train_levels; a tiers sampler needs some)
         c.sparsity.levels, c.sparsity.train_levels, c.sparsity.tier_weights = tuple(wanted), (), ()
-        if c.sparsity.sampler in sampling.TIER_SAMPLERS:
-            c.sparsity.sampler = "uniform"  # decoding samples nothing
+        c.sparsity.sampler = DECODE_SAMPLER
     return experiment.with_data_dir(c, data_dir, source="--data_dir")
 
 

@@ -125,19 +125,15 @@ def test_flags_take_data_dir_and_the_ood_split():
 @pytest.mark.parametrize("levels, mode", [((), "dense"), ((0.5,), "omni")])
 def test_a_bundle_trained_with_tier_weights_is_decoded_at_the_levels_asked(tmp_path, levels, mode):
     """``bundle_config`` empties the bundle's ``train_levels`` (it is decoded at the levels asked, not its
-    tiers), and so its ``tier_weights`` (one per entry) and a tiers sampler (it needs entries): the supernet
-    builds (was: ValueError "sparsity.tier_weights=(1.0, 1.0, 2.0) has 3 weights, but
+    tiers), and so its ``tier_weights`` (one per entry), and sets a sampler that needs no entries: the
+    supernet builds (was: ValueError "sparsity.tier_weights=(1.0, 1.0, 2.0) has 3 weights, but
     sparsity.train_levels=() has 0 tiers")."""
     config = tiny_config("dense")
     config.sparsity.sampler, config.sparsity.tier_weights = "tiers", (1.0, 1.0, 2.0)
     bundle = make_bundle(tmp_path, config)
     c = cr.bundle_config(bundle, str(tmp_path / "data"), levels)
     assert (c.training.mode, c.sparsity.levels) == (mode, (0.0, *levels))
-    assert (c.sparsity.train_levels, c.sparsity.tier_weights, c.sparsity.sampler) == ((), (), "uniform")
+    assert (c.sparsity.train_levels, c.sparsity.tier_weights) == ((), ())
+    assert c.sparsity.sampler == cr.DECODE_SAMPLER
     net = decodes.bundle_supernet(c, bundle)
     assert (net.sampler is None) == (mode == "dense")
-    plain = tiny_config("dense")  # a bundle of a sampler that reads no train_levels keeps it
-    plain.sparsity.sampler = "sandwich"
-    (tmp_path / "plain").mkdir()
-    kept = cr.bundle_config(make_bundle(tmp_path / "plain", plain), str(tmp_path / "data"), levels)
-    assert kept.sparsity.sampler == "sandwich"
