@@ -124,7 +124,8 @@ flags.DEFINE_list("omni_variants", ["base"], "Omni training strategies compared 
 flags.DEFINE_list("protocols", ["steps", "compute"], "steps (same steps per model) and/or compute.")
 flags.DEFINE_enum("compute_unit", "cpu", ["cpu", "steps"], "How protocol compute splits omni's budget.")
 flags.DEFINE_bool("scale_schedule", True, "Place the sparsity ramp at the config's fractions of each budget.")
-flags.DEFINE_integer("test_utterances", 0, "Test utterances evaluated (0 = the whole test split).")
+flags.DEFINE_integer("eval_utterances", 0, "Test utterances evaluated per sparsity level (the first N, "
+                     "in whole batches; 0 = all).")
 flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples per WER difference.")
 flags.DEFINE_string("pretrained", "", "Start both sides from this shipped dense bundle (a name under "
                     "omni_tf/resources/pretrained/ or a path; its model config replaces config.model and "
@@ -364,7 +365,7 @@ def compute_steps(omni: Mapping[str, Any], pruned_same_steps: Mapping[str, Any],
 # -- the comparison ------------------------------------------------------------------------------------------
 def compare(config: ml_collections.ConfigDict, out: str, test_manifest: str, tiers: Mapping[str, float],
             budgets: Sequence[int], protocols: Sequence[str], compute_unit: str = "cpu",
-            scale_schedule: bool = True, test_utterances: int = 0, bootstrap: int = 1000,
+            scale_schedule: bool = True, eval_utterances: int = 0, bootstrap: int = 1000,
             variants: Mapping[str, Mapping[str, Any]] | None = None, keep: Sequence[str] = ()
             ) -> list[dict[str, Any]]:
     """Trains and evaluates both sides at every budget and protocol; returns one row per (budget, protocol,
@@ -386,7 +387,7 @@ def compare(config: ml_collections.ConfigDict, out: str, test_manifest: str, tie
         run_config(with_omni_variant(config, fields), "omni", budgets[0], tiers, None, scale_schedule, keep)
     results = Results(os.path.join(out, "results.json"))
     resume = horizon_free(config, scale_schedule)
-    data = test_batches(config, test_manifest, test_utterances)
+    data = test_batches(config, test_manifest, eval_utterances)
     rows, trained = [], {}  # (mode, tier, variant) -> {steps: run name} of this invocation's finished runs
 
     def run(mode: str, steps: int, tier: str | None = None, variant: str = BASE_VARIANT
@@ -603,7 +604,7 @@ def main(argv: list[str]) -> None:
     tiers = tier_sparsities(FLAGS.tiers)
     test_manifest = config.paths.test_manifest or os.path.join(data_dir, "test.tsv")
     rows = compare(config, out, test_manifest, tiers, budgets, FLAGS.protocols,
-                   FLAGS.compute_unit, FLAGS.scale_schedule, FLAGS.test_utterances, FLAGS.bootstrap, variants,
+                   FLAGS.compute_unit, FLAGS.scale_schedule, FLAGS.eval_utterances, FLAGS.bootstrap, variants,
                    keep)
     described = "; ".join(f"`{v}` (sparsity " + (", ".join(f"{k}={val}" for k, val in fields.items())
                                                   or f"as given, sampler {config.sparsity.sampler}") + ")"

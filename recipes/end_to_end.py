@@ -520,7 +520,8 @@ def define_flags(flags: Any) -> None:
                       "XNNPACK-runnable; always = also int8 files that need XNNPACK off (smaller, 3-5x "
                       "slower).")
     flags.DEFINE_integer("parity_utterances", 100, "Test utterances run through Keras and LiteRT per tier.")
-    flags.DEFINE_integer("eval_utterances", 0, "Test utterances for the level table (0 = all).")
+    flags.DEFINE_integer("eval_utterances", 0, "Test utterances evaluated per sparsity level (the first N, "
+                         "in whole batches; 0 = all).")
     flags.DEFINE_bool("compare_individual", False, "Also train individually pruned models at the tiers.")
     flags.DEFINE_enum("sparsity_granularity", None, list(structured.GRANULARITIES),
                       "Sets config.sparsity.granularity: weights (masks over weights / 1xN blocks) or "

@@ -166,6 +166,10 @@ def test_the_parser_sees_the_recipes_flags():
     defs = {(d.path, d.name): d for d in flag_definitions()}
     assert defs["benchmarks/omni_vs_pruned.py", "step_budgets"].type == "DEFINE_list"
     assert ("benchmarks/omni_vs_pruned.py", "budgets") not in defs
+    # Its test utterances are --eval_utterances, as in the end-to-end recipes, with their help text.
+    assert defs["benchmarks/omni_vs_pruned.py", "eval_utterances"].help == \
+        defs["recipes/end_to_end.py", "eval_utterances"].help
+    assert ("benchmarks/omni_vs_pruned.py", "test_utterances") not in defs
     assert defs["recipes/librispeech/export.py", "quantizations"].type == "DEFINE_list"
     assert defs["recipes/end_to_end.py", "quantization"].type.startswith("DEFINE_enum(")
     assert defs["recipes/librispeech/search.py", "tiers"].type == TIERS_HELPER
