@@ -70,11 +70,18 @@ def decode_levels(results: Results, workdir: str, key: str, config: ml_collectio
     dense bundle's weights: ``bundle_supernet``) at each ``{name: uniform sparsity}``.
 
     Cached in ``results`` as evals ``<key>/<name>``: ``{wer, ids, refs, hyps, utterances}``; the checkpoint
-    is restored, and ``data`` (``test_batches``: batches and tokenizer) read, only when one is missing.
-    A run of mode dense has only sparsity 0 (the model as is). Raises ValueError for a sparsity that is not
-    a level of the supernet.
+    is restored, and ``data`` (``test_batches``: batches and tokenizer) read, only when one is missing. With
+    ``data`` given, a cached evaluation of other utterances (e.g. an earlier ``--eval_utterances``) counts as
+    missing and is decoded again on ``data``'s. A run of mode dense has only sparsity 0 (the model as is).
+    Raises ValueError for a sparsity that is not a level of the supernet.
     """
-    todo = {t: s for t, s in levels.items() if results.get("evals", f"{key}/{t}") is None}
+    expected = None if data is None else [i for b in data[0] for i in evaluation.utterance_ids(b)]
+
+    def cached(tier: str) -> bool:
+        found = results.get("evals", f"{key}/{tier}")
+        return found is not None and (expected is None or found["ids"] == expected)
+
+    todo = {t: s for t, s in levels.items() if not cached(t)}
     if todo:
         if bundle:
             supernet = bundle_supernet(config, bundle)

@@ -40,6 +40,11 @@ def _texts(tokenizer, batch: Batch) -> list[str]:
     return decoding.detokenize(tokenizer, toks)
 
 
+def utterance_ids(batch: Batch) -> list[str]:
+    """The utterance ids of ``batch`` (its ``ids`` entry, bytes or str) as str."""
+    return [i.decode() if isinstance(i, bytes) else str(i) for i in batch["ids"]]
+
+
 def transcribe(model, batches: Sequence[Batch], tokenizer, beam: int = 0) -> tuple[list, list, list]:
     """(ids, references, hypotheses) over ``batches`` with the model's current masks."""
     ids, refs, hyps = [], [], []
@@ -47,7 +52,7 @@ def transcribe(model, batches: Sequence[Batch], tokenizer, beam: int = 0) -> tup
         feats, lens = tf.constant(b["features"]), tf.constant(b["feature_lengths"])
         out = decoding.beam_search(model, feats, lens, beam)[0] if beam > 0 else \
             decoding.greedy_search(model, feats, lens)
-        ids += [i.decode() if isinstance(i, bytes) else str(i) for i in b["ids"]]
+        ids += utterance_ids(b)
         refs += _texts(tokenizer, b)
         hyps += decoding.detokenize(tokenizer, out)
     return ids, refs, hyps
