@@ -7,11 +7,13 @@ from benchmarks import decodes  # noqa: E402
 
 
 class _FakeSupernet:
+    restored: list = []
+
     def __init__(self, config):
         self.model, self.masks, self.levels = "model", None, (0.0,)
 
     def restore(self, workdir):
-        pass
+        _FakeSupernet.restored.append(workdir)
 
 
 def _patch(monkeypatch, calls):
@@ -32,11 +34,12 @@ def _cached(results, ids):
 def test_a_cached_evaluation_of_other_utterances_is_decoded_again(monkeypatch, tmp_path):
     calls = []
     _patch(monkeypatch, calls)
+    _FakeSupernet.restored.clear()
     results = decodes.Results(str(tmp_path / "results.json"))
     _cached(results, ["u1", "u2", "u3"])  # e.g. made with a larger --eval_utterances
     data = ([{"ids": [b"u1", b"u2"]}], None)
     out = decodes.decode_levels(results, "wd", "run", None, {"dense": 0.0}, data)
-    assert calls == [["u1", "u2"]]
+    assert calls == [["u1", "u2"]] and _FakeSupernet.restored == ["wd"]
     assert out["dense"]["ids"] == ["u1", "u2"] and out["dense"]["wer"] == 0.0
     assert decodes.Results(results.path).get("evals", "run/dense")["utterances"] == 2
 

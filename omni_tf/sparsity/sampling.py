@@ -251,7 +251,8 @@ def make_sampler(name: str, num_kernels: int, num_levels: int, seed: int = 0, su
     (on top of densest + sparsest for ``sandwich``); ``target_level`` is the ``fixed`` level; ``levels``
     (the supernet's sparsities, ``num_levels`` of them), ``train_levels`` and ``tier_weights`` feed
     ``tiers*`` (ValueError from ``check_tier_weights`` for weights with another sampler)."""
-    check_tier_weights(name, train_levels, tier_weights)
+    if name not in TIER_SAMPLERS:  # a TierSampler checks its own weights
+        check_tier_weights(name, train_levels, tier_weights)
     if name in TIER_SAMPLERS:
         if len(levels) != num_levels:
             raise ValueError(f"sampler {name!r} needs the {num_levels} level sparsities, got {levels!r}")
